@@ -1,0 +1,192 @@
+"""Helpers shared by `configs/*.py`: the variant-string parser.
+
+Configs are Python files with `get_config(arg=None)`. The arg is a string of
+comma-separated `key=value` pairs or bare flags, e.g.
+`--config=configs/synthmed_tiny.py:algo=grpo,fast`. `parse_arg` turns it into
+a ConfigDict with the defaults given, converting values to the defaults'
+types and failing with a message that names the unknown or malformed key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+def _convert(key: str, raw: str, default: Any) -> Any:
+  if isinstance(default, bool):
+    lowered = raw.lower()
+    if lowered in ("true", "1", "yes", ""):
+      return True
+    if lowered in ("false", "0", "no"):
+      return False
+    raise ValueError(f"config arg {key}={raw!r}: expected a boolean")
+  if isinstance(default, int):
+    try:
+      return int(raw)
+    except ValueError:
+      raise ValueError(
+          f"config arg {key}={raw!r}: expected an integer"
+      ) from None
+  if isinstance(default, float):
+    try:
+      return float(raw)
+    except ValueError:
+      raise ValueError(f"config arg {key}={raw!r}: expected a number") from None
+  return raw
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses `k1=v1,k2,k3=v3` into a ConfigDict over `defaults`.
+
+  A bare `k` sets a boolean default to True. Keys not in `defaults` fail
+  with the list of valid keys.
+  """
+  result = ml_collections.ConfigDict(dict(defaults))
+  if not arg:
+    return result
+  for item in arg.split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(
+          f"unknown config arg {key!r}; valid args: {sorted(defaults)}"
+      )
+    if not sep and not isinstance(defaults[key], bool):
+      raise ValueError(f"config arg {key!r} needs a value ({key}=...)")
+    result[key] = _convert(key, raw.strip(), defaults[key])
+  return result
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every key a job config may set, with CPU-sized defaults.
+
+  Job configs start from this and change what they need, so that a key means
+  the same thing in every config and `--config.a.b=...` overrides work the
+  same everywhere. Sizes are for the SynthMed CPU job.
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.log_level = "info"
+
+  # Policy. `model.preset` names a ModelConfig preset (tiny, synthmed, bench,
+  # qwen25vl_3b, qwen25vl_7b); an HF directory in `init_from` overrides it.
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "synthmed"
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  c.model.param_dtype = "float32"
+  c.model.remat = False
+  c.model.step_value_hidden = 64  # 0 disables the step-value head
+  c.init_from = ""  # HF directory or Orbax checkpoint directory
+
+  # Tokenizer: "" uses the built-in SynthMed tokenizer; else an HF dir.
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = ""
+  c.tokenizer.think_tag = "think"  # think | thinking
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "synthmed"  # synthmed | mrpo_json | vqa_rad | slake | ...
+  c.data.path = ""  # file or directory for on-disk datasets (local or gs://)
+  c.data.eval_path = ""
+  c.data.num_train = 256  # SynthMed: records generated for training
+  c.data.num_eval = 64
+  c.data.image_size = 112  # SynthMed render size in pixels
+  c.data.difficulty = 0.3  # SynthMed noise/contrast/distractors in [0, 1]
+  c.data.cascade_rate = 0.3  # SynthMed SFT rationales with a cascade
+  c.data.min_pixels = 56 * 56
+  c.data.max_pixels = 112 * 112
+  c.data.token_buckets = (96, 128)  # padded prompt lengths
+  c.data.patch_buckets = (64,)  # padded vision patch counts per image
+  c.data.batch_size = 4  # prompts per batch (global)
+  c.data.shuffle = True
+  c.data.num_workers = 0
+  c.data.on_bad_record = "fail"  # fail | skip
+
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.group_size = 4  # G completions per prompt
+  c.sampling.temperature = 1.0
+  c.sampling.top_k = 0  # 0 = off
+  c.sampling.top_p = 1.0
+  c.sampling.max_new_tokens = 64
+  c.sampling.eval_temperature = 0.0  # 0 = greedy
+
+  c.rewards = ml_collections.ConfigDict()
+  c.rewards.answer_weight = 1.0
+  c.rewards.process_weight = 1.0
+  c.rewards.length_weight = 1.0
+  c.rewards.format_weight = 0.0
+  c.rewards.k_min = 4
+  c.rewards.k_max = 10
+  c.rewards.bertscore_model = ""  # local HF encoder dir; "" = off
+
+  c.rl = ml_collections.ConfigDict()
+  c.rl.algorithm = "mrpo"  # grpo | gdpo | mrpo
+  c.rl.scale_by_std = True
+  c.rl.tau = 0.6
+  c.rl.penalty = "exp"  # step penalty schedule for invalid steps
+  c.rl.beta = 0.04
+  c.rl.eps_low = 0.2
+  c.rl.eps_high = 0.2
+  c.rl.num_iterations = 1
+  c.rl.loss_aggregation = "seq_mean"  # seq_mean | token_mean | constant
+  c.rl.process_source = "verifier"  # verifier | judge | value_head | hybrid
+  c.rl.value_threshold = 0.5
+  c.rl.hybrid_judge_fraction = 0.25
+  c.rl.value_loss_weight = 0.1
+
+  c.judge = ml_collections.ConfigDict()
+  c.judge.base_url = ""
+  c.judge.model = ""
+  c.judge.api_key_env = "STEPJAX_JUDGE_API_KEY"
+  c.judge.send_image = True
+  c.judge.timeout_s = 60.0
+  c.judge.max_retries = 3
+  c.judge.concurrency = 8
+  c.judge.fallback = "invalid"  # invalid | valid | skip
+  c.judge.cache_path = ""
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-4
+  c.optim.warmup_steps = 2
+  c.optim.schedule = "cosine"  # cosine | linear | constant
+  c.optim.weight_decay = 0.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.99
+  c.optim.grad_clip = 1.0
+  c.optim.grad_accum = 1
+
+  c.sft = ml_collections.ConfigDict()
+  c.sft.steps = 0
+  c.sft.learning_rate = 1e-3
+  c.sft.batch_size = 16
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 10  # RL steps
+  c.train.eval_every = 0  # 0 = only before and after
+  c.train.checkpoint_every = 5
+  c.train.keep_checkpoints = 2
+  c.train.log_every = 1
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1 = the rest of the devices
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.logical_axis_rules = (
+      ("batch", ("data", "fsdp")),
+      ("embed", "fsdp"),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("kv_heads", "tensor"),
+      ("vocab", "tensor"),
+  )
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.initialize = "auto"  # auto | yes | no
+  c.distributed.coordinator_address = ""
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  return c

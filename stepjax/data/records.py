@@ -1,0 +1,70 @@
+"""The record every data source yields, whatever its on-disk layout.
+
+A source (SynthMed in memory, MRPO json, VQA-RAD, SLAKE, PathVQA, TFDS ...)
+is a Grain random-access source whose `__getitem__` returns a `Record`.
+Images stay undecoded (a path or encoded bytes) until the pipeline's decode
+step, so sources are cheap to index and pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRef:
+  """Where a record's image comes from; exactly one field is set.
+
+  path: a local or gs:// path to an encoded image (PNG, JPEG, DICOM).
+  data: the encoded bytes of such a file (parquet rows, ArrayRecord).
+  array: an already decoded uint8 image, HxW (grayscale) or HxWxC.
+  """
+
+  path: str | None = None
+  data: bytes | None = None
+  array: np.ndarray | None = None
+
+  def __post_init__(self):
+    set_fields = [
+        n for n in ("path", "data", "array") if getattr(self, n) is not None
+    ]
+    if len(set_fields) != 1:
+      raise ValueError(
+          "ImageRef needs exactly one of path, data, array; got "
+          f"{set_fields or 'none'}"
+      )
+
+  def describe(self) -> str:
+    """A short human description used in error messages."""
+    if self.path is not None:
+      return str(self.path)
+    if self.data is not None:
+      return f"<{len(self.data)} encoded bytes>"
+    return f"<array {self.array.shape} {self.array.dtype}>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """One image-question example.
+
+  id: unique within its source (duplicates are a bad-input error).
+  question / answer: non-empty strings (numbers are converted to str by the
+    readers).
+  rationale: gold step-by-step reasoning ("" when the dataset has none).
+  dataset: short name of the source ("synthmed", "vqa_rad", ...).
+  origin: the file (and row) the record came from, for error messages.
+  meta: JSON-serialisable extras; SynthMed puts its scene under "scene".
+  """
+
+  id: str
+  question: str
+  answer: str
+  image: ImageRef
+  rationale: str = ""
+  dataset: str = ""
+  origin: str = ""
+  meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
