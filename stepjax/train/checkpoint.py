@@ -1,0 +1,121 @@
+"""One Orbax CheckpointManager for train state, data iterator and run info.
+
+Each checkpoint holds three items written together and atomically (Orbax
+writes to a temporary directory and renames it when complete, so a run killed
+mid-save leaves the previous checkpoint intact):
+  state: the TrainState pytree (params, optimizer state, step-value head,
+    step, RNG), restored directly into its shardings;
+  data: the Grain iterator state (one JSON file per process);
+  info: JSON with the phase, config summary and eval results so far.
+Restore order (see `loop.py`): latest in the workdir, else `init_from`, else
+fresh init.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+class Checkpointer:
+  """Saves and restores (state, data iterator, info) under `directory`."""
+
+  def __init__(self, directory: str, keep: int = 2):
+    self.directory = epath.Path(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=False
+    )
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=options,
+        item_names=("state", "data", "info"),
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler(),
+            "info": ocp.JsonCheckpointHandler(),
+        },
+    )
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(
+      self,
+      step: int,
+      state: Any,
+      iterator: Any | None,
+      info: dict[str, Any],
+  ) -> None:
+    items = {
+        "state": ocp.args.StandardSave(state),
+        "info": ocp.args.JsonSave(info),
+    }
+    if iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(iterator)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self.manager.wait_until_finished()
+
+  def restore(
+      self,
+      step: int,
+      abstract_state: Any,
+      iterator: Any | None,
+  ) -> tuple[Any, dict[str, Any]]:
+    """Restores `state` with the shardings of `abstract_state`.
+
+    `abstract_state` is a pytree of jax.ShapeDtypeStruct with `.sharding`
+    set; `iterator` (if given) is advanced in place to the saved position.
+    """
+    items = {
+        "state": ocp.args.StandardRestore(abstract_state),
+        "info": ocp.args.JsonRestore(),
+    }
+    if iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"], dict(restored["info"])
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def restore_state_only(directory: str, abstract_state: Any) -> Any:
+  """Restores the newest `state` item from a run directory (for init_from).
+
+  Accepts a run's workdir (takes its latest checkpoint) or one step's
+  directory holding a `state` item.
+  """
+  path = epath.Path(directory)
+  candidates = [path / "state"] if (path / "state").exists() else []
+  if not candidates:
+    manager = ocp.CheckpointManager(
+        path,
+        item_names=("state",),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
+    )
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(
+          f"--config.init_from={directory}: no Orbax checkpoint found (and "
+          "no config.json: it is not an HF directory either)"
+      )
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)),
+    )
+    return restored["state"]
+  checkpointer = ocp.StandardCheckpointer()
+  return checkpointer.restore(candidates[0], abstract_state)
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs of `tree` carrying `shardings` (for restore)."""
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      tree,
+      shardings,
+  )

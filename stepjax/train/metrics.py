@@ -1,0 +1,93 @@
+"""Per-step metrics: JSONL and TensorBoard files, and a progress line.
+
+Only process 0 writes. `metrics.jsonl` holds one JSON object per logged
+step (`{"step": ..., "phase": ..., <name>: <float>}`); TensorBoard scalars
+go under `tb/`. On a TTY a tqdm bar shows the key numbers; otherwise a
+plain log line is printed every `log_every` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from etils import epath
+
+KEY_METRICS = ("reward", "accuracy", "step_validity", "loss", "kl")
+
+
+def _to_float(value: Any) -> float | None:
+  try:
+    out = float(np.asarray(value))
+  except (TypeError, ValueError):
+    return None
+  return out if math.isfinite(out) else None
+
+
+class MetricsWriter:
+  """Writes scalars to `workdir/metrics.jsonl` and `workdir/tb/`."""
+
+  def __init__(self, workdir: str, total_steps: int, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.workdir = epath.Path(workdir)
+    self._bar = None
+    self._tb = None
+    if not self.enabled:
+      return
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self._jsonl = (self.workdir / "metrics.jsonl").open("a")
+    try:
+      import tensorboardX
+
+      self._tb = tensorboardX.SummaryWriter(str(self.workdir / "tb"))
+    except Exception as e:  # TensorBoard is optional at run time.
+      logging.warning("TensorBoard writer unavailable (%s); JSONL only.", e)
+    if sys.stderr.isatty():
+      import tqdm
+
+      self._bar = tqdm.tqdm(total=total_steps, dynamic_ncols=True)
+
+  def write(self, step: int, phase: str, scalars: dict[str, Any]) -> dict:
+    """Logs the finite scalars of `scalars`; returns what was written."""
+    clean = {k: v for k, v in ((k, _to_float(v)) for k, v in scalars.items())
+             if v is not None}
+    if not self.enabled:
+      return clean
+    record = {"step": int(step), "phase": phase, **clean}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for name, value in clean.items():
+        self._tb.add_scalar(f"{phase}/{name}", value, step)
+    summary = " ".join(
+        f"{k}={clean[k]:.3f}" for k in KEY_METRICS if k in clean
+    )
+    if self._bar is not None:
+      self._bar.set_description(f"{phase} {summary}")
+      self._bar.n = int(step)
+      self._bar.refresh()
+    else:
+      logging.info("step %d [%s] %s", step, phase, summary)
+    return clean
+
+  def close(self) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+    if self._bar is not None:
+      self._bar.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """All records of a run's metrics.jsonl (for plots and tests)."""
+  path = epath.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line]

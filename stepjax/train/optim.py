@@ -1,0 +1,56 @@
+"""The optimizer: AdamW with warm-up, decay, clipping and accumulation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+
+def learning_rate_schedule(
+    peak: float, warmup_steps: int, total_steps: int, kind: str
+) -> optax.Schedule:
+  """Linear warm-up to `peak`, then cosine / linear decay or constant."""
+  warmup_steps = max(int(warmup_steps), 0)
+  decay_steps = max(int(total_steps) - warmup_steps, 1)
+  if kind == "constant":
+    after = optax.constant_schedule(peak)
+  elif kind == "cosine":
+    after = optax.cosine_decay_schedule(peak, decay_steps, alpha=0.1)
+  elif kind == "linear":
+    after = optax.linear_schedule(peak, peak * 0.1, decay_steps)
+  else:
+    raise ValueError(
+        f"--config.optim.schedule={kind!r}: expected cosine, linear or "
+        "constant"
+    )
+  if warmup_steps == 0:
+    return after
+  warmup = optax.linear_schedule(peak / max(warmup_steps, 1), peak,
+                                 warmup_steps)
+  return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def make_optimizer(
+    optim_config: Any, learning_rate: float, total_steps: int
+) -> optax.GradientTransformation:
+  """AdamW (+ global-norm clipping, + gradient accumulation)."""
+  schedule = learning_rate_schedule(
+      learning_rate, optim_config.warmup_steps, total_steps,
+      optim_config.schedule,
+  )
+  parts = []
+  if optim_config.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(optim_config.grad_clip))
+  parts.append(
+      optax.adamw(
+          schedule,
+          b1=optim_config.b1,
+          b2=optim_config.b2,
+          weight_decay=optim_config.weight_decay,
+      )
+  )
+  tx = optax.chain(*parts)
+  if optim_config.grad_accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=optim_config.grad_accum)
+  return tx

@@ -1,0 +1,123 @@
+"""The device mesh, logical-axis rules and placement of state and batches.
+
+Mesh axes: `data` (pure data parallel), `fsdp` (data parallel with sharded
+parameters) and `tensor` (model parallel). Model parameters carry logical axis
+names (`embed`, `mlp`, `heads`, ...); `config.logical_axis_rules` maps them to
+mesh axes, so one model runs on 1 CPU or a TPU pod unchanged. Batches are
+split over (`data`, `fsdp`) along their leading dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def resolve_mesh_shape(
+    sizes: dict[str, int], num_devices: int
+) -> tuple[int, ...]:
+  """Fills the one -1 axis with the remaining devices; checks the product."""
+  known = [sizes[a] for a in MESH_AXES if sizes[a] != -1]
+  product = math.prod(known)
+  shape = []
+  for axis in MESH_AXES:
+    size = sizes[axis]
+    if size == -1:
+      if num_devices % product:
+        raise ValueError(
+            f"--config.mesh: {num_devices} devices cannot be split with "
+            f"{dict(sizes)}; the fixed axes' product {product} must divide "
+            "the device count"
+        )
+      size = num_devices // product
+    shape.append(size)
+  if math.prod(shape) != num_devices:
+    raise ValueError(
+        f"--config.mesh: axes {dict(zip(MESH_AXES, shape))} use "
+        f"{math.prod(shape)} devices but {num_devices} are available; set "
+        "one axis to -1 or make the product match"
+    )
+  return tuple(shape)
+
+
+def make_mesh(mesh_config: Any, devices: Sequence[Any] | None = None) -> Mesh:
+  """Builds the (data, fsdp, tensor) mesh from `config.mesh`."""
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = {a: int(mesh_config[a]) for a in MESH_AXES}
+  shape = resolve_mesh_shape(sizes, len(devices))
+  if devices == list(jax.devices()):
+    return jax.make_mesh(
+        shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3
+    )
+  grid = np.asarray(devices, dtype=object).reshape(shape)
+  return Mesh(grid, MESH_AXES)
+
+
+def rules_from_config(rules: Sequence[Sequence[Any]]) -> list[tuple]:
+  """Turns the config's rule tuples into flax logical-axis rules."""
+  out = []
+  for rule in rules:
+    logical, mesh_axes = rule[0], rule[1]
+    if isinstance(mesh_axes, list):
+      mesh_axes = tuple(mesh_axes)
+    out.append((logical, mesh_axes))
+  return out
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, rules) -> Any:
+  """NamedShardings for an (abstract) nnx.State from its logical axes.
+
+  Logical names with no rule are replicated. A dimension whose size is not
+  divisible by its mesh axes is replicated instead of failing, so tiny test
+  models run on any mesh.
+  """
+  specs = nnx.get_partition_spec(abstract_state)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules_from_config(rules))
+
+  def fit(var_sharding, leaf):
+    spec = list(var_sharding.spec) + [None] * (
+        len(leaf.shape) - len(var_sharding.spec)
+    )
+    for i, axes in enumerate(spec):
+      if axes is None:
+        continue
+      names = axes if isinstance(axes, tuple) else (axes,)
+      if leaf.shape[i] % math.prod(mesh.shape[n] for n in names):
+        spec[i] = None
+    return NamedSharding(mesh, P(*spec))
+
+  return jax.tree.map(fit, shardings, abstract_state)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+  """Leading dimension over (data, fsdp), the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def place_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
+  """Places this process's slice of a batch as global sharded arrays.
+
+  Each process passes only its local rows; the global batch is the
+  concatenation over processes in process order.
+  """
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    sharding = batch_sharding(mesh, value.ndim)
+    out[key] = jax.make_array_from_process_local_data(sharding, value)
+  return out
