@@ -1,0 +1,312 @@
+"""Tokenizers: the shipped SynthMed byte-level BPE, or any HF tokenizer dir.
+
+The SynthMed tokenizer is a real Hugging Face fast tokenizer built locally
+with the `tokenizers` library: byte-level BPE (so decode(encode(text)) is
+exact and offsets are exact, also for text a model invents) trained on
+SynthMed questions, gold and corrupted rationales, answers and the prompt
+instruction, with Qwen2.5-VL's special tokens. It is shipped in
+assets/synthmed_tokenizer/ so ids are fixed across runs;
+`build_synthmed_tokenizer()` rebuilds it deterministically.
+
+Prompts follow the Qwen2.5-VL chat template for one user turn holding one
+image and no system prompt:
+  <|im_start|>user\\n<|vision_start|><|image_pad|>*N<|vision_end|>
+  {question}{instruction}<|im_end|>\\n<|im_start|>assistant\\n
+where N = grid_t * grid_h * grid_w // 4 (one pad per merged 2x2 patch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tokenizers
+import transformers
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+from stepjax.data import synthmed_corrupt as corrupt_lib
+from stepjax.data import synthmed_scene as scene_lib
+from stepjax.data import synthmed_text as text_lib
+
+_ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+ASSET_DIR = os.path.join(_ASSETS, "synthmed_tokenizer")
+_WORDS_FILE = os.path.join(_ASSETS, "tokenizer_words.txt")
+
+PAD = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"  # eos
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+# Tokens every tokenizer must have as single ids (Qwen2.5-VL has them all).
+REQUIRED_TOKENS = (PAD, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD)
+# Reasoning tags: single ids in the SynthMed tokenizer, plain text in
+# tokenizers that lack them (e.g. Qwen2.5-VL).
+TAG_TOKENS = (
+  "<think>",
+  "</think>",
+  "<answer>",
+  "</answer>",
+  "<thinking>",
+  "</thinking>",
+)
+THINK_TAGS = ("think", "thinking")
+SPATIAL_MERGE = 2  # Qwen2.5-VL merges 2x2 patches into one image token
+
+_VOCAB_SIZE = 1536  # BPE trainer target before the added tokens
+_CORPUS_SEED = 20240601
+_CORPUS_SCENES = 1500
+# Qwen-style pre-tokenization: words with their leading space, single
+# digits, punctuation runs, newlines.
+_SPLIT_PATTERN = (
+  r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def instruction(think_tag: str = "think") -> str:
+  """The instruction appended to every question (tag: think | thinking)."""
+  if think_tag not in THINK_TAGS:
+    raise ValueError(
+      f"tokenizer.think_tag must be one of {THINK_TAGS}; got {think_tag!r}"
+    )
+  return (
+    f" Think step by step inside <{think_tag}> </{think_tag}> tags, one "
+    "short sentence per step, then give the final answer inside <answer> "
+    "</answer> tags."
+  )
+
+
+def build_prompt(
+  question: str, num_image_tokens: int, think_tag: str = "think"
+) -> str:
+  """The chat-formatted prompt text for one image and one question."""
+  if num_image_tokens < 0:
+    raise ValueError(f"num_image_tokens must be >= 0; got {num_image_tokens}")
+  return (
+    f"{IM_START}user\n{VISION_START}{IMAGE_PAD * num_image_tokens}"
+    f"{VISION_END}{question}{instruction(think_tag)}{IM_END}\n"
+    f"{IM_START}assistant\n"
+  )
+
+
+def num_image_tokens(grid_thw: tuple[int, int, int]) -> int:
+  """Image pad tokens for a (t, h, w) patch grid: t * h * w // 4."""
+  t, h, w = (int(v) for v in grid_thw)
+  return t * h * w // (SPATIAL_MERGE * SPATIAL_MERGE)
+
+
+def format_completion(
+  steps: list[str], answer: str, think_tag: str = "think"
+) -> str:
+  """The SFT target text: <think>s1 s2 ...</think><answer>a</answer>."""
+  if think_tag not in THINK_TAGS:
+    raise ValueError(
+      f"tokenizer.think_tag must be one of {THINK_TAGS}; got {think_tag!r}"
+    )
+  body = " ".join(s.strip() for s in steps)
+  return f"<{think_tag}>{body}</{think_tag}><answer>{answer}</answer>"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerInfo:
+  """The ids the model, sampler and batcher need."""
+
+  pad_id: int
+  eos_id: int
+  im_start_id: int
+  image_pad_id: int
+  vision_start_id: int
+  vision_end_id: int
+  vocab_size: int  # len(tokenizer): base vocab plus added tokens
+
+
+def tokenizer_info(tok: transformers.PreTrainedTokenizerFast) -> TokenizerInfo:
+  ids = {t: _single_id(tok, t) for t in REQUIRED_TOKENS}
+  return TokenizerInfo(
+    pad_id=ids[PAD],
+    eos_id=ids[IM_END],
+    im_start_id=ids[IM_START],
+    image_pad_id=ids[IMAGE_PAD],
+    vision_start_id=ids[VISION_START],
+    vision_end_id=ids[VISION_END],
+    vocab_size=len(tok),
+  )
+
+
+def _single_id(tok: transformers.PreTrainedTokenizerFast, token: str) -> int:
+  ids = tok.encode(token, add_special_tokens=False)
+  if len(ids) != 1:
+    raise ValueError(f"token {token!r} is not a single id (got {ids})")
+  return ids[0]
+
+
+def encode_prompt(
+  tok: transformers.PreTrainedTokenizerFast,
+  question: str,
+  num_image_tokens: int,
+  think_tag: str = "think",
+) -> list[int]:
+  """Token ids of build_prompt(...); checks the image pad count."""
+  ids = tok.encode(
+    build_prompt(question, num_image_tokens, think_tag),
+    add_special_tokens=False,
+  )
+  pad_id = _single_id(tok, IMAGE_PAD)
+  found = sum(1 for i in ids if i == pad_id)
+  if found != num_image_tokens:
+    raise ValueError(
+      f"prompt for question {question[:60]!r} has {found} image pads, "
+      f"expected {num_image_tokens}; does the question contain "
+      f"{IMAGE_PAD!r}?"
+    )
+  return ids
+
+
+def encode_completion(
+  tok: transformers.PreTrainedTokenizerFast,
+  steps: list[str],
+  answer: str,
+  think_tag: str = "think",
+) -> list[int]:
+  """SFT target ids: format_completion(...) followed by the eos token."""
+  ids = tok.encode(
+    format_completion(steps, answer, think_tag), add_special_tokens=False
+  )
+  return ids + [_single_id(tok, IM_END)]
+
+
+def load_tokenizer(path: str = "") -> transformers.PreTrainedTokenizerFast:
+  """The shipped SynthMed tokenizer ("") or the HF tokenizer in `path`.
+
+  Any tokenizer directory with the Qwen2.5-VL special tokens works (a real
+  Qwen2.5-VL checkpoint goes through the same code). The pad token defaults
+  to <|endoftext|> when the directory sets none.
+  """
+  where = path or ASSET_DIR
+  flag = "tokenizer.path" if path else "the shipped SynthMed tokenizer"
+  if not os.path.isdir(where):
+    raise FileNotFoundError(
+      f"tokenizer directory {where} ({flag}) does not exist; set "
+      "tokenizer.path to an HF tokenizer directory or '' for SynthMed"
+    )
+  try:
+    tok = transformers.AutoTokenizer.from_pretrained(where)
+  except (OSError, ValueError, TypeError) as e:
+    raise ValueError(
+      f"cannot load an HF tokenizer from {where} ({flag}): {e}"
+    ) from e
+  if not getattr(tok, "is_fast", False):
+    raise ValueError(
+      f"tokenizer in {where} ({flag}) is not a fast tokenizer; stepjax "
+      "needs tokenizer.json (offsets are used to map steps to tokens)"
+    )
+  missing = [t for t in REQUIRED_TOKENS if not _is_single(tok, t)]
+  if missing:
+    raise ValueError(
+      f"tokenizer in {where} ({flag}) lacks the special tokens {missing} "
+      "as single ids; stepjax needs the Qwen2.5-VL chat and vision tokens"
+    )
+  if tok.pad_token is None:
+    tok.pad_token = PAD
+  return tok
+
+
+def _is_single(tok: transformers.PreTrainedTokenizerFast, token: str) -> bool:
+  try:
+    _single_id(tok, token)
+  except ValueError:
+    return False
+  return tok.convert_ids_to_tokens(_single_id(tok, token)) == token
+
+
+# ---------------------------------------------------------------- building
+
+
+def training_corpus() -> list[str]:
+  """The text the SynthMed BPE is trained on, in a fixed order."""
+  lines = [instruction(tag) for tag in THINK_TAGS]
+  lines += ["user\n", "assistant\n", "system\n", "0 1 2 3 4 5 6 7 8 9"]
+  with open(_WORDS_FILE) as f:
+    words = [line.strip() for line in f if not line.startswith("#")]
+  # Twice, with and without capitals, so each word's pieces recur.
+  lines += words + [w.capitalize() for w in words]
+  rng = np.random.default_rng(_CORPUS_SEED)
+  for _ in range(_CORPUS_SCENES):
+    scene = scene_lib.sample_scene(rng, float(rng.uniform()))
+    steps = text_lib.gold_steps(scene)
+    answer = scene_lib.answer(scene)
+    lines.append(text_lib.question_text(scene))
+    lines.append(" ".join(steps))
+    lines.append(answer)
+    cascade = corrupt_lib.make_cascade(scene, rng)
+    if cascade is not None:
+      lines.append(" ".join(cascade.steps))
+    for kind in corrupt_lib.CORRUPTIONS:
+      for step in steps:
+        wrong = corrupt_lib.corrupt_step(step, scene, kind, rng)
+        if wrong is not None:
+          lines.append(wrong)
+  return lines
+
+
+def build_synthmed_tokenizer() -> transformers.PreTrainedTokenizerFast:
+  """Trains the SynthMed byte-level BPE from scratch (deterministic)."""
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.Sequence(
+    [
+      pre_tokenizers.Split(
+        tokenizers.Regex(_SPLIT_PATTERN), behavior="isolated"
+      ),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ]
+  )
+  tok.decoder = decoders.ByteLevel()
+  tok.post_processor = processors.ByteLevel(trim_offsets=False)
+  trainer = trainers.BpeTrainer(
+    vocab_size=_VOCAB_SIZE,
+    min_frequency=2,
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
+  )
+  tok.train_from_iterator(training_corpus(), trainer=trainer)
+  tok.add_special_tokens(
+    [
+      tokenizers.AddedToken(t, special=True, normalized=False)
+      for t in REQUIRED_TOKENS
+    ]
+  )
+  tok.add_tokens(
+    [
+      tokenizers.AddedToken(t, special=False, normalized=False)
+      for t in TAG_TOKENS
+    ]
+  )
+  return transformers.PreTrainedTokenizerFast(
+    tokenizer_object=tok,
+    pad_token=PAD,
+    eos_token=IM_END,
+    model_max_length=32768,
+    clean_up_tokenization_spaces=False,
+  )
+
+
+def write_synthmed_tokenizer(out_dir: str = ASSET_DIR) -> str:
+  """Rebuilds the tokenizer and saves it (save_pretrained) to out_dir."""
+  build_synthmed_tokenizer().save_pretrained(out_dir)
+  # transformers 5 names its own backend class here; the generic name also
+  # loads with transformers 4.
+  config_path = os.path.join(out_dir, "tokenizer_config.json")
+  with open(config_path) as f:
+    config = json.load(f)
+  config["tokenizer_class"] = "PreTrainedTokenizerFast"
+  with open(config_path, "w") as f:
+    json.dump(config, f, indent=2)
+    f.write("\n")
+  return out_dir
+
+
+if __name__ == "__main__":
+  print(f"wrote {write_synthmed_tokenizer()}")
