@@ -20,15 +20,15 @@ from stepjax import config_utils
 # plus fp32 Adam moments, so parameters are fully sharded (fsdp) over the
 # slice and the heads dimension over `tensor` where chips are small.
 _MESHES = {
-    "v5e16": {"data": 1, "fsdp": 8, "tensor": 2},  # 16 chips x 16 GB HBM
-    "v5p8": {"data": 1, "fsdp": 4, "tensor": 1},  # 4 chips x 95 GB HBM
-    "cpu": {"data": -1, "fsdp": 1, "tensor": 1},
+  "v5e16": {"data": 1, "fsdp": 8, "tensor": 2},  # 16 chips x 16 GB HBM
+  "v5p8": {"data": 1, "fsdp": 4, "tensor": 1},  # 4 chips x 95 GB HBM
+  "cpu": {"data": -1, "fsdp": 1, "tensor": 1},
 }
 
 
 def get_config(arg=None):
   args = config_utils.parse_arg(
-      arg, algo="mrpo", mesh="v5e16", process="judge", size="7b"
+    arg, algo="mrpo", mesh="v5e16", process="judge", size="7b"
   )
   if args.mesh not in _MESHES:
     raise ValueError(f"mesh={args.mesh!r}: expected one of {list(_MESHES)}")

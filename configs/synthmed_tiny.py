@@ -11,8 +11,9 @@ from stepjax import config_utils
 
 
 def get_config(arg=None):
-  args = config_utils.parse_arg(arg, algo="mrpo", process="verifier",
-                                test=False)
+  args = config_utils.parse_arg(
+    arg, algo="mrpo", process="verifier", test=False
+  )
   c = config_utils.default_config()
   c.rl.algorithm = args.algo
   c.rl.process_source = args.process

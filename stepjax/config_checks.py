@@ -36,10 +36,10 @@ def check(config: ml_collections.ConfigDict) -> None:
   _one_of(rl.loss_aggregation, LOSS_AGGREGATIONS, "rl.loss_aggregation")
   _one_of(rl.penalty, PENALTIES, "rl.penalty")
   _require(
-      sampling.group_size >= 2,
-      "sampling.group_size",
-      f"is {sampling.group_size}; group-relative advantages ({rl.algorithm}) "
-      "need at least 2 completions per prompt",
+    sampling.group_size >= 2,
+    "sampling.group_size",
+    f"is {sampling.group_size}; group-relative advantages ({rl.algorithm}) "
+    "need at least 2 completions per prompt",
   )
   _require(0.0 <= rl.tau <= 1.0, "rl.tau", f"is {rl.tau}; must be in [0, 1]")
   _require(rl.beta >= 0.0, "rl.beta", f"is {rl.beta}; must be >= 0")
@@ -47,61 +47,54 @@ def check(config: ml_collections.ConfigDict) -> None:
     value = rl[name]
     _require(0.0 <= value < 1.0, f"rl.{name}", f"is {value}; must be in [0, 1)")
   _require(rl.num_iterations >= 1, "rl.num_iterations", "must be >= 1")
-  _require(
-      sampling.temperature >= 0.0, "sampling.temperature", "must be >= 0"
-  )
-  _require(
-      0.0 < sampling.top_p <= 1.0, "sampling.top_p", "must be in (0, 1]"
-  )
+  _require(sampling.temperature >= 0.0, "sampling.temperature", "must be >= 0")
+  _require(0.0 < sampling.top_p <= 1.0, "sampling.top_p", "must be in (0, 1]")
   _require(sampling.top_k >= 0, "sampling.top_k", "must be >= 0 (0 = off)")
   _require(sampling.max_new_tokens >= 1, "sampling.max_new_tokens", ">= 1")
   _one_of(data.on_bad_record, ("fail", "skip"), "data.on_bad_record")
   for name in ("token_buckets", "patch_buckets"):
     buckets = tuple(data[name])
     _require(
-        len(buckets) > 0 and all(int(b) > 0 for b in buckets),
-        f"data.{name}",
-        f"is {buckets}; give one or more positive lengths",
+      len(buckets) > 0 and all(int(b) > 0 for b in buckets),
+      f"data.{name}",
+      f"is {buckets}; give one or more positive lengths",
     )
     _require(
-        list(buckets) == sorted(buckets),
-        f"data.{name}",
-        f"is {buckets}; list the buckets in increasing order",
+      list(buckets) == sorted(buckets),
+      f"data.{name}",
+      f"is {buckets}; list the buckets in increasing order",
     )
   _require(data.batch_size >= 1, "data.batch_size", "must be >= 1")
   _require(
-      data.min_pixels <= data.max_pixels,
-      "data.min_pixels",
-      f"({data.min_pixels}) exceeds data.max_pixels ({data.max_pixels})",
+    data.min_pixels <= data.max_pixels,
+    "data.min_pixels",
+    f"({data.min_pixels}) exceeds data.max_pixels ({data.max_pixels})",
   )
   _require(
-      config.tokenizer.think_tag in ("think", "thinking"),
-      "tokenizer.think_tag",
-      f"is {config.tokenizer.think_tag!r}; expected think or thinking",
+    config.tokenizer.think_tag in ("think", "thinking"),
+    "tokenizer.think_tag",
+    f"is {config.tokenizer.think_tag!r}; expected think or thinking",
   )
   _require(
-      config.rewards.k_min <= config.rewards.k_max,
-      "rewards.k_min",
-      f"({config.rewards.k_min}) exceeds rewards.k_max "
-      f"({config.rewards.k_max})",
+    config.rewards.k_min <= config.rewards.k_max,
+    "rewards.k_min",
+    f"({config.rewards.k_min}) exceeds rewards.k_max ({config.rewards.k_max})",
   )
   if rl.process_source in ("judge", "hybrid"):
     _require(
-        bool(config.judge.base_url) and bool(config.judge.model),
-        "judge.base_url",
-        f"rl.process_source={rl.process_source!r} needs judge.base_url and "
-        "judge.model (an OpenAI-compatible chat-completions endpoint)",
+      bool(config.judge.base_url) and bool(config.judge.model),
+      "judge.base_url",
+      f"rl.process_source={rl.process_source!r} needs judge.base_url and "
+      "judge.model (an OpenAI-compatible chat-completions endpoint)",
     )
-  _require(
-      config.optim.grad_accum >= 1, "optim.grad_accum", "must be >= 1"
-  )
+  _require(config.optim.grad_accum >= 1, "optim.grad_accum", "must be >= 1")
   for axis in ("data", "fsdp", "tensor"):
     size = config.mesh[axis]
     _require(
-        size == -1 or size >= 1, f"mesh.{axis}", f"is {size}; use -1 or >= 1"
+      size == -1 or size >= 1, f"mesh.{axis}", f"is {size}; use -1 or >= 1"
     )
   _require(
-      [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1,
-      "mesh",
-      "at most one mesh axis may be -1 (the rest of the devices)",
+    [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1,
+    "mesh",
+    "at most one mesh axis may be -1 (the rest of the devices)",
   )

@@ -27,7 +27,7 @@ def _convert(key: str, raw: str, default: Any) -> Any:
       return int(raw)
     except ValueError:
       raise ValueError(
-          f"config arg {key}={raw!r}: expected an integer"
+        f"config arg {key}={raw!r}: expected an integer"
       ) from None
   if isinstance(default, float):
     try:
@@ -54,7 +54,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     key = key.strip()
     if key not in defaults:
       raise ValueError(
-          f"unknown config arg {key!r}; valid args: {sorted(defaults)}"
+        f"unknown config arg {key!r}; valid args: {sorted(defaults)}"
       )
     if not sep and not isinstance(defaults[key], bool):
       raise ValueError(f"config arg {key!r} needs a value ({key}=...)")
@@ -176,12 +176,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
   c.logical_axis_rules = (
-      ("batch", ("data", "fsdp")),
-      ("embed", "fsdp"),
-      ("mlp", "tensor"),
-      ("heads", "tensor"),
-      ("kv_heads", "tensor"),
-      ("vocab", "tensor"),
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("vocab", "tensor"),
   )
 
   c.distributed = ml_collections.ConfigDict()

@@ -25,13 +25,13 @@ _REPO_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 _DEFAULT_CONFIG = str(_REPO_CONFIGS / "synthmed_tiny.py")
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    _DEFAULT_CONFIG,
-    "Job config file, optionally with a variant: path/to/config.py:arg.",
-    lock_config=True,
+  "config",
+  _DEFAULT_CONFIG,
+  "Job config file, optionally with a variant: path/to/config.py:arg.",
+  lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
-    "workdir", "runs/default", "Run directory (local or gs://)."
+  "workdir", "runs/default", "Run directory (local or gs://)."
 )
 _OUT = flags.DEFINE_string("out", "", "Output directory or file.")
 _NUM = flags.DEFINE_integer("num", 16, "Number of examples (synthmed).")
@@ -44,14 +44,14 @@ flags.DEFINE_string("input", "", "Input file or directory (data tools).")
 
 # subcommand -> (module, function, one-line help)
 _COMMANDS = {
-    "train": ("stepjax.train.loop", "main", "SFT then RL training."),
-    "eval": ("stepjax.eval.run", "main", "Evaluate a checkpoint."),
-    "generate": ("stepjax.eval.generate", "main", "Reason on one image."),
-    "export": ("stepjax.train.export", "main", "Write an HF directory."),
-    "plan": ("stepjax.eval.plan", "main", "Per-device memory plan."),
-    "synthmed": ("stepjax.data.synthmed_cli", "main", "Write SynthMed samples."),
-    "data": ("stepjax.data.cli", "main", "Dataset tools (build-mrpo, ...)."),
-    "bench": ("stepjax.bench", "main", "Benchmarks: sampler | train | rl."),
+  "train": ("stepjax.train.loop", "main", "SFT then RL training."),
+  "eval": ("stepjax.eval.run", "main", "Evaluate a checkpoint."),
+  "generate": ("stepjax.eval.generate", "main", "Reason on one image."),
+  "export": ("stepjax.train.export", "main", "Write an HF directory."),
+  "plan": ("stepjax.eval.plan", "main", "Per-device memory plan."),
+  "synthmed": ("stepjax.data.synthmed_cli", "main", "Write SynthMed samples."),
+  "data": ("stepjax.data.cli", "main", "Dataset tools (build-mrpo, ...)."),
+  "bench": ("stepjax.bench", "main", "Benchmarks: sampler | train | rl."),
 }
 
 
@@ -72,9 +72,20 @@ def _main(argv: list[str]) -> None:
 
 def cli() -> None:
   """Console-script entry point."""
-  if len(sys.argv) > 1 and sys.argv[1] in ("help", "-h", "--help") and (
-      len(sys.argv) == 2
+  if (
+    len(sys.argv) > 1
+    and sys.argv[1] in ("help", "-h", "--help")
+    and (len(sys.argv) == 2)
   ):
     print(_usage())
     return
-  app.run(_main)
+  app.run(_main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """Parses stepjax's flags; unknown `--x` flags after a `data` subcommand
+  pass through to its own parser (e.g. `stepjax data build-mrpo --slake=..`).
+  """
+  if len(argv) > 1 and argv[1] == "data":
+    return flags.FLAGS(argv, known_only=True)
+  return flags.FLAGS(argv)

@@ -15,7 +15,7 @@ def _load(arg=None):
   import importlib.util
 
   spec = importlib.util.spec_from_file_location(
-      "synthmed_tiny", REPO / "configs" / "synthmed_tiny.py"
+    "synthmed_tiny", REPO / "configs" / "synthmed_tiny.py"
   )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -23,17 +23,20 @@ def _load(arg=None):
 
 
 def test_parse_arg_types_and_flags():
-  args = config_utils.parse_arg("algo=grpo,test,n=3,lr=0.5", algo="mrpo",
-                                test=False, n=1, lr=1.0)
+  args = config_utils.parse_arg(
+    "algo=grpo,test,n=3,lr=0.5", algo="mrpo", test=False, n=1, lr=1.0
+  )
   assert args.algo == "grpo" and args.test is True
   assert args.n == 3 and args.lr == 0.5
 
 
 @pytest.mark.parametrize(
-    "arg, message",
-    [("algoo=grpo", "unknown config arg 'algoo'"),
-     ("n=three", "expected an integer"),
-     ("algo", "needs a value")],
+  "arg, message",
+  [
+    ("algoo=grpo", "unknown config arg 'algoo'"),
+    ("n=three", "expected an integer"),
+    ("algo", "needs a value"),
+  ],
 )
 def test_parse_arg_errors(arg, message):
   with pytest.raises(ValueError, match=message):
@@ -50,13 +53,15 @@ def test_variants_and_lock():
 
 
 @pytest.mark.parametrize(
-    "key, value, flag",
-    [("sampling.group_size", 1, "sampling.group_size"),
-     ("rl.algorithm", "ppo", "rl.algorithm"),
-     ("rl.tau", 1.5, "rl.tau"),
-     ("data.token_buckets", (128, 96), "data.token_buckets"),
-     ("data.on_bad_record", "ignore", "data.on_bad_record"),
-     ("rl.process_source", "judge", "judge.base_url")],
+  "key, value, flag",
+  [
+    ("sampling.group_size", 1, "sampling.group_size"),
+    ("rl.algorithm", "ppo", "rl.algorithm"),
+    ("rl.tau", 1.5, "rl.tau"),
+    ("data.token_buckets", (128, 96), "data.token_buckets"),
+    ("data.on_bad_record", "ignore", "data.on_bad_record"),
+    ("rl.process_source", "judge", "judge.base_url"),
+  ],
 )
 def test_semantic_checks_name_the_flag(key, value, flag):
   config = _load()
@@ -69,8 +74,11 @@ def test_semantic_checks_name_the_flag(key, value, flag):
 
 def _cli(*args):
   return subprocess.run(
-      [sys.executable, "-m", "stepjax", *args],
-      capture_output=True, text=True, cwd=REPO, timeout=120,
+    [sys.executable, "-m", "stepjax", *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=120,
   )
 
 

@@ -27,32 +27,32 @@ class Checkpointer:
   def __init__(self, directory: str, keep: int = 2):
     self.directory = epath.Path(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=False
+      max_to_keep=keep, create=True, enable_async_checkpointing=False
     )
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=options,
-        item_names=("state", "data", "info"),
-        item_handlers={
-            "state": ocp.StandardCheckpointHandler(),
-            "data": grain.checkpoint.CheckpointHandler(),
-            "info": ocp.JsonCheckpointHandler(),
-        },
+      self.directory,
+      options=options,
+      item_names=("state", "data", "info"),
+      item_handlers={
+        "state": ocp.StandardCheckpointHandler(),
+        "data": grain.checkpoint.CheckpointHandler(),
+        "info": ocp.JsonCheckpointHandler(),
+      },
     )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(
-      self,
-      step: int,
-      state: Any,
-      iterator: Any | None,
-      info: dict[str, Any],
+    self,
+    step: int,
+    state: Any,
+    iterator: Any | None,
+    info: dict[str, Any],
   ) -> None:
     items = {
-        "state": ocp.args.StandardSave(state),
-        "info": ocp.args.JsonSave(info),
+      "state": ocp.args.StandardSave(state),
+      "info": ocp.args.JsonSave(info),
     }
     if iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(iterator)
@@ -60,10 +60,10 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def restore(
-      self,
-      step: int,
-      abstract_state: Any,
-      iterator: Any | None,
+    self,
+    step: int,
+    abstract_state: Any,
+    iterator: Any | None,
   ) -> tuple[Any, dict[str, Any]]:
     """Restores `state` with the shardings of `abstract_state`.
 
@@ -71,8 +71,8 @@ class Checkpointer:
     set; `iterator` (if given) is advanced in place to the saved position.
     """
     items = {
-        "state": ocp.args.StandardRestore(abstract_state),
-        "info": ocp.args.JsonRestore(),
+      "state": ocp.args.StandardRestore(abstract_state),
+      "info": ocp.args.JsonRestore(),
     }
     if iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(iterator)
@@ -93,19 +93,19 @@ def restore_state_only(directory: str, abstract_state: Any) -> Any:
   candidates = [path / "state"] if (path / "state").exists() else []
   if not candidates:
     manager = ocp.CheckpointManager(
-        path,
-        item_names=("state",),
-        item_handlers={"state": ocp.StandardCheckpointHandler()},
+      path,
+      item_names=("state",),
+      item_handlers={"state": ocp.StandardCheckpointHandler()},
     )
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(
-          f"--config.init_from={directory}: no Orbax checkpoint found (and "
-          "no config.json: it is not an HF directory either)"
+        f"--config.init_from={directory}: no Orbax checkpoint found (and "
+        "no config.json: it is not an HF directory either)"
       )
     restored = manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)),
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)),
     )
     return restored["state"]
   checkpointer = ocp.StandardCheckpointer()
@@ -115,7 +115,7 @@ def restore_state_only(directory: str, abstract_state: Any) -> Any:
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs of `tree` carrying `shardings` (for restore)."""
   return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      tree,
-      shardings,
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    tree,
+    shardings,
   )

@@ -32,7 +32,9 @@ def _to_float(value: Any) -> float | None:
 class MetricsWriter:
   """Writes scalars to `workdir/metrics.jsonl` and `workdir/tb/`."""
 
-  def __init__(self, workdir: str, total_steps: int, enabled: bool | None = None):
+  def __init__(
+    self, workdir: str, total_steps: int, enabled: bool | None = None
+  ):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.workdir = epath.Path(workdir)
     self._bar = None
@@ -54,8 +56,11 @@ class MetricsWriter:
 
   def write(self, step: int, phase: str, scalars: dict[str, Any]) -> dict:
     """Logs the finite scalars of `scalars`; returns what was written."""
-    clean = {k: v for k, v in ((k, _to_float(v)) for k, v in scalars.items())
-             if v is not None}
+    clean = {
+      k: v
+      for k, v in ((k, _to_float(v)) for k, v in scalars.items())
+      if v is not None
+    }
     if not self.enabled:
       return clean
     record = {"step": int(step), "phase": phase, **clean}
@@ -64,9 +69,7 @@ class MetricsWriter:
     if self._tb is not None:
       for name, value in clean.items():
         self._tb.add_scalar(f"{phase}/{name}", value, step)
-    summary = " ".join(
-        f"{k}={clean[k]:.3f}" for k in KEY_METRICS if k in clean
-    )
+    summary = " ".join(f"{k}={clean[k]:.3f}" for k in KEY_METRICS if k in clean)
     if self._bar is not None:
       self._bar.set_description(f"{phase} {summary}")
       self._bar.n = int(step)

@@ -8,7 +8,7 @@ import optax
 
 
 def learning_rate_schedule(
-    peak: float, warmup_steps: int, total_steps: int, kind: str
+  peak: float, warmup_steps: int, total_steps: int, kind: str
 ) -> optax.Schedule:
   """Linear warm-up to `peak`, then cosine / linear decay or constant."""
   warmup_steps = max(int(warmup_steps), 0)
@@ -21,34 +21,36 @@ def learning_rate_schedule(
     after = optax.linear_schedule(peak, peak * 0.1, decay_steps)
   else:
     raise ValueError(
-        f"--config.optim.schedule={kind!r}: expected cosine, linear or "
-        "constant"
+      f"--config.optim.schedule={kind!r}: expected cosine, linear or constant"
     )
   if warmup_steps == 0:
     return after
-  warmup = optax.linear_schedule(peak / max(warmup_steps, 1), peak,
-                                 warmup_steps)
+  warmup = optax.linear_schedule(
+    peak / max(warmup_steps, 1), peak, warmup_steps
+  )
   return optax.join_schedules([warmup, after], [warmup_steps])
 
 
 def make_optimizer(
-    optim_config: Any, learning_rate: float, total_steps: int
+  optim_config: Any, learning_rate: float, total_steps: int
 ) -> optax.GradientTransformation:
   """AdamW (+ global-norm clipping, + gradient accumulation)."""
   schedule = learning_rate_schedule(
-      learning_rate, optim_config.warmup_steps, total_steps,
-      optim_config.schedule,
+    learning_rate,
+    optim_config.warmup_steps,
+    total_steps,
+    optim_config.schedule,
   )
   parts = []
   if optim_config.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(optim_config.grad_clip))
   parts.append(
-      optax.adamw(
-          schedule,
-          b1=optim_config.b1,
-          b2=optim_config.b2,
-          weight_decay=optim_config.weight_decay,
-      )
+    optax.adamw(
+      schedule,
+      b1=optim_config.b1,
+      b2=optim_config.b2,
+      weight_decay=optim_config.weight_decay,
+    )
   )
   tx = optax.chain(*parts)
   if optim_config.grad_accum > 1:

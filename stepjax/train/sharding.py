@@ -25,7 +25,7 @@ BATCH_AXES = ("data", "fsdp")
 
 
 def resolve_mesh_shape(
-    sizes: dict[str, int], num_devices: int
+  sizes: dict[str, int], num_devices: int
 ) -> tuple[int, ...]:
   """Fills the one -1 axis with the remaining devices; checks the product."""
   known = [sizes[a] for a in MESH_AXES if sizes[a] != -1]
@@ -36,17 +36,17 @@ def resolve_mesh_shape(
     if size == -1:
       if num_devices % product:
         raise ValueError(
-            f"--config.mesh: {num_devices} devices cannot be split with "
-            f"{dict(sizes)}; the fixed axes' product {product} must divide "
-            "the device count"
+          f"--config.mesh: {num_devices} devices cannot be split with "
+          f"{dict(sizes)}; the fixed axes' product {product} must divide "
+          "the device count"
         )
       size = num_devices // product
     shape.append(size)
   if math.prod(shape) != num_devices:
     raise ValueError(
-        f"--config.mesh: axes {dict(zip(MESH_AXES, shape))} use "
-        f"{math.prod(shape)} devices but {num_devices} are available; set "
-        "one axis to -1 or make the product match"
+      f"--config.mesh: axes {dict(zip(MESH_AXES, shape))} use "
+      f"{math.prod(shape)} devices but {num_devices} are available; set "
+      "one axis to -1 or make the product match"
     )
   return tuple(shape)
 
@@ -58,7 +58,7 @@ def make_mesh(mesh_config: Any, devices: Sequence[Any] | None = None) -> Mesh:
   shape = resolve_mesh_shape(sizes, len(devices))
   if devices == list(jax.devices()):
     return jax.make_mesh(
-        shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3
+      shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3
     )
   grid = np.asarray(devices, dtype=object).reshape(shape)
   return Mesh(grid, MESH_AXES)
@@ -87,7 +87,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules) -> Any:
 
   def fit(var_sharding, leaf):
     spec = list(var_sharding.spec) + [None] * (
-        len(leaf.shape) - len(var_sharding.spec)
+      len(leaf.shape) - len(var_sharding.spec)
     )
     for i, axes in enumerate(spec):
       if axes is None:

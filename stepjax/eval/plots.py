@@ -1,0 +1,225 @@
+"""PNG figures of evaluation reports and training curves (matplotlib, Agg).
+
+- `plot_ffp`: the paper's failure-position figure: for each run (method), a
+  group of three bars with the share of failing completions whose First
+  Failure Point is early / mid / late; the no-failure share is printed under
+  each group's name.
+- `plot_far`: Failure Accumulation Rate against FFP bin, one line per run.
+- `plot_curves`: scalar metrics from `metrics.jsonl` over training steps,
+  one panel per metric, phases (sft / rl / eval ...) told apart by colour
+  for a single run, and by line style when several runs are overlaid (runs
+  then take the colours).
+
+Reports are the dicts of `stepjax.eval.report`; curves are the records of
+`stepjax.train.metrics.read_metrics`. Every function writes one PNG and
+returns its path; parent directories are created.
+
+Figures are `matplotlib.figure.Figure` objects rendered by the Agg canvas,
+never pyplot: no display, no global figure state, safe in threads and tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+import matplotlib.figure
+import numpy as np
+from etils import epath
+
+BINS = ("early", "mid", "late")
+BIN_LABELS = ("Early (0-1/3)", "Mid (1/3-2/3)", "Late (2/3-1)")
+BIN_COLORS = ("#c0392b", "#e67e22", "#f1c40f")
+PHASE_STYLES = ("-", "--", ":", "-.")
+DEFAULT_CURVE_METRICS = ("reward", "accuracy", "step_validity")
+_DPI = 120
+
+
+def _figure(width: float, height: float) -> matplotlib.figure.Figure:
+  return matplotlib.figure.Figure(figsize=(width, height))
+
+
+def _save(fig: matplotlib.figure.Figure, path: str) -> str:
+  p = epath.Path(path)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  with p.open("wb") as f:
+    fig.savefig(f, format="png", dpi=_DPI, bbox_inches="tight")
+  return str(p)
+
+
+def _nan(x: float | None) -> float:
+  return math.nan if x is None else float(x)
+
+
+def _check_reports(reports: Mapping[str, Mapping[str, Any]], what: str):
+  if not reports:
+    raise ValueError(f"{what}: no reports given; pass at least one run")
+
+
+def plot_ffp(reports: Mapping[str, Mapping[str, Any]], path: str) -> str:
+  """Grouped bars of FFP shares (% of failing completions) per run.
+
+  Args:
+    reports: run name -> report dict (uses "ffp" and "ffp_counts").
+    path: output PNG path (local or gs://).
+  """
+  _check_reports(reports, "plot_ffp")
+  names = list(reports)
+  shares_RxB = np.array(
+    [[_nan(reports[n]["ffp"].get(b)) for b in BINS] for n in names]
+  )
+  x_R = np.arange(len(names))
+  width = 0.8 / len(BINS)
+  fig = _figure(max(5.0, 1.6 * len(names) + 2), 4.0)
+  ax = fig.subplots()
+  for j, (label, color) in enumerate(zip(BIN_LABELS, BIN_COLORS)):
+    values = 100 * shares_RxB[:, j]
+    bars = ax.bar(
+      x_R + (j - 1) * width,
+      np.nan_to_num(values),
+      width,
+      label=label,
+      color=color,
+      edgecolor="black",
+      linewidth=0.5,
+    )
+    for bar, v in zip(bars, values):
+      if not math.isnan(v):
+        ax.annotate(
+          f"{v:.1f}",
+          (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+          ha="center",
+          va="bottom",
+          fontsize=8,
+          xytext=(0, 2),
+          textcoords="offset points",
+        )
+  ticks = []
+  for n in names:
+    none = reports[n]["ffp"].get("none")
+    failed = sum(reports[n].get("ffp_counts", {}).get(b, 0) for b in BINS)
+    extra = "" if none is None else f"\nno failure {100 * none:.1f}%"
+    ticks.append(f"{n}{extra}\n(n failed={failed})")
+  ax.set_xticks(x_R, ticks, fontsize=9)
+  ax.set_ylabel("% of failing completions")
+  ax.set_ylim(0, 125)  # headroom for the legend above 100 %
+  ax.set_yticks(np.arange(0, 101, 20))
+  ax.set_title("First Failure Point (position of the first invalid step)")
+  ax.legend(fontsize=8, loc="upper center", ncol=len(BINS), frameon=False)
+  ax.grid(axis="y", alpha=0.3)
+  ax.set_axisbelow(True)
+  return _save(fig, path)
+
+
+def plot_far(reports: Mapping[str, Mapping[str, Any]], path: str) -> str:
+  """FAR (% of invalid steps after the first failure) per FFP bin and run.
+
+  Args:
+    reports: run name -> report dict (uses "far_by_ffp"; "far_counts" goes
+      into the legend as n=early/mid/late).
+    path: output PNG path.
+  """
+  _check_reports(reports, "plot_far")
+  fig = _figure(6.0, 4.0)
+  ax = fig.subplots()
+  x_B = np.arange(len(BINS))
+  for name, report in reports.items():
+    far_B = np.array([_nan(report["far_by_ffp"].get(b)) for b in BINS])
+    counts = report.get("far_counts", {})
+    n = "/".join(str(counts.get(b, "?")) for b in BINS)
+    ax.plot(x_B, 100 * far_B, marker="o", linewidth=2, label=f"{name} (n={n})")
+  ax.set_xticks(x_B, BIN_LABELS)
+  ax.set_xlim(-0.3, len(BINS) - 0.7)
+  ax.set_ylim(0, 105)
+  ax.set_xlabel("First Failure Point stage")
+  ax.set_ylabel("FAR: % invalid steps after the first failure")
+  ax.set_title("Failure Accumulation Rate vs First Failure Point")
+  ax.legend(fontsize=8, title="run (completions per stage)", title_fontsize=8)
+  ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def plot_curves(
+  runs: Mapping[str, Sequence[Mapping[str, Any]]],
+  path: str,
+  metrics: Sequence[str] = DEFAULT_CURVE_METRICS,
+) -> str:
+  """Metrics over training steps from one or more runs' metrics.jsonl.
+
+  Args:
+    runs: run name -> list of {"step", "phase", <metric>: float} records.
+    path: output PNG path.
+    metrics: metric names, one panel each; names that no run logged are
+      skipped (all missing is an error naming the available ones).
+  """
+  if not runs:
+    raise ValueError("plot_curves: no runs given; pass at least one run")
+  logged = {k for recs in runs.values() for r in recs for k in r}
+  panels = [m for m in metrics if m in logged]
+  if not panels:
+    available = sorted(logged - {"step", "phase"})
+    raise ValueError(
+      f"plot_curves: none of {list(metrics)} was logged; available "
+      f"metrics: {available}"
+    )
+  phases = []
+  for recs in runs.values():
+    for r in recs:
+      if r.get("phase", "") not in phases:
+        phases.append(r.get("phase", ""))
+  single = len(runs) == 1
+  colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+  fig = _figure(7.0, 2.6 * len(panels))
+  axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)
+  for ax, metric in zip(axes[:, 0], panels):
+    for i, (name, recs) in enumerate(runs.items()):
+      for j, phase in enumerate(phases):
+        pts = sorted(
+          (r["step"], r[metric])
+          for r in recs
+          if r.get("phase", "") == phase and metric in r
+        )
+        if not pts:
+          continue
+        steps, values = zip(*pts)
+        color = colors[(j if single else i) % len(colors)]
+        style = "-" if single else PHASE_STYLES[j % len(PHASE_STYLES)]
+        label = phase if single else f"{name} [{phase}]"
+        ax.plot(
+          steps,
+          values,
+          style,
+          color=color,
+          label=label,
+          linewidth=1.6,
+          marker="o" if len(pts) <= 20 else None,
+          markersize=3,
+        )
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+  axes[-1, 0].set_xlabel("step")
+  title = next(iter(runs)) if single else "comparison: " + ", ".join(runs)
+  axes[0, 0].set_title(f"Training curves ({title})")
+  return _save(fig, path)
+
+
+def render_all(
+  reports: Mapping[str, Mapping[str, Any]],
+  out_dir: str,
+  runs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> list[str]:
+  """Writes ffp.png, far.png and (if any run logged metrics) curves.png."""
+  out = epath.Path(out_dir)
+  paths = [
+    plot_ffp(reports, str(out / "ffp.png")),
+    plot_far(reports, str(out / "far.png")),
+  ]
+  runs = {k: v for k, v in (runs or {}).items() if v}
+  if runs:
+    logged = {k for recs in runs.values() for r in recs for k in r}
+    if logged & set(DEFAULT_CURVE_METRICS):
+      paths.append(plot_curves(runs, str(out / "curves.png")))
+  return paths
