@@ -1,1 +1,7 @@
-"""stepjax.models."""
+"""stepjax.models: Qwen2.5-VL policy in Flax NNX and the step-value head.
+
+config (ModelConfig presets), layers, vision_index (host-side vision
+metadata), vision, rope_index (host-side M-RoPE positions), language
+(decoder + KV cache), qwen25vl (the policy; API in its docstring),
+step_value, hf_convert (transformers checkpoints in and out).
+"""

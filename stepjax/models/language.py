@@ -1,0 +1,209 @@
+"""Qwen2 decoder with M-RoPE and a preallocated KV cache.
+
+B: batch, T: new tokens this call, S: cache length, D: hidden, L: layers,
+N: query heads, G: kv heads, K: head_dim, V: vocab.
+
+Cache (a dict pytree, see `init_cache`):
+  k_LxBxSxGxK, v_LxBxSxGxK: keys (rotated) and values per cache slot;
+  mask_BxS: which slots hold real tokens (False for padding / unwritten).
+A call with `cache_index=c` writes its T tokens to slots c..c+T-1 and each
+new token attends to written real slots at or before its own slot.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from stepjax.models import config as config_lib
+from stepjax.models import layers
+
+
+def mrope_cos_sin(positions_3xBxT, cfg: config_lib.TextConfig, dtype):
+  """cos, sin (B x T x K): frequency j rotates with axis section_of[j]."""
+  freq = layers.inv_freq(cfg.head_dim, cfg.rope_theta)  # K/2
+  ang = positions_3xBxT[..., None].astype(jnp.float32) * freq  # 3xBxTxK/2
+  axis_of = jnp.concatenate(
+    [jnp.full((n,), i % 3, jnp.int32) for i, n in enumerate(cfg.mrope_section)]
+  )
+  ang = jnp.take_along_axis(ang, axis_of[None, None, None, :], axis=0)[0]
+  ang = jnp.concatenate([ang, ang], axis=-1)
+  return jnp.cos(ang).astype(dtype), jnp.sin(ang).astype(dtype)
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
+    t = cfg.text
+    kw = dict(
+      rngs=rngs,
+      param_dtype=cfg.param_dtype,
+      dtype=cfg.dtype,
+      std=cfg.initializer_range,
+    )
+    d, k = t.hidden_size, t.head_dim
+    self.q = layers.Dense(
+      (d,), (t.num_heads, k), ("embed",), ("heads", "head_dim"),
+      use_bias=True, **kw,
+    )  # fmt: skip
+    self.k = layers.Dense(
+      (d,), (t.num_kv_heads, k), ("embed",), ("kv_heads", "head_dim"),
+      use_bias=True, **kw,
+    )  # fmt: skip
+    self.v = layers.Dense(
+      (d,), (t.num_kv_heads, k), ("embed",), ("kv_heads", "head_dim"),
+      use_bias=True, **kw,
+    )  # fmt: skip
+    self.o = layers.Dense(
+      (t.num_heads, k), (d,), ("heads", "head_dim"), ("embed",),
+      use_bias=False, **kw,
+    )  # fmt: skip
+    self.groups = t.num_heads // t.num_kv_heads
+    self.dtype = layers.to_dtype(cfg.dtype)
+
+  def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv=None, cache_index=0):
+    """kv: None or (k_BxSxGxK, v_BxSxGxK) cache of this layer."""
+    q = layers.apply_rotary(self.q(x_BxTxD), cos, sin)
+    k = layers.apply_rotary(self.k(x_BxTxD), cos, sin)
+    v = self.v(x_BxTxD)
+    if kv is not None:
+      ck, cv = kv
+      start = (0, cache_index, 0, 0)
+      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), start)
+      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), start)
+      new_kv = (k, v)
+    else:
+      new_kv = None
+    b, t, n, kd = q.shape
+    q = q.reshape(b, t, n // self.groups, self.groups, kd)
+    logits = jnp.einsum("btgrk,bsgk->bgrts", q, k.astype(self.dtype)) * (
+      kd**-0.5
+    )
+    logits = jnp.where(
+      mask_BxTxS[:, None, None], logits, jnp.finfo(logits.dtype).min
+    )
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    out = jnp.einsum(
+      "bgrts,bsgk->btgrk", probs.astype(self.dtype), v.astype(self.dtype)
+    )
+    return self.o(out.reshape(b, t, n, kd)), new_kv
+
+
+class MLP(nnx.Module):
+  def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
+    t = cfg.text
+    kw = dict(
+      rngs=rngs,
+      param_dtype=cfg.param_dtype,
+      dtype=cfg.dtype,
+      std=cfg.initializer_range,
+      use_bias=False,
+    )
+    d, f = t.hidden_size, t.intermediate_size
+    self.gate = layers.Dense((d,), (f,), ("embed",), ("mlp",), **kw)
+    self.up = layers.Dense((d,), (f,), ("embed",), ("mlp",), **kw)
+    self.down = layers.Dense((f,), (d,), ("mlp",), ("embed",), **kw)
+
+  def __call__(self, x):
+    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class DecoderLayer(nnx.Module):
+  def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
+    t = cfg.text
+    norm = dict(
+      eps=t.rms_norm_eps,
+      axis="embed",
+      param_dtype=cfg.param_dtype,
+      dtype=cfg.dtype,
+    )
+    self.input_norm = layers.RMSNorm(t.hidden_size, **norm)
+    self.attn = Attention(cfg, rngs)
+    self.post_attn_norm = layers.RMSNorm(t.hidden_size, **norm)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x, cos, sin, mask, kv=None, cache_index=0):
+    h, new_kv = self.attn(self.input_norm(x), cos, sin, mask, kv, cache_index)
+    x = x + h
+    return x + self.mlp(self.post_attn_norm(x)), new_kv
+
+
+class Decoder(nnx.Module):
+  """Token embedding, decoder layers, final norm (no lm_head)."""
+
+  def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
+    t = cfg.text
+    self.cfg = cfg
+    self.embed = layers.param(
+      rngs,
+      (t.vocab_size, t.hidden_size),
+      ("vocab", "embed"),
+      cfg.param_dtype,
+      std=cfg.initializer_range,
+    )
+    self.layers = nnx.List(
+      [DecoderLayer(cfg, rngs) for _ in range(t.num_layers)]
+    )
+    self.final_norm = layers.RMSNorm(
+      t.hidden_size, t.rms_norm_eps, "embed", cfg.param_dtype, cfg.dtype
+    )
+
+  def embed_tokens(self, ids_BxT):
+    table = self.embed[...].astype(layers.to_dtype(self.cfg.dtype))
+    return jnp.take(table, ids_BxT, axis=0)
+
+  def __call__(
+    self, x_BxTxD, positions_3xBxT, attn_mask_BxT, cache=None, cache_index=None
+  ):
+    """Returns (hidden_BxTxD after the final norm, new cache or None)."""
+    dtype = layers.to_dtype(self.cfg.dtype)
+    cos, sin = mrope_cos_sin(positions_3xBxT, self.cfg.text, dtype)
+    b, t = attn_mask_BxT.shape
+    real = attn_mask_BxT.astype(bool)
+    if cache is None:
+      q_slot = jnp.arange(t)
+      key_mask, k_slot = real, jnp.arange(t)
+      new_cache = None
+    else:
+      if cache_index is None:
+        raise ValueError("cache_index is required when a cache is given")
+      q_slot = cache_index + jnp.arange(t)
+      key_mask = jax.lax.dynamic_update_slice(
+        cache["mask_BxS"], real, (0, cache_index)
+      )
+      k_slot = jnp.arange(key_mask.shape[1])
+      new_cache = {"mask_BxS": key_mask}
+    mask_BxTxS = (k_slot[None, None, :] <= q_slot[None, :, None]) & key_mask[
+      :, None, :
+    ]
+    step = DecoderLayer.__call__
+    if self.cfg.remat:
+      step = nnx.remat(step)
+    if cache is not None:
+      k_all, v_all = cache["k_LxBxSxGxK"], cache["v_LxBxSxGxK"]
+    for i, layer in enumerate(self.layers):
+      kv = None if cache is None else (k_all[i], v_all[i])
+      x_BxTxD, new_kv = step(layer, x_BxTxD, cos, sin, mask_BxTxS, kv,
+                             cache_index)  # fmt: skip
+      if new_kv is not None:
+        # An in-place dynamic-update-slice when the cache is donated.
+        k_all = k_all.at[i].set(new_kv[0])
+        v_all = v_all.at[i].set(new_kv[1])
+    if new_cache is not None:
+      new_cache["k_LxBxSxGxK"] = k_all
+      new_cache["v_LxBxSxGxK"] = v_all
+    return self.final_norm(x_BxTxD), new_cache
+
+
+def init_cache(
+  cfg: config_lib.ModelConfig, batch: int, max_len: int, dtype=None
+) -> dict:
+  """Zeroed cache for `batch` rows and `max_len` slots."""
+  t = cfg.text
+  dtype = layers.to_dtype(cfg.dtype) if dtype is None else dtype
+  shape = (t.num_layers, batch, max_len, t.num_kv_heads, t.head_dim)
+  return {
+    "k_LxBxSxGxK": jnp.zeros(shape, dtype),
+    "v_LxBxSxGxK": jnp.zeros(shape, dtype),
+    "mask_BxS": jnp.zeros((batch, max_len), bool),
+  }

@@ -1,0 +1,125 @@
+"""Shared layers: RMSNorm, dense layers with logical axes, rotary helpers.
+
+Every parameter is an `nnx.Param` carrying `out_sharding` (logical axis
+names such as `embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`);
+`nnx.get_partition_spec` plus logical axis rules map them to a mesh.
+Parameters are stored in `param_dtype` and cast to the compute `dtype` at
+use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def to_dtype(name: str) -> jnp.dtype:
+  return jnp.dtype(name)
+
+
+def param(
+  rngs: nnx.Rngs | None,
+  shape: Sequence[int],
+  axes: Sequence[str | None],
+  dtype: str,
+  init: str = "normal",
+  std: float = 0.02,
+) -> nnx.Param:
+  """A parameter with logical axis names; init is normal, zeros or ones."""
+  if len(shape) != len(axes):
+    raise ValueError(f"shape {shape} and axes {axes} differ in rank")
+  dt = to_dtype(dtype)
+  if init == "normal":
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+    value = value.astype(dt)
+  elif init == "zeros":
+    value = jnp.zeros(shape, dt)
+  elif init == "ones":
+    value = jnp.ones(shape, dt)
+  else:
+    raise ValueError(f"unknown init {init!r}")
+  return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm computed in float32, as transformers' Qwen2RMSNorm does."""
+
+  def __init__(
+    self, dim: int, eps: float, axis: str, param_dtype: str, dtype: str
+  ):
+    self.scale = param(None, (dim,), (axis,), param_dtype, init="ones")
+    self.eps = eps
+    self.dtype = to_dtype(dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+    x32 = x32 * jax.lax.rsqrt(var + self.eps)
+    return self.scale[...].astype(self.dtype) * x32.astype(self.dtype)
+
+
+class Dense(nnx.Module):
+  """y = x . kernel + bias over the trailing `len(in_shape)` axes of x.
+
+  kernel has shape in_shape + out_shape (e.g. embed -> heads x head_dim),
+  which keeps head axes explicit for sharding.
+  """
+
+  def __init__(
+    self,
+    in_shape: Sequence[int],
+    out_shape: Sequence[int],
+    in_axes: Sequence[str | None],
+    out_axes: Sequence[str | None],
+    *,
+    use_bias: bool,
+    rngs: nnx.Rngs,
+    param_dtype: str,
+    dtype: str,
+    std: float = 0.02,
+  ):
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    self.n_in = len(in_shape)
+    self.kernel = param(
+      rngs,
+      in_shape + out_shape,
+      tuple(in_axes) + tuple(out_axes),
+      param_dtype,
+      std=std,
+    )
+    self.bias = (
+      param(None, out_shape, out_axes, param_dtype, init="zeros")
+      if use_bias
+      else None
+    )
+    self.dtype = to_dtype(dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel[...].astype(self.dtype)
+    y = jnp.tensordot(x.astype(self.dtype), k, axes=self.n_in)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x: [..., heads, head_dim]; cos/sin broadcast to [..., 1, head_dim]."""
+  return x * cos[..., None, :] + rotate_half(x) * sin[..., None, :]
+
+
+def inv_freq(dim: int, theta: float) -> jax.Array:
+  """Standard RoPE inverse frequencies for a rotary width `dim` (dim/2)."""
+  return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+  return 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))

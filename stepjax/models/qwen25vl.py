@@ -1,0 +1,153 @@
+"""The Qwen2.5-VL policy: vision tower + Qwen2 decoder + lm_head.
+
+Shapes: B batch, T tokens in this call, S cache slots, V vocab, D decoder
+hidden, I images, N padded patch rows per image, P = 3*2*14*14 patch row,
+M = N / 4 merged tokens per image, L layers, G kv heads, K head_dim.
+
+Host side (numpy, once per batch, outside jit):
+  meta = vision_index.vision_metadata(grid_thw_Ix3, N, cfg.vision)
+  pixels_IxNxP = vision_index.pad_pixels(pixel_values, grid_thw_Ix3, N)
+      (or build pixels_IxNxP directly; rows past t*h*w are ignored)
+  positions_3xBxT, deltas_B = rope_index.rope_index(
+      input_ids_BxT, attn_mask_BxT, grid_thw_Ix3, cfg)
+Images are numbered in reading order of their `<|image_pad|>` runs (row by
+row, left to right); image i must have t*h*w/4 pad tokens.
+
+Forward (a method; or `forward(graphdef, params, ...)` for jit):
+  logits_BxTxV, hidden_BxTxD, new_cache = model(
+      input_ids_BxT,            # int32; left padding allowed
+      positions_3xBxT,          # int32 M-RoPE positions (rope_index)
+      attn_mask_BxT,            # bool/int, 1 = real token
+      pixels_IxNxP=None, vision_meta=None,      # images, or instead
+      img_IxMxD=None, img_valid_IxM=None,       # precomputed features
+      cache=None, cache_index=None)             # KV cache, see below
+  hidden_BxTxD is the final-norm hidden state (input of lm_head and of
+  step_value.StepValueHead).
+
+KV cache, for a sampler:
+  cache = language.init_cache(cfg, B, S)  # or model.init_cache(B, S)
+  prefill: model(prompt_ids_BxT, positions, mask_BxT, pixels..., meta,
+                 cache=cache, cache_index=0)  -> writes slots 0..T-1
+  decode:  model(tok_Bx1, rope_index.next_positions(num_real_B, deltas_B),
+                 ones_Bx1, cache=cache, cache_index=T + step)
+  where num_real_B counts the real tokens already in the cache (prompt
+  tokens with mask 1 plus decoded tokens). `cache_index` may be a traced
+  int32 scalar; the cache's `mask_BxS` remembers padding, so later calls
+  only pass the mask of their own tokens. Without a cache the call is a
+  plain causal forward over T tokens.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from stepjax.models import config as config_lib
+from stepjax.models import language, layers, vision, vision_index
+
+
+class Qwen25VL(nnx.Module):
+  def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.visual = vision.VisionTower(cfg, rngs)
+    self.language = language.Decoder(cfg, rngs)
+    t = cfg.text
+    self.lm_head = (
+      None
+      if cfg.tie_word_embeddings
+      else layers.Dense(
+        (t.hidden_size,),
+        (t.vocab_size,),
+        ("embed",),
+        ("vocab",),
+        use_bias=False,
+        rngs=rngs,
+        param_dtype=cfg.param_dtype,
+        dtype=cfg.dtype,
+        std=cfg.initializer_range,
+      )
+    )
+
+  def encode_images(self, pixels_IxNxP, vision_meta: vision_index.VisionMeta):
+    """Merged image features img_IxMxD and their validity valid_IxM."""
+    return self.visual(pixels_IxNxP, vision_meta)
+
+  def logits(self, hidden_BxTxD):
+    if self.lm_head is None:
+      table = self.language.embed[...].astype(layers.to_dtype(self.cfg.dtype))
+      return jnp.einsum("btd,vd->btv", hidden_BxTxD, table)
+    return self.lm_head(hidden_BxTxD)
+
+  def embed(self, input_ids_BxT, img_IxMxD=None, img_valid_IxM=None):
+    """Token embeddings with image features scattered into the pad tokens.
+
+    The k-th `<|image_pad|>` token of the batch (reading order) receives
+    the k-th valid merged image feature.
+    """
+    x = self.language.embed_tokens(input_ids_BxT)
+    if img_IxMxD is None:
+      return x
+    feats = img_IxMxD.reshape(-1, img_IxMxD.shape[-1]).astype(x.dtype)
+    valid = jnp.asarray(img_valid_IxM).reshape(-1)
+    order = jnp.argsort(~valid, stable=True)  # valid features first
+    is_img = input_ids_BxT == self.cfg.image_pad_token_id
+    k = jnp.cumsum(is_img.reshape(-1)).reshape(is_img.shape) - 1
+    k = jnp.clip(k, 0, feats.shape[0] - 1)
+    return jnp.where(is_img[..., None], feats[order[k]], x)
+
+  def __call__(
+    self,
+    input_ids_BxT,
+    positions_3xBxT,
+    attn_mask_BxT,
+    *,
+    pixels_IxNxP=None,
+    vision_meta=None,
+    img_IxMxD=None,
+    img_valid_IxM=None,
+    cache=None,
+    cache_index=None,
+  ):
+    """Returns (logits_BxTxV, hidden_BxTxD, new_cache); see module doc."""
+    if pixels_IxNxP is not None:
+      if vision_meta is None:
+        raise ValueError("pixels_IxNxP needs vision_meta (vision_metadata)")
+      if img_IxMxD is not None:
+        raise ValueError("pass pixels_IxNxP or img_IxMxD, not both")
+      img_IxMxD, img_valid_IxM = self.encode_images(pixels_IxNxP, vision_meta)
+    elif img_IxMxD is not None and img_valid_IxM is None:
+      img_valid_IxM = jnp.ones(img_IxMxD.shape[:2], bool)
+    x = self.embed(input_ids_BxT, img_IxMxD, img_valid_IxM)
+    hidden, new_cache = self.language(
+      x, positions_3xBxT, jnp.asarray(attn_mask_BxT), cache, cache_index
+    )
+    return self.logits(hidden), hidden, new_cache
+
+  def init_cache(self, batch: int, max_len: int, dtype=None):
+    return language.init_cache(self.cfg, batch, max_len, dtype)
+
+
+def create(cfg: config_lib.ModelConfig, seed: int = 0) -> Qwen25VL:
+  return Qwen25VL(cfg, nnx.Rngs(params=seed))
+
+
+def abstract(cfg: config_lib.ModelConfig):
+  """(graphdef, abstract param state) without allocating anything."""
+  model = nnx.eval_shape(lambda: Qwen25VL(cfg, nnx.Rngs(params=0)))
+  return nnx.split(model, nnx.Param)
+
+
+def param_count(cfg: config_lib.ModelConfig) -> int:
+  _, state = abstract(cfg)
+  return sum(int(x.size) for x in jax.tree.leaves(state))
+
+
+def forward(graphdef, params, *args, **kwargs):
+  """Functional form of `Qwen25VL.__call__` for use inside jax.jit."""
+  return nnx.merge(graphdef, params)(*args, **kwargs)
+
+
+def encode_images(graphdef, params, pixels_IxNxP, vision_meta):
+  """Functional form of `Qwen25VL.encode_images`."""
+  return nnx.merge(graphdef, params).encode_images(pixels_IxNxP, vision_meta)

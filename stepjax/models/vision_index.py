@@ -1,0 +1,148 @@
+"""Host-side (numpy) metadata for the vision tower in fixed padded shapes.
+
+Shapes: I images, N patch rows per image (a bucket; image i uses its first
+n_i = t*h*w rows, the rest are padding), P = C*Tp*p*p patch row length,
+M = N / merge_unit merged tokens per image.
+
+Transformers runs the vision tower on one ragged sequence: it reorders the
+patches window by window (`window_index`) and restricts attention with
+`cu_seqlens` (whole frames on full-attention blocks, windows elsewhere).
+Here each image is a row of a batch, the same reordering is a per-image
+permutation, and the ragged segments become segment ids compared inside an
+attention mask. `vision_metadata` computes all grid-dependent arrays so that
+the jitted forward only sees static shapes.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import numpy as np
+
+from stepjax.models import config as config_lib
+
+PAD_SEGMENT = -1
+
+
+@flax.struct.dataclass
+class VisionMeta:
+  """Grid-dependent index arrays (numpy or jax) for `I` images of N rows.
+
+  perm_IxN: source patch row for each position in window order.
+  window_seg_IxN / full_seg_IxN: segment id per window-ordered position for
+    window / full attention blocks (PAD_SEGMENT on padding rows).
+  pos_IxNx2: (h, w) rotary coordinates per window-ordered position.
+  unperm_IxM: window-ordered merged token feeding each output token.
+  valid_IxM: which merged output tokens are real.
+  """
+
+  perm_IxN: jax.Array
+  window_seg_IxN: jax.Array
+  full_seg_IxN: jax.Array
+  pos_IxNx2: jax.Array
+  unperm_IxM: jax.Array
+  valid_IxM: jax.Array
+
+
+def num_patches(grid_thw_Ix3: np.ndarray) -> np.ndarray:
+  return np.prod(np.asarray(grid_thw_Ix3, np.int64), axis=-1)
+
+
+def _check_grid(grid_thw, n_rows: int, vcfg: config_lib.VisionConfig):
+  m = vcfg.spatial_merge_size
+  for i, (t, h, w) in enumerate(np.asarray(grid_thw).tolist()):
+    if t < 1 or h % m or w % m or h < m or w < m:
+      raise ValueError(
+        f"image {i}: grid_thw {(t, h, w)} needs t >= 1 and h, w positive "
+        f"multiples of spatial_merge_size {m}"
+      )
+    if t * h * w > n_rows:
+      raise ValueError(
+        f"image {i}: grid_thw {(t, h, w)} has {t * h * w} patches, more "
+        f"than the padded bucket N={n_rows}; use a larger num_patches"
+      )
+  if n_rows % vcfg.merge_unit:
+    raise ValueError(f"N={n_rows} must divide by {vcfg.merge_unit}")
+
+
+def _one_image(t, h, w, n_rows, vcfg):
+  """Metadata of one image, following transformers' vision_utils maths."""
+  m = vcfg.spatial_merge_size
+  unit = vcfg.merge_unit
+  gh, gw = h // m, w // m  # merged grid
+  win = vcfg.window_size // m // vcfg.patch_size  # window side, merged units
+  nwh, nww = -(-gh // win), -(-gw // win)
+  units = t * gh * gw
+  # Merged unit u = (f, bh, bw) -> window (f, bh // win, bw // win).
+  f, bh, bw = np.meshgrid(
+    np.arange(t), np.arange(gh), np.arange(gw), indexing="ij"
+  )
+  window_of_unit = ((f * nwh + bh // win) * nww + bw // win).reshape(-1)
+  # Window order: by window, then row-major inside the window (stable).
+  window_index = np.argsort(window_of_unit, kind="stable")
+  n = units * unit
+  perm = np.arange(n_rows)
+  perm[:n] = (window_index[:, None] * unit + np.arange(unit)).reshape(-1)
+  window_seg = np.full(n_rows, PAD_SEGMENT)
+  window_seg[:n] = np.repeat(window_of_unit[window_index], unit)
+  full_seg = np.full(n_rows, PAD_SEGMENT)
+  full_seg[:n] = np.repeat(window_index // (gh * gw), unit)
+  # Patch rows come block-major: (frame, bh, bw, ih, iw).
+  ih, iw = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
+  hpos = (bh[..., None, None] * m + ih).reshape(-1)
+  wpos = (bw[..., None, None] * m + iw).reshape(-1)
+  pos = np.zeros((n_rows, 2), np.int64)
+  pos[:n, 0] = hpos[perm[:n]]
+  pos[:n, 1] = wpos[perm[:n]]
+  m_rows = n_rows // unit
+  unperm = np.arange(m_rows)
+  unperm[:units] = np.argsort(window_index)
+  valid = np.arange(m_rows) < units
+  return perm, window_seg, full_seg, pos, unperm, valid
+
+
+def vision_metadata(
+  grid_thw_Ix3: np.ndarray, n_rows: int, vcfg: config_lib.VisionConfig
+) -> VisionMeta:
+  """Index arrays for images padded to `n_rows` patch rows each (numpy)."""
+  grid = np.asarray(grid_thw_Ix3, np.int64).reshape(-1, 3)
+  _check_grid(grid, n_rows, vcfg)
+  parts = [_one_image(t, h, w, n_rows, vcfg) for t, h, w in grid.tolist()]
+  cols = list(zip(*parts)) if parts else [[]] * 6
+  return VisionMeta(
+    perm_IxN=np.stack(cols[0]).astype(np.int32),
+    window_seg_IxN=np.stack(cols[1]).astype(np.int32),
+    full_seg_IxN=np.stack(cols[2]).astype(np.int32),
+    pos_IxNx2=np.stack(cols[3]).astype(np.int32),
+    unperm_IxM=np.stack(cols[4]).astype(np.int32),
+    valid_IxM=np.stack(cols[5]),
+  )
+
+
+def bucket_rows(grid_thw_Ix3: np.ndarray, multiple: int = 64) -> int:
+  """Smallest multiple of `multiple` holding the largest image's patches."""
+  n = int(num_patches(grid_thw_Ix3).max())
+  return -(-n // multiple) * multiple
+
+
+def pad_pixels(
+  pixel_values_SxP: np.ndarray, grid_thw_Ix3: np.ndarray, n_rows: int
+) -> np.ndarray:
+  """transformers' flat `pixel_values` (all images' rows concatenated) ->
+  pixels_IxNxP, zero padded."""
+  counts = num_patches(grid_thw_Ix3)
+  if counts.sum() != pixel_values_SxP.shape[0]:
+    raise ValueError(
+      f"pixel_values has {pixel_values_SxP.shape[0]} rows but grid_thw "
+      f"describes {counts.sum()} patches"
+    )
+  out = np.zeros(
+    (len(counts), n_rows, pixel_values_SxP.shape[1]), pixel_values_SxP.dtype
+  )
+  start = 0
+  for i, c in enumerate(counts.tolist()):
+    if c > n_rows:
+      raise ValueError(f"image {i} has {c} patches > bucket N={n_rows}")
+    out[i, :c] = pixel_values_SxP[start : start + c]
+    start += c
+  return out

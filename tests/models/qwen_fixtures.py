@@ -1,0 +1,81 @@
+"""Shared helpers for the Qwen2.5-VL parity tests (tiny random models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import transformers
+
+from stepjax.models import config as config_lib
+from stepjax.models import vision_index
+
+# Row 0: two images (8x12 and 6x4 patches), row 1: one image (4x10), so
+# rows differ in length and row 1 is left padded.
+GRIDS = np.array([[1, 8, 12], [1, 6, 4], [1, 4, 10]], np.int64)
+
+
+def hf_model(cfg: config_lib.ModelConfig, seed: int = 0, std: float = 0.15):
+  """Random transformers model (float32, eager attention) for `cfg`."""
+  hf_cfg = transformers.Qwen2_5_VLConfig(**cfg.to_hf_dict())
+  hf_cfg._attn_implementation = "eager"
+  hf_cfg.vision_config._attn_implementation = "eager"
+  hf_cfg.text_config._attn_implementation = "eager"
+  torch.manual_seed(seed)
+  model = transformers.Qwen2_5_VLForConditionalGeneration(hf_cfg)
+  # Larger random weights than the 0.02 default: sharper logits, so greedy
+  # decoding has few near ties.
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if p.ndim >= 2:
+        p.normal_(0.0, std if "embed" not in name else 1.0)
+      elif "bias" in name:
+        p.normal_(0.0, 0.05)
+      else:
+        p.uniform_(0.8, 1.2)
+  return model.eval().float()
+
+
+def batch(cfg: config_lib.ModelConfig, seed: int = 0):
+  """Left-padded prompts with three images of different grids."""
+  rng = np.random.default_rng(seed)
+  m = cfg.vision.merge_unit
+  n_tok = [int(np.prod(g)) // m for g in GRIDS]
+  text_hi = cfg.bos_token_id  # ordinary tokens below the special ids
+
+  def text(n):
+    return list(rng.integers(0, text_hi, n))
+
+  def image(k):
+    return (
+      [cfg.vision_start_token_id]
+      + [cfg.image_pad_token_id] * n_tok[k]
+      + [cfg.vision_end_token_id]
+    )
+
+  rows = [
+    text(3) + image(0) + text(4) + image(1) + text(2),
+    text(5) + image(2) + text(3),
+  ]
+  t = max(len(r) for r in rows)
+  ids = np.full((2, t), cfg.pad_token_id, np.int64)
+  mask = np.zeros((2, t), np.int64)
+  for i, r in enumerate(rows):
+    ids[i, t - len(r) :] = r
+    mask[i, t - len(r) :] = 1
+  n_patches = int(vision_index.num_patches(GRIDS).sum())
+  pixels = rng.standard_normal((n_patches, cfg.vision.patch_dim)).astype(
+    np.float32
+  )
+  return ids, mask, pixels, GRIDS
+
+
+def hf_inputs(cfg, ids, mask, pixels, grids):
+  return dict(
+    input_ids=torch.tensor(ids),
+    attention_mask=torch.tensor(mask),
+    pixel_values=torch.tensor(pixels),
+    image_grid_thw=torch.tensor(grids),
+    mm_token_type_ids=torch.tensor(
+      (ids == cfg.image_pad_token_id).astype(np.int64)
+    ),
+  )

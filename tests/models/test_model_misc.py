@@ -1,0 +1,157 @@
+"""Configs, logical axes, dtypes, remat, KV-cache consistency, value head."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from stepjax.models import config as config_lib
+from stepjax.models import qwen25vl, rope_index, step_value, vision_index
+
+PRESETS = [
+  "tiny",
+  "tiny_alt",
+  "synthmed",
+  "bench",
+  "qwen25vl_3b",
+  "qwen25vl_7b",
+]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_hf_dict_round_trip(preset):
+  cfg = getattr(config_lib.ModelConfig, preset)()
+  back = config_lib.ModelConfig.from_hf_config(
+    cfg.to_hf_dict(), param_dtype=cfg.param_dtype, dtype=cfg.dtype
+  )
+  assert back == cfg
+
+
+def test_replace_and_validation():
+  cfg = config_lib.ModelConfig.tiny(vocab_size=1500)
+  assert cfg.text.vocab_size == 1500 and cfg.image_pad_token_id == 1498
+  alt = cfg.replace(text={"num_layers": 5}, remat=True)
+  assert alt.text.num_layers == 5 and alt.remat and alt.vision == cfg.vision
+  with pytest.raises(ValueError, match="mrope_section"):
+    cfg.replace(text={"mrope_section": (1, 1, 1)})
+  with pytest.raises(ValueError, match="param_dtype"):
+    cfg.replace(param_dtype="float8")
+
+
+def test_every_param_has_logical_axes():
+  _, state = qwen25vl.abstract(config_lib.ModelConfig.tiny_alt())
+  for path, var in nnx.to_flat_state(state):
+    axes = var.get_metadata().get("out_sharding")
+    assert axes is not None and len(axes) == len(var.shape), path
+  names = {
+    a
+    for _, v in nnx.to_flat_state(state)
+    for a in v.get_metadata()["out_sharding"]
+  }
+  assert {"embed", "mlp", "heads", "kv_heads", "vocab"} <= names
+
+
+def _inputs(cfg):
+  grids = np.array([[1, 4, 6], [1, 2, 4]])
+  n_rows = vision_index.bucket_rows(grids, 8)
+  n_img = [int(np.prod(g)) // 4 for g in grids]
+  seq = (
+    [1, 2, cfg.vision_start_token_id]
+    + [cfg.image_pad_token_id] * n_img[0]
+    + [cfg.vision_end_token_id, 3]
+  )
+  seq2 = [cfg.vision_start_token_id] + [cfg.image_pad_token_id] * n_img[1]
+  seq2 = seq2 + [cfg.vision_end_token_id, 4, 5]
+  t = max(len(seq), len(seq2))
+  ids = np.full((2, t), cfg.pad_token_id)
+  mask = np.zeros((2, t), np.int32)
+  ids[0, t - len(seq) :], mask[0, t - len(seq) :] = seq, 1
+  ids[1, t - len(seq2) :], mask[1, t - len(seq2) :] = seq2, 1
+  pix = np.random.default_rng(0).standard_normal(
+    (2, n_rows, cfg.vision.patch_dim)
+  )
+  meta = vision_index.vision_metadata(grids, n_rows, cfg.vision)
+  pos, deltas = rope_index.rope_index(ids, mask, grids, cfg)
+  return ids, mask, pix.astype(np.float32), meta, pos, deltas
+
+
+def test_cache_decode_equals_full_forward_and_remat():
+  cfg = config_lib.ModelConfig.tiny().replace(remat=True)
+  gd, params = nnx.split(qwen25vl.create(cfg))
+  ids, mask, pix, meta, pos, deltas = _inputs(cfg)
+  t = ids.shape[1]
+
+  @jax.jit
+  def run(params):
+    full, hidden, _ = qwen25vl.forward(
+      gd, params, ids, pos, mask, pixels_IxNxP=pix, vision_meta=meta
+    )
+    # Prefill all but the last token, then decode it from the cache.
+    cache = qwen25vl.language.init_cache(cfg, 2, t + 3)
+    _, _, cache = qwen25vl.forward(
+      gd, params, ids[:, :-1], pos[:, :, :-1], mask[:, :-1],
+      pixels_IxNxP=pix, vision_meta=meta, cache=cache, cache_index=0,
+    )  # fmt: skip
+    last, _, cache = qwen25vl.forward(
+      gd, params, ids[:, -1:], pos[:, :, -1:], mask[:, -1:], cache=cache,
+      cache_index=jnp.int32(t - 1),
+    )  # fmt: skip
+    return full, hidden, last, cache
+
+  full, hidden, last, cache = run(params)
+  np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5)
+  assert cache["k_LxBxSxGxK"].shape[2] == t + 3
+  assert hidden.shape == (2, t, cfg.text.hidden_size)
+
+  # Gradients flow through the rematerialised layers and the vision tower.
+  def loss(p):
+    out, _, _ = qwen25vl.forward(
+      gd, p, ids, pos, mask, pixels_IxNxP=pix, vision_meta=meta
+    )
+    return jnp.mean(out**2)
+
+  grads = jax.jit(jax.grad(loss))(params)
+  g = np.asarray(grads["visual"]["patch_embed"]["kernel"][...])
+  assert np.isfinite(g).all() and np.abs(g).max() > 0
+
+
+def test_bfloat16_forward_runs():
+  cfg = config_lib.ModelConfig.tiny().replace(
+    param_dtype="bfloat16", dtype="bfloat16"
+  )
+  model = qwen25vl.create(cfg)
+  ids, mask, pix, meta, pos, _ = _inputs(cfg)
+  logits, hidden, _ = jax.jit(
+    lambda i, p, m, x: model(i, p, m, pixels_IxNxP=x, vision_meta=meta)
+  )(ids, pos, mask, pix)
+  assert logits.dtype == jnp.bfloat16 and hidden.dtype == jnp.bfloat16
+  assert np.isfinite(np.asarray(logits, np.float32)).all()
+
+
+def test_step_value_head_is_separate():
+  cfg = config_lib.ModelConfig.tiny()
+  head = step_value.create(cfg, seed=3)
+  gd, params = nnx.split(head)
+  hidden = jnp.ones((2, 5, cfg.text.hidden_size))
+  out = jax.jit(step_value.apply, static_argnums=0)(gd, params, hidden)
+  assert out.shape == (2, 5) and out.dtype == jnp.float32
+  policy_paths = {p[0] for p, _ in nnx.to_flat_state(qwen25vl.abstract(cfg)[1])}
+  assert policy_paths == {"visual", "language"}  # tied: no lm_head
+
+
+def test_vision_index_errors():
+  v = config_lib.ModelConfig.tiny().vision
+  with pytest.raises(ValueError, match="bucket N=16"):
+    vision_index.vision_metadata(np.array([[1, 4, 6]]), 16, v)
+  with pytest.raises(ValueError, match="multiples of spatial_merge_size"):
+    vision_index.vision_metadata(np.array([[1, 3, 6]]), 64, v)
+
+
+def test_rope_index_errors():
+  cfg = config_lib.ModelConfig.tiny()
+  ids = np.array([[1, cfg.image_pad_token_id, cfg.image_pad_token_id, 2]])
+  with pytest.raises(ValueError, match="needs 6"):
+    rope_index.rope_index(ids, None, np.array([[1, 4, 6]]), cfg)
+  with pytest.raises(ValueError, match="more <|image_pad|> runs"):
+    rope_index.rope_index(ids, None, None, cfg)
