@@ -75,6 +75,17 @@ def rules_from_config(rules: Sequence[Sequence[Any]]) -> list[tuple]:
   return out
 
 
+def _dedupe(spec: P) -> P:
+  """A logical name used by two dimensions shards only the first of them
+  (e.g. a square `mlp x mlp` projection)."""
+  seen, out = set(), []
+  for name in spec:
+    out.append(None if name is not None and name in seen else name)
+    if name is not None:
+      seen.add(name)
+  return P(*out)
+
+
 def state_shardings(abstract_state: Any, mesh: Mesh, rules) -> Any:
   """NamedShardings for an (abstract) nnx.State from its logical axes.
 
@@ -82,7 +93,11 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules) -> Any:
   divisible by its mesh axes is replicated instead of failing, so tiny test
   models run on any mesh.
   """
-  specs = nnx.get_partition_spec(abstract_state)
+  specs = jax.tree.map(
+      _dedupe,
+      nnx.get_partition_spec(abstract_state),
+      is_leaf=lambda x: isinstance(x, P),
+  )
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules_from_config(rules))
 
   def fit(var_sharding, leaf):

@@ -1,0 +1,58 @@
+"""Multi-host start-up: `jax.distributed.initialize` when configured.
+
+`distributed.initialize`: "auto" initializes on Cloud TPU pods (detected by
+the TPU worker environment; JAX then finds the coordinator itself) and when
+a coordinator address is configured; "yes" always; "no" never. On CPU with
+several processes, collectives go through gloo.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+from absl import logging
+
+_TPU_POD_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def _on_tpu_pod() -> bool:
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return "," in hosts or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+
+
+def maybe_initialize(dist: Any) -> bool:
+  """Initializes jax.distributed per `config.distributed`; True if it did."""
+  mode = dist.initialize
+  if mode not in ("auto", "yes", "no"):
+    raise ValueError(
+        f"--config.distributed.initialize={mode!r}: expected auto, yes or no"
+    )
+  explicit = bool(dist.coordinator_address)
+  if mode == "no" or (mode == "auto" and not (explicit or _on_tpu_pod())):
+    return False
+  kwargs = {}
+  if explicit:
+    kwargs = dict(
+        coordinator_address=dist.coordinator_address,
+        num_processes=int(dist.num_processes),
+        process_id=int(dist.process_id),
+    )
+    if kwargs["num_processes"] < 1 or kwargs["process_id"] < 0:
+      raise ValueError(
+          "--config.distributed.coordinator_address is set: also set "
+          "distributed.num_processes and distributed.process_id"
+      )
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if "cpu" in platforms or (explicit and not _on_tpu_pod()):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
+  logging.info(
+      "jax.distributed: process %d of %d, %d local / %d global devices",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )
+  return True

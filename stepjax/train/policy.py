@@ -1,0 +1,99 @@
+"""Building the policy and step-value head from a job config.
+
+The model's vocabulary and special token ids follow the tokenizer (the
+SynthMed tokenizer for the small presets, the checkpoint's own tokenizer
+for HF checkpoints), so prompts laid out by `stepjax.data.tokenizer` and
+the model agree on `<|image_pad|>`, eos and padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from etils import epath
+from flax import nnx
+
+from stepjax.models import config as config_lib
+from stepjax.models import hf_convert, qwen25vl, step_value
+
+_SMALL_PRESETS = ("tiny", "tiny_alt", "synthmed", "bench")
+_LARGE_PRESETS = ("qwen25vl_3b", "qwen25vl_7b")
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def is_hf_dir(path: str) -> bool:
+  """True for a transformers checkpoint directory (has config.json)."""
+  return bool(path) and (epath.Path(path) / "config.json").exists()
+
+
+def model_config(config: Any, tok_info: Any) -> config_lib.ModelConfig:
+  """The ModelConfig for `config.model` (or `config.init_from`'s HF dir).
+
+  Args:
+    config: the job config.
+    tok_info: `stepjax.data.tokenizer.TokenizerInfo` of the tokenizer used.
+  """
+  init_from = config.init_from
+  if init_from and is_hf_dir(init_from):
+    cfg = config_lib.ModelConfig.from_hf_config(
+        hf_convert.read_hf_config(init_from)
+    )
+  else:
+    preset = config.model.preset
+    if preset in _SMALL_PRESETS:
+      vocab = _round_up(tok_info.vocab_size, 64)
+      cfg = getattr(config_lib.ModelConfig, preset)(vocab_size=vocab)
+    elif preset in _LARGE_PRESETS:
+      cfg = getattr(config_lib.ModelConfig, preset)()
+    else:
+      raise ValueError(
+          f"--config.model.preset={preset!r}: expected one of "
+          f"{_SMALL_PRESETS + _LARGE_PRESETS}"
+      )
+  if tok_info.vocab_size > cfg.text.vocab_size:
+    raise ValueError(
+        f"the tokenizer has {tok_info.vocab_size} tokens but the model's "
+        f"vocabulary is {cfg.text.vocab_size}; use the checkpoint's own "
+        "tokenizer (--config.tokenizer.path)"
+    )
+  return cfg.replace(
+      eos_token_id=tok_info.eos_id,
+      pad_token_id=tok_info.pad_id,
+      image_pad_token_id=tok_info.image_pad_id,
+      vision_start_token_id=tok_info.vision_start_id,
+      vision_end_token_id=tok_info.vision_end_id,
+      dtype=config.model.dtype,
+      param_dtype=config.model.param_dtype,
+      remat=config.model.remat,
+      value_hidden_size=max(int(config.model.step_value_hidden), 1),
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class Graphs:
+  """Static halves of the split modules (kept outside jit)."""
+
+  cfg: config_lib.ModelConfig
+  policy: Any
+  value: Any
+
+
+def abstract(cfg: config_lib.ModelConfig) -> tuple[Graphs, Any, Any]:
+  """(graphs, abstract policy params, abstract value params): no memory."""
+  with nnx.use_eager_sharding(False):
+    policy_gd, policy_params = qwen25vl.abstract(cfg)
+    value = nnx.eval_shape(lambda: step_value.create(cfg, seed=0))
+    value_gd, value_params = nnx.split(value, nnx.Param)
+  return Graphs(cfg, policy_gd, value_gd), policy_params, value_params
+
+
+def init(cfg: config_lib.ModelConfig, seed: int) -> tuple[Any, Any]:
+  """Fresh (policy params, value params) as nnx.State pytrees."""
+  with nnx.use_eager_sharding(False):
+    _, policy_params = nnx.split(qwen25vl.create(cfg, seed), nnx.Param)
+    _, value_params = nnx.split(step_value.create(cfg, seed + 1), nnx.Param)
+  return policy_params, value_params

@@ -1,0 +1,155 @@
+"""The jitted update steps: pure functions of (state, batch).
+
+Shapes: B completions (P prompts x G samples) in this update, P prompts,
+L = T prompt tokens + C completion tokens, V vocab, K_pad step slots,
+I = P images, N patch rows per image, D hidden.
+
+Every per-token array is aligned with `ids_BxL`: entry t describes token t.
+The model's logits at t predict token t + 1, so losses use `[:, 1:]` of the
+token-aligned arrays against `logits[:, :-1]`.
+
+Update batch (a dict of arrays):
+  ids_BxL, mask_BxL, positions_3xBxL: the full sequences and M-RoPE ids.
+  pixels_IxNxP, vision_meta: the P images (encoded once, repeated G times).
+  loss_mask_BxL: 1 on tokens the loss trains (completion / SFT target).
+  RL only: adv_BxL, old_logp_BxL, ref_logp_BxL (when beta > 0),
+  step_id_BxL, step_valid_BxK, label_mask_B (1 where step labels exist).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from stepjax.models import qwen25vl, step_value
+from stepjax.rl import losses
+from stepjax.train import state as state_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """Static settings of the update (hashable: part of the jit cache key)."""
+
+  group_size: int = 1
+  eps_low: float = 0.2
+  eps_high: float = 0.2
+  beta: float = 0.0
+  aggregation: str = "seq_mean"
+  use_old_logp: bool = False  # False: one pass, old = stop_gradient(logp)
+  value_loss_weight: float = 0.1
+  train_value_head: bool = True
+
+
+def forward(graphs, params, batch, group_size: int):
+  """Teacher-forced forward: (logits_BxLxV, hidden_BxLxD).
+
+  The images are encoded once per prompt and repeated for its G rows.
+  """
+  img_IxMxD, valid_IxM = qwen25vl.encode_images(
+      graphs.policy, params, batch["pixels_IxNxP"], batch["vision_meta"]
+  )
+  if group_size > 1:
+    img_IxMxD = jnp.repeat(img_IxMxD, group_size, axis=0)
+    valid_IxM = jnp.repeat(valid_IxM, group_size, axis=0)
+  logits, hidden, _ = qwen25vl.forward(
+      graphs.policy,
+      params,
+      batch["ids_BxL"],
+      batch["positions_3xBxL"],
+      batch["mask_BxL"],
+      img_IxMxD=img_IxMxD,
+      img_valid_IxM=valid_IxM,
+  )
+  return logits, hidden
+
+
+def sequence_logp(graphs, params, batch, group_size: int):
+  """log p(token t | tokens < t) for t >= 1: float32[B, L-1]."""
+  logits, _ = forward(graphs, params, batch, group_size)
+  return losses.token_logp(logits[:, :-1], batch["ids_BxL"][:, 1:])
+
+
+def _value_terms(graphs, value_params, hidden, batch):
+  # The head reads the policy's hidden states without moving them: its loss
+  # trains the head only, so process labels never reshape the policy.
+  value_logits = step_value.apply(
+      graphs.value, value_params, jax.lax.stop_gradient(hidden)
+  )
+  return losses.step_value_loss(
+      value_logits,
+      batch["step_id_BxL"],
+      batch["step_valid_BxK"],
+      batch["label_mask_B"],
+  )
+
+
+def rl_loss(trainables, batch, graphs, opts: StepOptions):
+  logits, hidden = forward(graphs, trainables["policy"], batch, opts.group_size)
+  targets = batch["ids_BxL"][:, 1:]
+  mask = batch["loss_mask_BxL"][:, 1:]
+  logp = losses.token_logp(logits[:, :-1], targets)
+  ref = batch["ref_logp_BxL"][:, 1:] if opts.beta > 0 else None
+  old = batch["old_logp_BxL"][:, 1:] if opts.use_old_logp else None
+  loss, metrics = losses.policy_loss(
+      logp,
+      batch["adv_BxL"][:, 1:],
+      mask,
+      old_logp_BxT=old,
+      ref_logp_BxT=ref,
+      eps_low=opts.eps_low,
+      eps_high=opts.eps_high,
+      beta=opts.beta,
+      aggregation=opts.aggregation,
+  )
+  _, metrics["entropy"] = losses.entropy_from_logits(
+      jax.lax.stop_gradient(logits[:, :-1]), mask
+  )
+  metrics["policy_loss"] = loss
+  if opts.train_value_head:
+    value_loss, value_metrics = _value_terms(
+        graphs, trainables["value"], hidden, batch
+    )
+    loss = loss + opts.value_loss_weight * value_loss
+    metrics.update({f"value_{k}": v for k, v in value_metrics.items()})
+  metrics["loss"] = loss
+  return loss, metrics
+
+
+def sft_loss(trainables, batch, graphs, opts: StepOptions):
+  logits, _ = forward(graphs, trainables["policy"], batch, 1)
+  loss, metrics = losses.sft_loss(
+      logits[:, :-1], batch["ids_BxL"][:, 1:], batch["loss_mask_BxL"][:, 1:]
+  )
+  return loss, metrics
+
+
+_LOSSES = {"rl": rl_loss, "sft": sft_loss}
+
+
+def train_step(
+    state: state_lib.TrainState,
+    batch: dict[str, Any],
+    *,
+    graphs: Any,
+    tx: optax.GradientTransformation,
+    opts: StepOptions,
+    kind: str,
+) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
+  """One optimizer (micro-)step on `batch`; `kind` is "rl" or "sft"."""
+  loss_fn = _LOSSES[kind]
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (_, metrics), grads = grad_fn(state.trainables(), batch, graphs, opts)
+  updates, opt_state = tx.update(grads, state.opt_state, state.trainables())
+  new = optax.apply_updates(state.trainables(), updates)
+  metrics["grad_norm"] = optax.global_norm(grads["policy"])
+  state = state.replace(
+      step=state.step + 1,
+      params=new["policy"],
+      value_params=new["value"],
+      opt_state=opt_state,
+  )
+  return state, metrics
