@@ -40,7 +40,7 @@ class Registry:
     except KeyError:
       where = f" (config key {self.config_key})" if self.config_key else ""
       raise ValueError(
-          f"unknown {self.kind} {name!r}{where}; choose one of {self.names()}"
+        f"unknown {self.kind} {name!r}{where}; choose one of {self.names()}"
       ) from None
 
   def names(self) -> list[str]:

@@ -20,24 +20,24 @@ from stepjax.models import rope_index, vision_index
 
 
 def vision_inputs(
-    batch: dict[str, Any], cfg: config_lib.ModelConfig
+  batch: dict[str, Any], cfg: config_lib.ModelConfig
 ) -> dict[str, Any]:
   """pixels_IxNxP and the vision metadata of the P images of `batch`."""
   pixels = batch["pixels_BxNxP"]
   meta = vision_index.vision_metadata(
-      batch["grid_thw_Bx3"], pixels.shape[1], cfg.vision
+    batch["grid_thw_Bx3"], pixels.shape[1], cfg.vision
   )
   return {"pixels_IxNxP": pixels, "vision_meta": meta}
 
 
 def sequences(
-    prompt_ids_PxT: np.ndarray,
-    prompt_mask_PxT: np.ndarray,
-    completion_ids_BxC: np.ndarray,
-    completion_mask_BxC: np.ndarray,
-    grid_thw_Px3: np.ndarray,
-    cfg: config_lib.ModelConfig,
-    group_size: int,
+  prompt_ids_PxT: np.ndarray,
+  prompt_mask_PxT: np.ndarray,
+  completion_ids_BxC: np.ndarray,
+  completion_mask_BxC: np.ndarray,
+  grid_thw_Px3: np.ndarray,
+  cfg: config_lib.ModelConfig,
+  group_size: int,
 ) -> dict[str, np.ndarray]:
   """Full sequences of B = P * G rows with their M-RoPE positions.
 
@@ -48,7 +48,7 @@ def sequences(
   prompt_ids = np.repeat(prompt_ids_PxT, g, axis=0)
   prompt_mask = np.repeat(prompt_mask_PxT, g, axis=0)
   ids = np.concatenate([prompt_ids, completion_ids_BxC], axis=1).astype(
-      np.int32
+    np.int32
   )
   comp_mask = np.asarray(completion_mask_BxC).astype(np.int32)
   mask = np.concatenate([prompt_mask, comp_mask], axis=1).astype(np.int32)
@@ -56,32 +56,32 @@ def sequences(
   positions, _ = rope_index.rope_index(ids, mask, grids, cfg)
   loss_mask = np.concatenate([np.zeros_like(prompt_mask), comp_mask], axis=1)
   return {
-      "ids_BxL": ids,
-      "mask_BxL": mask,
-      "positions_3xBxL": positions,
-      "loss_mask_BxL": loss_mask.astype(np.int32),
+    "ids_BxL": ids,
+    "mask_BxL": mask,
+    "positions_3xBxL": positions,
+    "loss_mask_BxL": loss_mask.astype(np.int32),
   }
 
 
 def sft_batch(
-    batch: dict[str, Any], cfg: config_lib.ModelConfig
+  batch: dict[str, Any], cfg: config_lib.ModelConfig
 ) -> dict[str, Any]:
   """Teacher-forcing inputs: prompt + gold completion (target tokens)."""
   out = sequences(
-      batch["prompt_ids_BxT"],
-      batch["prompt_mask_BxT"],
-      batch["target_ids_BxS"],
-      batch["target_mask_BxS"],
-      batch["grid_thw_Bx3"],
-      cfg,
-      1,
+    batch["prompt_ids_BxT"],
+    batch["prompt_mask_BxT"],
+    batch["target_ids_BxS"],
+    batch["target_mask_BxS"],
+    batch["grid_thw_Bx3"],
+    cfg,
+    1,
   )
   out.update(vision_inputs(batch, cfg))
   return out
 
 
 def pad_completion_arrays(
-    arrays: dict[str, np.ndarray], prompt_len: int
+  arrays: dict[str, np.ndarray], prompt_len: int
 ) -> dict[str, np.ndarray]:
   """Prepends T prompt columns to completion-aligned [B, C] arrays.
 
@@ -98,14 +98,14 @@ def pad_completion_arrays(
 def examples(batch: dict[str, Any]) -> list[dict[str, Any]]:
   """Per-prompt host info (for rewards and process labels)."""
   return [
-      {
-          "id": batch["ids"][i],
-          "question": batch["questions"][i],
-          "answer": batch["answers"][i],
-          "rationale": batch["rationales"][i],
-          "meta": batch["metas"][i],
-      }
-      for i in range(len(batch["ids"]))
+    {
+      "id": batch["ids"][i],
+      "question": batch["questions"][i],
+      "answer": batch["answers"][i],
+      "rationale": batch["rationales"][i],
+      "meta": batch["metas"][i],
+    }
+    for i in range(len(batch["ids"]))
   ]
 
 
@@ -130,14 +130,14 @@ class SftView:
     if "sft_rationale" not in meta:
       return record
     return records.Record(
-        id=record.id,
-        question=record.question,
-        answer=str(meta.get("sft_answer", record.answer)),
-        image=record.image,
-        rationale=str(meta["sft_rationale"]),
-        dataset=record.dataset,
-        origin=record.origin,
-        meta=meta,
+      id=record.id,
+      question=record.question,
+      answer=str(meta.get("sft_answer", record.answer)),
+      image=record.image,
+      rationale=str(meta["sft_rationale"]),
+      dataset=record.dataset,
+      origin=record.origin,
+      meta=meta,
     )
 
   def __repr__(self) -> str:

@@ -6,7 +6,9 @@ mid-save leaves the previous checkpoint intact):
   state: the TrainState pytree (params, optimizer state, step-value head,
     step, RNG), restored directly into its shardings;
   data: the Grain iterator state (one JSON file per process);
-  info: JSON with the phase, config summary and eval results so far.
+  info: JSON with the phase, config summary and eval results so far;
+  ref (when RL uses a KL penalty): the frozen reference policy's params, so
+    a resumed run keeps the reference it started RL with.
 Restore order (see `loop.py`): latest in the workdir, else `init_from`, else
 fresh init.
 """
@@ -32,9 +34,10 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=options,
-      item_names=("state", "data", "info"),
+      item_names=("state", "data", "info", "ref"),
       item_handlers={
         "state": ocp.StandardCheckpointHandler(),
+        "ref": ocp.StandardCheckpointHandler(),
         "data": grain.checkpoint.CheckpointHandler(),
         "info": ocp.JsonCheckpointHandler(),
       },
@@ -49,6 +52,7 @@ class Checkpointer:
     state: Any,
     iterator: Any | None,
     info: dict[str, Any],
+    ref: Any | None = None,
   ) -> None:
     items = {
       "state": ocp.args.StandardSave(state),
@@ -56,6 +60,8 @@ class Checkpointer:
     }
     if iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(iterator)
+    if ref is not None:
+      items["ref"] = ocp.args.StandardSave(ref)
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
     self.manager.wait_until_finished()
 
@@ -64,11 +70,13 @@ class Checkpointer:
     step: int,
     abstract_state: Any,
     iterator: Any | None,
-  ) -> tuple[Any, dict[str, Any]]:
-    """Restores `state` with the shardings of `abstract_state`.
+    abstract_ref: Any | None = None,
+  ) -> tuple[Any, dict[str, Any], Any]:
+    """Restores (state, info, ref) with the shardings of the abstract trees.
 
     `abstract_state` is a pytree of jax.ShapeDtypeStruct with `.sharding`
-    set; `iterator` (if given) is advanced in place to the saved position.
+    set; `iterator` (if given) is advanced in place to the saved position;
+    `abstract_ref` (if given) restores the reference params.
     """
     items = {
       "state": ocp.args.StandardRestore(abstract_state),
@@ -76,8 +84,18 @@ class Checkpointer:
     }
     if iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+    if abstract_ref is not None:
+      items["ref"] = ocp.args.StandardRestore(abstract_ref)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], dict(restored["info"])
+    ref = restored["ref"] if abstract_ref is not None else None
+    return restored["state"], dict(restored["info"]), ref
+
+  def info(self, step: int) -> dict[str, Any]:
+    """The run info saved with checkpoint `step`."""
+    restored = self.manager.restore(
+      step, args=ocp.args.Composite(info=ocp.args.JsonRestore())
+    )
+    return dict(restored["info"])
 
   def close(self) -> None:
     self.manager.close()

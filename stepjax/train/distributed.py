@@ -27,7 +27,7 @@ def maybe_initialize(dist: Any) -> bool:
   mode = dist.initialize
   if mode not in ("auto", "yes", "no"):
     raise ValueError(
-        f"--config.distributed.initialize={mode!r}: expected auto, yes or no"
+      f"--config.distributed.initialize={mode!r}: expected auto, yes or no"
     )
   explicit = bool(dist.coordinator_address)
   if mode == "no" or (mode == "auto" and not (explicit or _on_tpu_pod())):
@@ -35,24 +35,24 @@ def maybe_initialize(dist: Any) -> bool:
   kwargs = {}
   if explicit:
     kwargs = dict(
-        coordinator_address=dist.coordinator_address,
-        num_processes=int(dist.num_processes),
-        process_id=int(dist.process_id),
+      coordinator_address=dist.coordinator_address,
+      num_processes=int(dist.num_processes),
+      process_id=int(dist.process_id),
     )
     if kwargs["num_processes"] < 1 or kwargs["process_id"] < 0:
       raise ValueError(
-          "--config.distributed.coordinator_address is set: also set "
-          "distributed.num_processes and distributed.process_id"
+        "--config.distributed.coordinator_address is set: also set "
+        "distributed.num_processes and distributed.process_id"
       )
   platforms = os.environ.get("JAX_PLATFORMS", "")
   if "cpu" in platforms or (explicit and not _on_tpu_pod()):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
   logging.info(
-      "jax.distributed: process %d of %d, %d local / %d global devices",
-      jax.process_index(),
-      jax.process_count(),
-      jax.local_device_count(),
-      jax.device_count(),
+    "jax.distributed: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
   )
   return True

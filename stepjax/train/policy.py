@@ -40,7 +40,7 @@ def model_config(config: Any, tok_info: Any) -> config_lib.ModelConfig:
   init_from = config.init_from
   if init_from and is_hf_dir(init_from):
     cfg = config_lib.ModelConfig.from_hf_config(
-        hf_convert.read_hf_config(init_from)
+      hf_convert.read_hf_config(init_from)
     )
   else:
     preset = config.model.preset
@@ -51,25 +51,25 @@ def model_config(config: Any, tok_info: Any) -> config_lib.ModelConfig:
       cfg = getattr(config_lib.ModelConfig, preset)()
     else:
       raise ValueError(
-          f"--config.model.preset={preset!r}: expected one of "
-          f"{_SMALL_PRESETS + _LARGE_PRESETS}"
+        f"--config.model.preset={preset!r}: expected one of "
+        f"{_SMALL_PRESETS + _LARGE_PRESETS}"
       )
   if tok_info.vocab_size > cfg.text.vocab_size:
     raise ValueError(
-        f"the tokenizer has {tok_info.vocab_size} tokens but the model's "
-        f"vocabulary is {cfg.text.vocab_size}; use the checkpoint's own "
-        "tokenizer (--config.tokenizer.path)"
+      f"the tokenizer has {tok_info.vocab_size} tokens but the model's "
+      f"vocabulary is {cfg.text.vocab_size}; use the checkpoint's own "
+      "tokenizer (--config.tokenizer.path)"
     )
   return cfg.replace(
-      eos_token_id=tok_info.eos_id,
-      pad_token_id=tok_info.pad_id,
-      image_pad_token_id=tok_info.image_pad_id,
-      vision_start_token_id=tok_info.vision_start_id,
-      vision_end_token_id=tok_info.vision_end_id,
-      dtype=config.model.dtype,
-      param_dtype=config.model.param_dtype,
-      remat=config.model.remat,
-      value_hidden_size=max(int(config.model.step_value_hidden), 1),
+    eos_token_id=tok_info.eos_id,
+    pad_token_id=tok_info.pad_id,
+    image_pad_token_id=tok_info.image_pad_id,
+    vision_start_token_id=tok_info.vision_start_id,
+    vision_end_token_id=tok_info.vision_end_id,
+    dtype=config.model.dtype,
+    param_dtype=config.model.param_dtype,
+    remat=config.model.remat,
+    value_hidden_size=max(int(config.model.step_value_hidden), 1),
   )
 
 

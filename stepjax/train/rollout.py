@@ -48,52 +48,52 @@ class Scored:
 
 
 def step_layout(
-    tokens_BxC: np.ndarray, lengths_B: np.ndarray, tokenizer, think_tag: str
+  tokens_BxC: np.ndarray, lengths_B: np.ndarray, tokenizer, think_tag: str
 ) -> steps.StepBatch:
   """Exact step spans of sampled completions (pads carry step id -1)."""
   return steps.batch_step_ids(
-      tokens_BxC, lengths_B, tokenizer, think_tag, max_steps=K_PAD
+    tokens_BxC, lengths_B, tokenizer, think_tag, max_steps=K_PAD
   )
 
 
 def step_requests(
-    step_batch: steps.StepBatch,
-    examples: Sequence[dict[str, Any]],
-    group_size: int,
-    value_logits_BxK: np.ndarray | None = None,
+  step_batch: steps.StepBatch,
+  examples: Sequence[dict[str, Any]],
+  group_size: int,
+  value_logits_BxK: np.ndarray | None = None,
 ) -> list[process.StepRequest]:
   """One request per completion; `examples` holds the P prompts' records."""
   requests = []
   for i, texts in enumerate(step_batch.step_texts):
     ex = examples[i // group_size]
     requests.append(
-        process.StepRequest(
-            record_id=ex["id"],
-            question=ex["question"],
-            reference=ex["answer"],
-            step_texts=tuple(texts),
-            rationale=ex.get("rationale", ""),
-            image=ex.get("image"),
-            meta=ex.get("meta", {}),
-            value_logits=(
-                None
-                if value_logits_BxK is None
-                else value_logits_BxK[i, : len(texts)]
-            ),
-        )
+      process.StepRequest(
+        record_id=ex["id"],
+        question=ex["question"],
+        reference=ex["answer"],
+        step_texts=tuple(texts),
+        rationale=ex.get("rationale", ""),
+        image=ex.get("image"),
+        meta=ex.get("meta", {}),
+        value_logits=(
+          None
+          if value_logits_BxK is None
+          else value_logits_BxK[i, : len(texts)]
+        ),
+      )
     )
   return requests
 
 
 def score(
-    tokens_BxC: np.ndarray,
-    lengths_B: np.ndarray,
-    examples: Sequence[dict[str, Any]],
-    *,
-    tokenizer: Any,
-    source: process.ProcessSource,
-    config: Any,
-    value_logits_fn=None,
+  tokens_BxC: np.ndarray,
+  lengths_B: np.ndarray,
+  examples: Sequence[dict[str, Any]],
+  *,
+  tokenizer: Any,
+  source: process.ProcessSource,
+  config: Any,
+  value_logits_fn=None,
 ) -> Scored:
   """Rewards, labels and advantages of B = P * G sampled completions.
 
@@ -119,48 +119,48 @@ def score(
   refs = [examples[i // g]["answer"] for i in range(len(layout.texts))]
   r = config.rewards
   scored_rewards = rewards.compute_rewards(
-      layout.texts,
-      refs,
-      layout.num_steps_B,
-      [None if lab.skipped else lab.labels for lab in labels],
-      answer_weight=r.answer_weight,
-      process_weight=r.process_weight,
-      length_weight=r.length_weight,
-      format_weight=r.format_weight,
-      k_min=r.k_min,
-      k_max=r.k_max,
-      think_tag=think,
+    layout.texts,
+    refs,
+    layout.num_steps_B,
+    [None if lab.skipped else lab.labels for lab in labels],
+    answer_weight=r.answer_weight,
+    process_weight=r.process_weight,
+    length_weight=r.length_weight,
+    format_weight=r.format_weight,
+    k_min=r.k_min,
+    k_max=r.k_max,
+    think_tag=think,
   )
   adv_B, adv_BxC = token_advantages(
-      scored_rewards, layout, valid_BxK, has_B, config
+    scored_rewards, layout, valid_BxK, has_B, config
   )
   correct = np.array(
-      [
-          rewards.answers_match(rewards.extract_answer(t), ref)
-          for t, ref in zip(layout.texts, refs)
-      ]
+    [
+      rewards.answers_match(rewards.extract_answer(t), ref)
+      for t, ref in zip(layout.texts, refs)
+    ]
   )
   return Scored(
-      texts=layout.texts,
-      step_texts=layout.step_texts,
-      step_id_BxC=layout.step_id_BxT,
-      num_steps_B=layout.num_steps_B,
-      step_valid_BxK=valid_BxK,
-      has_labels_B=has_B,
-      labels=labels,
-      rewards=scored_rewards,
-      adv_B=adv_B,
-      adv_BxC=adv_BxC,
-      correct_B=correct,
+    texts=layout.texts,
+    step_texts=layout.step_texts,
+    step_id_BxC=layout.step_id_BxT,
+    num_steps_B=layout.num_steps_B,
+    step_valid_BxK=valid_BxK,
+    has_labels_B=has_B,
+    labels=labels,
+    rewards=scored_rewards,
+    adv_B=adv_B,
+    adv_BxC=adv_BxC,
+    correct_B=correct,
   )
 
 
 def token_advantages(
-    scored_rewards: rewards.Rewards,
-    layout: steps.StepBatch,
-    valid_BxK: np.ndarray,
-    has_B: np.ndarray,
-    config: Any,
+  scored_rewards: rewards.Rewards,
+  layout: steps.StepBatch,
+  valid_BxK: np.ndarray,
+  has_B: np.ndarray,
+  config: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
   """(adv_B, adv_BxC) by `rl.algorithm`: grpo, gdpo or mrpo shaping."""
   rl = config.rl
@@ -168,22 +168,22 @@ def token_advantages(
   rewards_BxC, weights_C = scored_rewards.matrix()
   estimator = advantages.get_estimator(rl.algorithm)
   adv_B = estimator(
-      jnp.asarray(rewards_BxC),
-      g,
-      jnp.asarray(weights_C),
-      scale_by_std=rl.scale_by_std,
+    jnp.asarray(rewards_BxC),
+    g,
+    jnp.asarray(weights_C),
+    scale_by_std=rl.scale_by_std,
   )
   num_tokens = layout.step_id_BxT.shape[1]
   if rl.algorithm == "mrpo":
     adv_BxC = advantages.mrpo_shape(
-        adv_B,
-        jnp.asarray(scored_rewards.components["answer"]),
-        jnp.asarray(layout.step_id_BxT),
-        jnp.asarray(layout.num_steps_B),
-        jnp.asarray(valid_BxK),
-        tau=rl.tau,
-        penalty=rl.penalty,
-        has_labels_B=jnp.asarray(has_B),
+      adv_B,
+      jnp.asarray(scored_rewards.components["answer"]),
+      jnp.asarray(layout.step_id_BxT),
+      jnp.asarray(layout.num_steps_B),
+      jnp.asarray(valid_BxK),
+      tau=rl.tau,
+      penalty=rl.penalty,
+      has_labels_B=jnp.asarray(has_B),
     )
   else:
     adv_BxC = advantages.broadcast(adv_B, num_tokens)

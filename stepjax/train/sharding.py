@@ -94,9 +94,9 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules) -> Any:
   models run on any mesh.
   """
   specs = jax.tree.map(
-      _dedupe,
-      nnx.get_partition_spec(abstract_state),
-      is_leaf=lambda x: isinstance(x, P),
+    _dedupe,
+    nnx.get_partition_spec(abstract_state),
+    is_leaf=lambda x: isinstance(x, P),
   )
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules_from_config(rules))
 

@@ -50,19 +50,19 @@ def forward(graphs, params, batch, group_size: int):
   The images are encoded once per prompt and repeated for its G rows.
   """
   img_IxMxD, valid_IxM = qwen25vl.encode_images(
-      graphs.policy, params, batch["pixels_IxNxP"], batch["vision_meta"]
+    graphs.policy, params, batch["pixels_IxNxP"], batch["vision_meta"]
   )
   if group_size > 1:
     img_IxMxD = jnp.repeat(img_IxMxD, group_size, axis=0)
     valid_IxM = jnp.repeat(valid_IxM, group_size, axis=0)
   logits, hidden, _ = qwen25vl.forward(
-      graphs.policy,
-      params,
-      batch["ids_BxL"],
-      batch["positions_3xBxL"],
-      batch["mask_BxL"],
-      img_IxMxD=img_IxMxD,
-      img_valid_IxM=valid_IxM,
+    graphs.policy,
+    params,
+    batch["ids_BxL"],
+    batch["positions_3xBxL"],
+    batch["mask_BxL"],
+    img_IxMxD=img_IxMxD,
+    img_valid_IxM=valid_IxM,
   )
   return logits, hidden
 
@@ -77,13 +77,13 @@ def _value_terms(graphs, value_params, hidden, batch):
   # The head reads the policy's hidden states without moving them: its loss
   # trains the head only, so process labels never reshape the policy.
   value_logits = step_value.apply(
-      graphs.value, value_params, jax.lax.stop_gradient(hidden)
+    graphs.value, value_params, jax.lax.stop_gradient(hidden)
   )
   return losses.step_value_loss(
-      value_logits,
-      batch["step_id_BxL"],
-      batch["step_valid_BxK"],
-      batch["label_mask_B"],
+    value_logits,
+    batch["step_id_BxL"],
+    batch["step_valid_BxK"],
+    batch["label_mask_B"],
   )
 
 
@@ -95,23 +95,23 @@ def rl_loss(trainables, batch, graphs, opts: StepOptions):
   ref = batch["ref_logp_BxL"][:, 1:] if opts.beta > 0 else None
   old = batch["old_logp_BxL"][:, 1:] if opts.use_old_logp else None
   loss, metrics = losses.policy_loss(
-      logp,
-      batch["adv_BxL"][:, 1:],
-      mask,
-      old_logp_BxT=old,
-      ref_logp_BxT=ref,
-      eps_low=opts.eps_low,
-      eps_high=opts.eps_high,
-      beta=opts.beta,
-      aggregation=opts.aggregation,
+    logp,
+    batch["adv_BxL"][:, 1:],
+    mask,
+    old_logp_BxT=old,
+    ref_logp_BxT=ref,
+    eps_low=opts.eps_low,
+    eps_high=opts.eps_high,
+    beta=opts.beta,
+    aggregation=opts.aggregation,
   )
   _, metrics["entropy"] = losses.entropy_from_logits(
-      jax.lax.stop_gradient(logits[:, :-1]), mask
+    jax.lax.stop_gradient(logits[:, :-1]), mask
   )
   metrics["policy_loss"] = loss
   if opts.train_value_head:
     value_loss, value_metrics = _value_terms(
-        graphs, trainables["value"], hidden, batch
+      graphs, trainables["value"], hidden, batch
     )
     loss = loss + opts.value_loss_weight * value_loss
     metrics.update({f"value_{k}": v for k, v in value_metrics.items()})
@@ -122,7 +122,7 @@ def rl_loss(trainables, batch, graphs, opts: StepOptions):
 def sft_loss(trainables, batch, graphs, opts: StepOptions):
   logits, _ = forward(graphs, trainables["policy"], batch, 1)
   loss, metrics = losses.sft_loss(
-      logits[:, :-1], batch["ids_BxL"][:, 1:], batch["loss_mask_BxL"][:, 1:]
+    logits[:, :-1], batch["ids_BxL"][:, 1:], batch["loss_mask_BxL"][:, 1:]
   )
   return loss, metrics
 
@@ -131,13 +131,13 @@ _LOSSES = {"rl": rl_loss, "sft": sft_loss}
 
 
 def train_step(
-    state: state_lib.TrainState,
-    batch: dict[str, Any],
-    *,
-    graphs: Any,
-    tx: optax.GradientTransformation,
-    opts: StepOptions,
-    kind: str,
+  state: state_lib.TrainState,
+  batch: dict[str, Any],
+  *,
+  graphs: Any,
+  tx: optax.GradientTransformation,
+  opts: StepOptions,
+  kind: str,
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One optimizer (micro-)step on `batch`; `kind` is "rl" or "sft"."""
   loss_fn = _LOSSES[kind]
@@ -147,9 +147,9 @@ def train_step(
   new = optax.apply_updates(state.trainables(), updates)
   metrics["grad_norm"] = optax.global_norm(grads["policy"])
   state = state.replace(
-      step=state.step + 1,
-      params=new["policy"],
-      value_params=new["value"],
-      opt_state=opt_state,
+    step=state.step + 1,
+    params=new["policy"],
+    value_params=new["value"],
+    opt_state=opt_state,
   )
   return state, metrics

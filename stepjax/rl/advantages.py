@@ -1,0 +1,253 @@
+"""Advantages: group-relative estimators and MRPO's step-aware shaping.
+
+Pure `jnp` functions, jit- and grad-safe, chosen by name from registries:
+`ESTIMATORS` (`rl.algorithm`: grpo, grpo_no_std, gdpo; MRPO uses grpo's
+advantages then `mrpo_shape`) and `PENALTIES` (`rl.penalty`: exp,
+exp_rounded, linear). See MRPO_SPEC.md, "Advantages". Every estimator is
+called as `fn(rewards_BxC, group_size, weights_C, scale_by_std=..., eps=...)
+-> adv_B`; `group_size` is static under jit.
+
+Shapes: B completions in the batch, made of B / G groups of G consecutive
+completions of one prompt; C reward components; T completion tokens; K_pad
+the padded number of steps (K, the real count, is per completion).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from stepjax.rl import registry
+
+ESTIMATORS = registry.Registry("advantage estimator", "rl.algorithm")
+PENALTIES = registry.Registry("step penalty schedule", "rl.penalty")
+
+EPS = 1e-4  # the spec's std epsilon
+
+
+def _as_float(x) -> jax.Array:
+  """A float array; float32 unless already floating (float64 under x64)."""
+  x = jnp.asarray(x)
+  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+
+
+def _grouped(x_B: jax.Array, group_size: int) -> jax.Array:
+  """Reshapes B (or BxC) to (B/G)xG(xC); B must be a multiple of G."""
+  b = x_B.shape[0]
+  if group_size < 1 or b % group_size:
+    raise ValueError(
+      f"batch of {b} completions is not a whole number of groups of "
+      f"{group_size} (sampling.group_size); make the batch a multiple of G"
+    )
+  return x_B.reshape((b // group_size, group_size) + x_B.shape[1:])
+
+
+def _bessel_std(x: jax.Array, axis: int) -> jax.Array:
+  """Std with Bessel's correction; 0 when the axis holds one element."""
+  n = x.shape[axis]
+  if n < 2:
+    return jnp.zeros_like(jnp.mean(x, axis=axis, keepdims=True))
+  return jnp.std(x, axis=axis, ddof=1, keepdims=True)
+
+
+def group_normalise(
+  rewards_B: jax.Array,
+  group_size: int,
+  scale_by_std: bool = True,
+  eps: float = EPS,
+) -> jax.Array:
+  """(R - group mean) / (group std + eps), std with Bessel's correction.
+
+  Args:
+    rewards_B: float[B], groups of `group_size` consecutive completions.
+    group_size: G.
+    scale_by_std: False gives R - group mean (the no-std variant).
+    eps: added to the std.
+
+  Returns:
+    float32[B] advantages.
+  """
+  r_NxG = _grouped(_as_float(rewards_B), group_size)
+  centred = r_NxG - jnp.mean(r_NxG, axis=1, keepdims=True)
+  if scale_by_std:
+    centred = centred / (_bessel_std(r_NxG, axis=1) + eps)
+  return centred.reshape(rewards_B.shape)
+
+
+def _weighted_sum(rewards_BxC: jax.Array, weights_C) -> jax.Array:
+  rewards_BxC = _as_float(rewards_BxC)
+  if rewards_BxC.ndim == 1:
+    rewards_BxC = rewards_BxC[:, None]
+  if weights_C is None:
+    weights_C = jnp.ones(rewards_BxC.shape[1], rewards_BxC.dtype)
+  return rewards_BxC, jnp.asarray(weights_C, rewards_BxC.dtype)
+
+
+@ESTIMATORS.register("grpo")
+def grpo(
+  rewards_BxC: jax.Array,
+  group_size: int,
+  weights_C: jax.Array | None = None,
+  scale_by_std: bool = True,
+  eps: float = EPS,
+) -> jax.Array:
+  """GRPO: the weighted reward sum, normalised within each group.
+
+  Args:
+    rewards_BxC: float[B, C] reward components (or float[B], one reward).
+    group_size: G.
+    weights_C: float[C] weights of the components (default all 1).
+    scale_by_std: divide by the group std (+ eps); False = no-std variant.
+    eps: the std epsilon (spec: 1e-4).
+
+  Returns:
+    float[B] per-completion advantages A_i (float32; float64 in x64).
+  """
+  r_BxC, w_C = _weighted_sum(rewards_BxC, weights_C)
+  return group_normalise(r_BxC @ w_C, group_size, scale_by_std, eps)
+
+
+@ESTIMATORS.register("grpo_no_std")
+def grpo_no_std(
+  rewards_BxC: jax.Array,
+  group_size: int,
+  weights_C: jax.Array | None = None,
+  scale_by_std: bool = False,
+  eps: float = EPS,
+) -> jax.Array:
+  """GRPO without the std division: R - group mean, float[B].
+
+  Same signature as the other estimators; `scale_by_std` is ignored.
+  """
+  del scale_by_std
+  return grpo(rewards_BxC, group_size, weights_C, scale_by_std=False, eps=eps)
+
+
+@ESTIMATORS.register("gdpo")
+def gdpo(
+  rewards_BxC: jax.Array,
+  group_size: int,
+  weights_C: jax.Array | None = None,
+  scale_by_std: bool = True,
+  eps: float = EPS,
+) -> jax.Array:
+  """GDPO: each component normalised in its group, summed, batch-normalised.
+
+  Each reward column is (r - group mean) / (group std + eps); the weighted
+  sum over columns is then (x - batch mean) / (batch std + eps). All stds use
+  Bessel's correction.
+
+  Args:
+    rewards_BxC: float[B, C] reward components.
+    group_size: G.
+    weights_C: float[C] (default all 1).
+    scale_by_std: False drops the within-group std division.
+    eps: std epsilon.
+
+  Returns:
+    float32[B] advantages.
+  """
+  r_BxC, w_C = _weighted_sum(rewards_BxC, weights_C)
+  r_NxGxC = _grouped(r_BxC, group_size)
+  centred = r_NxGxC - jnp.mean(r_NxGxC, axis=1, keepdims=True)
+  if scale_by_std:
+    centred = centred / (_bessel_std(r_NxGxC, axis=1) + eps)
+  summed_B = centred.reshape(r_BxC.shape) @ w_C
+  batch_std = _bessel_std(summed_B, axis=0)
+  return (summed_B - jnp.mean(summed_B)) / (batch_std + eps)
+
+
+def get_estimator(name: str):
+  """The estimator for `rl.algorithm`; "mrpo" uses "grpo" then shaping."""
+  return ESTIMATORS.get("grpo" if name == "mrpo" else name)
+
+
+# Penalty schedules: multiplier m(k, K) >= 1 of -|A| for an invalid step k
+# (1-based) of K; m(1, K) = e and m(K, K) = 1 for the exp schedules.
+
+
+def _position(k: jax.Array, num_steps: jax.Array) -> jax.Array:
+  """(k - 1) / (K - 1), taken as 0 when K <= 1."""
+  k = _as_float(k)
+  denom = num_steps.astype(k.dtype) - 1.0
+  return jnp.where(denom > 0, (k - 1.0) / jnp.where(denom > 0, denom, 1.0), 0.0)
+
+
+@PENALTIES.register("exp")
+def exp_penalty(k: jax.Array, num_steps: jax.Array) -> jax.Array:
+  """exp(1 - (k-1)/(K-1)) for K > 1, 1 for K = 1 (the spec)."""
+  mult = jnp.exp(1.0 - _position(k, num_steps))
+  return jnp.where(num_steps > 1, mult, 1.0)
+
+
+@PENALTIES.register("exp_rounded")
+def exp_rounded_penalty(k: jax.Array, num_steps: jax.Array) -> jax.Array:
+  """As "exp", rounded to 2 decimals like the reference code."""
+  return jnp.round(exp_penalty(k, num_steps) * 100.0) / 100.0
+
+
+@PENALTIES.register("linear")
+def linear_penalty(k: jax.Array, num_steps: jax.Array) -> jax.Array:
+  """Linear from e (first step) to 1 (last step); 1 for K = 1."""
+  mult = 1.0 + (math.e - 1.0) * (1.0 - _position(k, num_steps))
+  return jnp.where(num_steps > 1, mult, 1.0)
+
+
+def broadcast(adv_B: jax.Array, num_tokens: int) -> jax.Array:
+  """Every token gets its completion's advantage: float32[B] -> [B, T]."""
+  adv_B = _as_float(adv_B)
+  return jnp.broadcast_to(adv_B[:, None], (adv_B.shape[0], num_tokens))
+
+
+def mrpo_shape(
+  adv_B: jax.Array,
+  answer_reward_B: jax.Array,
+  step_id_BxT: jax.Array,
+  num_steps_B: jax.Array,
+  step_valid_BxK: jax.Array,
+  tau: float = 0.6,
+  penalty: str = "exp",
+  has_labels_B: jax.Array | None = None,
+) -> jax.Array:
+  """MRPO's step-aware per-token advantages.
+
+  For completion i with R_ans_i > tau, or without step labels, every token
+  keeps A_i. Otherwise a token of step k (1-based, of K) gets +|A_i| when the
+  step is valid and -m(k, K) * |A_i| when invalid, m from `penalty`
+  (spec: exp(1 - (k-1)/(K-1)), 1 when K = 1). Tokens in no step (id -1:
+  tags, answer, padding) keep A_i.
+
+  Args:
+    adv_B: float[B] per-completion advantages A_i.
+    answer_reward_B: float[B] answer rewards R_ans_i.
+    step_id_BxT: int[B, T], 0-based step index of each token, -1 outside.
+    num_steps_B: int[B] K per completion.
+    step_valid_BxK: {0,1}[B, K_pad] step labels, padded past K.
+    tau: answer-reward threshold (rl.tau).
+    penalty: schedule name (rl.penalty), see `PENALTIES`; static under jit.
+    has_labels_B: optional {0,1}[B]; 0 = no process labels for that
+      completion (judge fallback "skip"), shaping is off for it.
+
+  Returns:
+    float32[B, T] per-token advantages.
+  """
+  schedule = PENALTIES.get(penalty)
+  adv_B = _as_float(adv_B)
+  step_id_BxT = jnp.asarray(step_id_BxT, jnp.int32)
+  num_steps_B = jnp.asarray(num_steps_B, jnp.int32)
+  k_pad = step_valid_BxK.shape[1]
+  in_step_BxT = step_id_BxT >= 0
+  if k_pad == 0:
+    return broadcast(adv_B, step_id_BxT.shape[1])
+  idx_BxT = jnp.clip(step_id_BxT, 0, k_pad - 1)
+  valid_BxT = jnp.take_along_axis(jnp.asarray(step_valid_BxK), idx_BxT, axis=1)
+  mult_BxT = schedule((idx_BxT + 1).astype(adv_B.dtype), num_steps_B[:, None])
+  mag_Bx1 = jnp.abs(adv_B)[:, None]
+  shaped_BxT = jnp.where(valid_BxT > 0, mag_Bx1, -mult_BxT * mag_Bx1)
+  shape_B = jnp.asarray(answer_reward_B) <= tau
+  if has_labels_B is not None:
+    shape_B = shape_B & (jnp.asarray(has_labels_B) > 0)
+  use_BxT = shape_B[:, None] & in_step_BxT
+  return jnp.where(use_BxT, shaped_BxT, adv_B[:, None])

@@ -1,0 +1,209 @@
+"""Process-reward sources: who says which steps of a completion are valid.
+
+One interface, `label_steps(requests) -> list[StepLabels]`, four sources
+(`rl.process_source`):
+  verifier    a rule verifier over the record's scene (SynthMed), given as
+              a callable `verify_steps(step_texts, scene_dict) -> [bool]`;
+  judge       an LLM judge (`stepjax.rl.judge.JudgeClient`, or anything
+              with `judge(requests) -> list[StepLabels]`);
+  value_head  the policy's step-value logits: valid when sigmoid >= thr;
+  hybrid      the judge for a seeded random fraction of completions, the
+              value head for the rest (and where the judge fell back).
+`pack_labels` turns the labels into the fixed-shape arrays the advantage
+and value losses take. Shapes: B completions, K steps, K_pad padded K.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRequest:
+  """One completion's steps and the record they answer.
+
+  image: encoded image bytes or a local path (None: no image).
+  meta: the record's meta (SynthMed puts its scene under "scene").
+  value_logits: float[K] step-value logits, for the value-head source.
+  """
+
+  record_id: str
+  question: str
+  reference: str
+  step_texts: tuple[str, ...]
+  rationale: str = ""
+  image: bytes | str | None = None
+  meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  value_logits: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepLabels:
+  """Labels for one completion's K steps.
+
+  labels: K ints, 1 = valid; meaningless when `skipped`.
+  confidence: K probabilities that the step is valid, when known.
+  source: "verifier" | "judge" | "value_head".
+  fallback_used: the judge failed and the configured fallback was applied.
+  skipped: no process reward for this completion (judge fallback "skip").
+  """
+
+  labels: tuple[int, ...]
+  confidence: tuple[float, ...] | None = None
+  source: str = ""
+  fallback_used: bool = False
+  skipped: bool = False
+
+
+class ProcessSource(Protocol):
+  def label_steps(
+    self, requests: Sequence[StepRequest]
+  ) -> list[StepLabels]: ...
+
+
+class VerifierSource:
+  """Rule-verified labels from the record's scene (SynthMed)."""
+
+  def __init__(
+    self,
+    verify_steps: Callable[[Sequence[str], Mapping[str, Any]], Sequence[bool]],
+    scene_key: str = "scene",
+  ):
+    self._verify = verify_steps
+    self._scene_key = scene_key
+
+  def label_steps(self, requests: Sequence[StepRequest]) -> list[StepLabels]:
+    out = []
+    for req in requests:
+      if self._scene_key not in req.meta:
+        raise ValueError(
+          f"record {req.record_id}: meta has no {self._scene_key!r}; the "
+          "verifier process source needs SynthMed records (set "
+          "rl.process_source to judge or value_head for other data)"
+        )
+      ok = list(self._verify(list(req.step_texts), req.meta[self._scene_key]))
+      if len(ok) != len(req.step_texts):
+        raise ValueError(
+          f"record {req.record_id}: the verifier returned {len(ok)} labels "
+          f"for {len(req.step_texts)} steps; it must return one per step"
+        )
+      out.append(StepLabels(tuple(int(bool(v)) for v in ok), source="verifier"))
+    return out
+
+
+class JudgeSource:
+  """Labels from an LLM judge client (`judge(requests)`)."""
+
+  def __init__(self, client: Any):
+    self.client = client
+
+  def label_steps(self, requests: Sequence[StepRequest]) -> list[StepLabels]:
+    return list(self.client.judge(list(requests)))
+
+
+class ValueHeadSource:
+  """Labels from step-value logits: valid when sigmoid(logit) >= threshold."""
+
+  def __init__(self, threshold: float = 0.5):
+    self.threshold = threshold
+
+  def label_steps(self, requests: Sequence[StepRequest]) -> list[StepLabels]:
+    out = []
+    for req in requests:
+      k = len(req.step_texts)
+      if req.value_logits is None or len(req.value_logits) < k:
+        raise ValueError(
+          f"record {req.record_id}: value_head source needs value_logits "
+          f"for its {k} steps; the model must have a step-value head "
+          "(model.step_value_hidden > 0)"
+        )
+      logits = np.asarray(req.value_logits, np.float64)[:k]
+      prob = 1.0 / (1.0 + np.exp(-logits))
+      out.append(
+        StepLabels(
+          tuple(int(p >= self.threshold) for p in prob),
+          confidence=tuple(float(p) for p in prob),
+          source="value_head",
+        )
+      )
+    return out
+
+
+class HybridSource:
+  """The judge for a fraction of completions, the value head for the rest.
+
+  Which completions go to the judge is drawn by `np.random.default_rng`
+  from (seed, call number), so reruns choose the same ones. A completion
+  whose judge call fell back gets the value head's labels instead.
+  After each call `last_judged` holds the indices the judge labelled (not
+  fallen back): the trainer trains the value head on those.
+  """
+
+  def __init__(
+    self,
+    judge: ProcessSource,
+    value_head: ProcessSource,
+    judge_fraction: float = 0.25,
+    seed: int = 0,
+  ):
+    if not 0.0 <= judge_fraction <= 1.0:
+      raise ValueError(
+        f"rl.hybrid_judge_fraction={judge_fraction} must be in [0, 1]"
+      )
+    self.judge = judge
+    self.value_head = value_head
+    self.judge_fraction = judge_fraction
+    self.seed = seed
+    self.calls = 0
+    self.last_judged: list[int] = []
+
+  def label_steps(self, requests: Sequence[StepRequest]) -> list[StepLabels]:
+    n = len(requests)
+    rng = np.random.default_rng([self.seed, self.calls])
+    self.calls += 1
+    n_judge = min(n, math.ceil(self.judge_fraction * n - 1e-9))
+    chosen = sorted(rng.permutation(n)[:n_judge].tolist())
+    out: list[StepLabels | None] = [None] * n
+    judged = self.judge.label_steps([requests[i] for i in chosen])
+    for i, lab in zip(chosen, judged):
+      if not lab.fallback_used:
+        out[i] = lab
+    rest = [i for i in range(n) if out[i] is None]
+    from_head = self.value_head.label_steps([requests[i] for i in rest])
+    for i, lab in zip(rest, from_head):
+      out[i] = lab
+    self.last_judged = [i for i in chosen if out[i].source == "judge"]
+    return out
+
+
+def pack_labels(
+  labels: Sequence[StepLabels], k_pad: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Fixed-shape arrays from per-completion labels.
+
+  Returns:
+    (step_valid_BxK int32[B, K_pad] padded with 0 (labels past K_pad are
+     merged: the last kept step is valid only if all merged ones are);
+     has_labels_B int32[B], 0 where skipped;
+     process_reward_B float32[B], the fraction of valid steps, 0 if none).
+  """
+  b = len(labels)
+  valid = np.zeros((b, k_pad), np.int32)
+  has = np.zeros(b, np.int32)
+  proc = np.zeros(b, np.float32)
+  for i, lab in enumerate(labels):
+    if lab.skipped:
+      continue
+    has[i] = 1
+    v = list(lab.labels)
+    if v:
+      proc[i] = float(np.mean(v))
+    if len(v) > k_pad > 0:
+      v = [*v[: k_pad - 1], int(all(v[k_pad - 1 :]))]
+    valid[i, : len(v)] = v
+  return valid, has, proc

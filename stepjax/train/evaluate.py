@@ -1,0 +1,105 @@
+"""Evaluation during training: decode the eval split, score every step.
+
+Greedy decoding (or `sampling.eval_temperature`) of one completion per
+eval record, its steps labelled by the SynthMed verifier when the records
+carry a scene and by the run's process-reward source otherwise, answers
+checked by normalised exact match. The result is an `eval.report` report
+(accuracy, step validity, first-failure shares, FAR) plus per-record rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from etils import epath
+
+from stepjax.data import pipeline, synthmed
+from stepjax.eval import report as report_lib
+from stepjax.rl import process, rewards
+from stepjax.train import batches, rollout
+
+
+def eval_dataset(trainer: Any):
+  c = trainer.config
+  opts = pipeline.PipelineOptions.from_config(
+    c, shuffle=False, num_epochs=1, drop_remainder=False
+  )
+  return pipeline.make_dataset(
+    trainer.eval_source,
+    trainer.tokenizer,
+    opts,
+    think_tag=c.tokenizer.think_tag,
+  )
+
+
+def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
+  """Decodes the eval split with `params`; returns the report dict.
+
+  The report and per-record rows are written to `workdir/eval/NAME/`
+  (report.json, records.jsonl) by process 0.
+  """
+  c = trainer.config
+  verifier = process.VerifierSource(synthmed.verify_steps)
+  rng = jax.random.key(c.seed + 7)
+  rows = []
+  for batch in eval_dataset(trainer):
+    out = trainer.sample(
+      params,
+      batch,
+      rng,
+      group_size=1,
+      temperature=c.sampling.eval_temperature,
+    )
+    layout = rollout.step_layout(
+      out.tokens_BxR,
+      out.lengths_B,
+      trainer.tokenizer,
+      c.tokenizer.think_tag,
+    )
+    examples = batches.examples(batch)
+    requests = rollout.step_requests(layout, examples, 1)
+    has_scene = all("scene" in (ex["meta"] or {}) for ex in examples)
+    source = verifier if has_scene else trainer.process_source
+    labels = source.label_steps(requests)
+    for i, ex in enumerate(examples):
+      answer = rewards.extract_answer(layout.texts[i])
+      rows.append(
+        {
+          "id": ex["id"],
+          "question": ex["question"],
+          "gold_answer": ex["answer"],
+          "answer": answer,
+          "correct": bool(rewards.answers_match(answer, ex["answer"])),
+          "steps": list(layout.step_texts[i]),
+          "step_labels": [] if labels[i].skipped else list(labels[i].labels),
+          "dataset": c.data.dataset,
+          "completion": layout.texts[i],
+        }
+      )
+  report = report_lib.build_report(
+    [{k: r[k] for k in report_lib.RECORD_KEYS} for r in rows],
+    meta={"eval": name, "algorithm": c.rl.algorithm},
+  )
+  if jax.process_index() == 0:
+    out = epath.Path(trainer.workdir) / "eval" / name
+    report_lib.write(report, rows, str(out))
+  return report
+
+
+def summary_line(r: dict[str, Any]) -> str:
+  early = r["ffp"]["early"]
+  return (
+    f"accuracy={_fmt(r['accuracy'])} step_validity="
+    f"{_fmt(r['step_validity'])} early_failure_share={_fmt(early)} "
+    f"(n={r['num_records']})"
+  )
+
+
+def _fmt(x: float | None) -> str:
+  return "-" if x is None else f"{x:.3f}"
+
+
+def table(reports: dict[str, dict[str, Any]]) -> str:
+  """The before/after table printed at the end of a run."""
+  return "\n" + report_lib.compare(reports, fmt="plain")

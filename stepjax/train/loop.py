@@ -1,0 +1,587 @@
+"""`stepjax train`: SFT warm start, then GRPO / GDPO / MRPO, resumable.
+
+One global step counter runs over both phases: steps [0, sft.steps) are SFT
+(teacher forcing on gold reasoning), steps [sft.steps, sft.steps +
+train.steps) are RL. A checkpoint after step s holds the state, the data
+iterator of the phase in progress and the run info (evaluations so far), so
+a killed run started again with the same command continues from there and
+ends with the same parameters as an uninterrupted one: every random choice
+derives from (config.seed, step).
+
+Evaluation (greedy decoding, `train/evaluate.py`) runs after SFT (= before
+RL) and at the end, and every `train.eval_every` RL steps if set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, logging
+from etils import epath
+
+from stepjax import config_checks
+from stepjax.data import pipeline, sources, synthmed
+from stepjax.data import tokenizer as tokenizer_lib
+from stepjax.models import hf_convert
+from stepjax.rl import losses, process
+from stepjax.sampling import sampler
+from stepjax.train import (
+  batches,
+  checkpoint,
+  distributed,
+  evaluate,
+  metrics,
+  optim,
+  policy,
+  rollout,
+  sharding,
+  steps,
+)
+from stepjax.train import state as state_lib
+
+
+def main(argv: list[str], config: Any, flag_values: Any) -> None:
+  if argv:
+    raise app.UsageError(f"train takes no positional arguments, got {argv}")
+  run(config, flag_values.workdir)
+
+
+# ----------------------------------------------------------------- data
+
+
+def make_sources(config: Any) -> tuple[Any, Any]:
+  """(train source, eval source) for `config.data`."""
+  d = config.data
+  if d.dataset == "synthmed":
+    common = dict(image_size=d.image_size, difficulty=d.difficulty)
+    train = synthmed.SynthMedSource(
+      d.num_train, config.seed, cascade_rate=d.cascade_rate, **common
+    )
+    # A different seed stream: eval scans never appear in training.
+    evals = synthmed.SynthMedSource(d.num_eval, config.seed + 10_000, **common)
+    return train, evals
+  if not d.path:
+    raise ValueError(
+      f"--config.data.dataset={d.dataset!r} reads from disk: set "
+      "--config.data.path (and --config.data.eval_path for evaluation)"
+    )
+  kw = dict(on_bad_record=d.on_bad_record)
+  train = sources.make_source(d.dataset, d.path, **kw)
+  evals = sources.make_source(d.dataset, d.eval_path or d.path, **kw)
+  return train, evals
+
+
+def tokenizer_path(config: Any) -> str:
+  if config.tokenizer.path:
+    return config.tokenizer.path
+  if policy.is_hf_dir(config.init_from):
+    return config.init_from
+  return ""
+
+
+def rl_source(config: Any) -> process.ProcessSource:
+  """The process-reward source named by `rl.process_source`."""
+  name = config.rl.process_source
+  value_head = process.ValueHeadSource(config.rl.value_threshold)
+  if name == "verifier":
+    return process.VerifierSource(synthmed.verify_steps)
+  if name == "value_head":
+    return value_head
+  from stepjax.rl import judge
+
+  j = config.judge
+  client = judge.JudgeClient(
+    base_url=j.base_url,
+    model=j.model,
+    api_key_env=j.api_key_env,
+    send_image=j.send_image,
+    timeout_s=j.timeout_s,
+    max_retries=j.max_retries,
+    concurrency=j.concurrency,
+    fallback=j.fallback,
+    cache_path=j.cache_path,
+  )
+  if name == "judge":
+    return process.JudgeSource(client)
+  return process.HybridSource(
+    process.JudgeSource(client),
+    value_head,
+    config.rl.hybrid_judge_fraction,
+    seed=config.seed,
+  )
+
+
+# ---------------------------------------------------------------- trainer
+
+
+@dataclasses.dataclass
+class Phase:
+  name: str  # "sft" | "rl"
+  first_step: int
+  num_steps: int
+  tx: Any
+  dataset: Any
+
+
+class Trainer:
+  """Holds what one run needs; `run()` drives both phases."""
+
+  def __init__(self, config: Any, workdir: str):
+    config_checks.check(config)
+    distributed.maybe_initialize(config.distributed)
+    self.config = config
+    self.workdir = workdir
+    self.tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path(config))
+    self.tok_info = tokenizer_lib.tokenizer_info(self.tokenizer)
+    self.cfg = policy.model_config(config, self.tok_info)
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.graphs, _, _ = policy.abstract(self.cfg)
+    self.train_source, self.eval_source = make_sources(config)
+    self.process_source = rl_source(config)
+    self.phases = self._phases()
+    self.total_steps = sum(p.num_steps for p in self.phases)
+    self.checkpointer = checkpoint.Checkpointer(
+      str(epath.Path(workdir) / "checkpoints"), config.train.keep_checkpoints
+    )
+    self.writer = metrics.MetricsWriter(workdir, self.total_steps)
+    self._jitted: dict[str, Any] = {}
+    self._iterators: dict[str, Any] = {}
+    self.ref_params = None
+
+  # -- set-up
+
+  def _phases(self) -> list[Phase]:
+    c = self.config
+    think = c.tokenizer.think_tag
+    phases = []
+    if c.sft.steps > 0:
+      opts = pipeline.PipelineOptions.from_config(
+        c, sft=True, batch_size=c.sft.batch_size, num_epochs=None
+      )
+      phases.append(
+        Phase(
+          "sft",
+          0,
+          c.sft.steps,
+          optim.make_optimizer(
+            _no_accum(c.optim), c.sft.learning_rate, c.sft.steps
+          ),
+          pipeline.make_dataset(
+            batches.SftView(self.train_source),
+            self.tokenizer,
+            opts,
+            think_tag=think,
+          ),
+        )
+      )
+    if c.train.steps > 0:
+      opts = pipeline.PipelineOptions.from_config(c, num_epochs=None)
+      phases.append(
+        Phase(
+          "rl",
+          c.sft.steps,
+          c.train.steps,
+          optim.make_optimizer(
+            c.optim,
+            c.optim.learning_rate,
+            c.train.steps * c.optim.grad_accum,
+          ),
+          pipeline.make_dataset(
+            self.train_source, self.tokenizer, opts, think_tag=think
+          ),
+        )
+      )
+    return phases
+
+  def phase_at(self, step: int) -> Phase:
+    for phase in self.phases:
+      if step < phase.first_step + phase.num_steps:
+        return phase
+    return self.phases[-1]
+
+  def _init_fn(self, tx: Any):
+    cfg, seed = self.cfg, self.config.seed
+
+    def init():
+      params, value_params = policy.init(cfg, seed)
+      return state_lib.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        value_params=value_params,
+        opt_state=tx.init({"policy": params, "value": value_params}),
+        rng=jax.random.key_data(jax.random.key(seed)),
+      )
+
+    return init
+
+  def state_shardings(self, tx: Any) -> tuple[Any, Any]:
+    abstract = jax.eval_shape(self._init_fn(tx))
+    shardings = sharding.state_shardings(
+      abstract, self.mesh, self.config.logical_axis_rules
+    )
+    return abstract, shardings
+
+  def fresh_state(self, tx: Any) -> state_lib.TrainState:
+    _, shardings = self.state_shardings(tx)
+    return jax.jit(self._init_fn(tx), out_shardings=shardings)()
+
+  def reset_optimizer(self, state, tx: Any) -> state_lib.TrainState:
+    """A new phase starts with fresh optimizer moments for its own tx."""
+    _, shardings = self.state_shardings(tx)
+    init = jax.jit(tx.init, out_shardings=shardings.opt_state)
+    return state.replace(opt_state=init(state.trainables()))
+
+  def initial_state(self) -> tuple[Any, int, dict, Any]:
+    """(state, steps done, info, ref params) from the latest checkpoint in
+    the workdir, else `init_from`, else a fresh init."""
+    done = self.checkpointer.latest_step()
+    if done is not None:
+      info = self.checkpointer.info(done)
+      # The saved optimizer state belongs to the phase of the next step (a
+      # phase boundary resets it before saving).
+      phase = self.phase_at(min(done, self.total_steps - 1))
+      abstract, shardings = self.state_shardings(phase.tx)
+      target = checkpoint.abstract_with_shardings(abstract, shardings)
+      iterator = None
+      if info.get("iterator_phase") == phase.name:
+        iterator = self._iterators[phase.name] = iter(phase.dataset)
+      abstract_ref = None
+      if info.get("has_ref"):
+        abstract_ref = checkpoint.abstract_with_shardings(
+          abstract.params, shardings.params
+        )
+      state, info, ref = self.checkpointer.restore(
+        done, target, iterator, abstract_ref
+      )
+      logging.info("resumed from %s after step %d", self.workdir, done)
+      return state, done, info, ref
+    first = self.phases[0]
+    state = self.fresh_state(first.tx)
+    init_from = self.config.init_from
+    if init_from:
+      state = self._load_init_from(state, first.tx, init_from)
+    return state, 0, {}, None
+
+  def _load_init_from(self, state, tx, path: str):
+    abstract, shardings = self.state_shardings(tx)
+    if policy.is_hf_dir(path):
+      _, params = hf_convert.load_hf(path, self.cfg, shardings.params)
+      logging.info("policy initialised from HF checkpoint %s", path)
+    else:
+      target = checkpoint.abstract_with_shardings(abstract, shardings)
+      params = checkpoint.restore_state_only(path, target).params
+      logging.info("policy initialised from Orbax checkpoint %s", path)
+    state = state.replace(params=params)
+    return self.reset_optimizer(state, tx)
+
+  # -- jitted functions
+
+  def update_fn(self, phase: Phase):
+    key = f"update_{phase.name}"
+    if key not in self._jitted:
+      rl = self.config.rl
+      opts = steps.StepOptions(
+        group_size=self.config.sampling.group_size,
+        eps_low=rl.eps_low,
+        eps_high=rl.eps_high,
+        beta=rl.beta,
+        aggregation=rl.loss_aggregation,
+        use_old_logp=rl.num_iterations > 1,
+        value_loss_weight=rl.value_loss_weight,
+        train_value_head=rl.value_loss_weight > 0,
+      )
+      fn = functools.partial(
+        steps.train_step,
+        graphs=self.graphs,
+        tx=phase.tx,
+        opts=opts,
+        kind=phase.name,
+      )
+      _, shardings = self.state_shardings(phase.tx)
+      self._jitted[key] = jax.jit(
+        fn, out_shardings=(shardings, None), donate_argnums=(0,)
+      )
+    return self._jitted[key]
+
+  def logp_fn(self):
+    if "logp" not in self._jitted:
+      g = self.config.sampling.group_size
+      self._jitted["logp"] = jax.jit(
+        lambda params, batch: steps.sequence_logp(self.graphs, params, batch, g)
+      )
+    return self._jitted["logp"]
+
+  def value_logits_fn(self):
+    """(params, value params, batch, step_id) -> step logits [B, K_PAD]."""
+    if "value" not in self._jitted:
+      g = self.config.sampling.group_size
+
+      def fn(params, value_params, batch, step_id_BxL):
+        _, hidden = steps.forward(self.graphs, params, batch, g)
+        from stepjax.models import step_value
+
+        logits = step_value.apply(self.graphs.value, value_params, hidden)
+        return losses.step_logits(logits, step_id_BxL, rollout.K_PAD)
+
+      self._jitted["value"] = jax.jit(fn)
+    return self._jitted["value"]
+
+  # -- one step of each phase
+
+  def sft_step(self, state, phase: Phase, batch: dict) -> tuple[Any, dict]:
+    inputs = batches.sft_batch(batch, self.cfg)
+    start = time.perf_counter()
+    state, m = self.update_fn(phase)(state, inputs)
+    m = jax.device_get(m)
+    tokens = float(np.sum(inputs["loss_mask_BxL"]))
+    m["update_tokens_per_s"] = tokens / (time.perf_counter() - start)
+    return state, m
+
+  def sample(self, params, batch: dict, rng, *, group_size, temperature):
+    s = self.config.sampling
+    prompt = sampler.prepare_inputs(batch, self.cfg)
+    out = sampler.generate(
+      self.graphs.policy,
+      params,
+      prompt,
+      rng,
+      group_size=group_size,
+      max_new_tokens=s.max_new_tokens,
+      temperature=temperature,
+      top_k=s.top_k,
+      top_p=s.top_p,
+      eos_ids=(self.tok_info.eos_id,),
+      pad_id=self.tok_info.pad_id,
+    )
+    return jax.device_get(out)
+
+  def rl_step(self, state, phase: Phase, batch: dict, step: int):
+    c = self.config
+    g = c.sampling.group_size
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
+    t0 = time.perf_counter()
+    out = self.sample(
+      state.params,
+      batch,
+      rng,
+      group_size=g,
+      temperature=c.sampling.temperature,
+    )
+    t_sample = time.perf_counter() - t0
+    seq = batches.sequences(
+      batch["prompt_ids_BxT"],
+      batch["prompt_mask_BxT"],
+      out.tokens_BxR,
+      out.mask_BxR,
+      batch["grid_thw_Bx3"],
+      self.cfg,
+      g,
+    )
+    seq.update(batches.vision_inputs(batch, self.cfg))
+    prompt_len = batch["prompt_ids_BxT"].shape[1]
+    value_fn = None
+    if c.rl.process_source in ("value_head", "hybrid"):
+
+      def value_fn(step_id_BxC):
+        step_ids = batches.pad_completion_arrays(
+          {"step_id": step_id_BxC}, prompt_len
+        )["step_id"]
+        return self.value_logits_fn()(
+          state.params, state.value_params, seq, step_ids
+        )
+
+    if isinstance(self.process_source, process.HybridSource):
+      self.process_source.calls = step  # the judge's share, by step
+    scored = rollout.score(
+      out.tokens_BxR,
+      out.lengths_B,
+      batches.examples(batch),
+      tokenizer=self.tokenizer,
+      source=self.process_source,
+      config=c,
+      value_logits_fn=value_fn,
+    )
+    label_mask = scored.has_labels_B.astype(np.int32)
+    if isinstance(self.process_source, process.HybridSource):
+      # Train the head only on the judge's labels, never on its own.
+      label_mask = np.zeros_like(label_mask)
+      label_mask[self.process_source.last_judged] = 1
+    elif c.rl.process_source == "value_head":
+      label_mask = np.zeros_like(label_mask)
+    update = dict(seq)
+    update.update(
+      batches.pad_completion_arrays(
+        {
+          "adv_BxL": scored.adv_BxC.astype(np.float32),
+          "old_logp_BxL": np.asarray(out.logp_BxR, np.float32),
+          "step_id_BxL": scored.step_id_BxC.astype(np.int32),
+        },
+        prompt_len,
+      )
+    )
+    update["step_valid_BxK"] = scored.step_valid_BxK
+    update["label_mask_B"] = label_mask
+    if c.rl.beta > 0:
+      ref = self.logp_fn()(self.ref_params, update)
+      update["ref_logp_BxL"] = np.concatenate(
+        [np.zeros((ref.shape[0], 1), np.float32), np.asarray(ref)], axis=1
+      )
+    t1 = time.perf_counter()
+    m = {}
+    for _ in range(c.rl.num_iterations):
+      for micro in _micro_batches(update, c.optim.grad_accum, g):
+        state, m = self.update_fn(phase)(state, micro)
+    m = jax.device_get(m)
+    t_update = time.perf_counter() - t1
+    gen_tokens = float(np.sum(out.lengths_B))
+    m.update(rollout_metrics(scored, out))
+    m["sample_tokens_per_s"] = gen_tokens / max(t_sample, 1e-9)
+    m["update_tokens_per_s"] = (
+      c.rl.num_iterations * float(np.sum(seq["mask_BxL"])) / max(t_update, 1e-9)
+    )
+    return state, m
+
+  # -- driver
+
+  def evaluate(self, state, name: str) -> dict:
+    report = evaluate.evaluate(self, state.params, name)
+    logging.info("eval %s: %s", name, evaluate.summary_line(report))
+    print(f"eval {name}: {evaluate.summary_line(report)}", flush=True)
+    return report
+
+  def _enter_rl(self, state, info: dict):
+    """Evaluates the policy RL starts from, gives RL its own optimizer
+    state, and freezes the reference policy (a copy) when beta > 0."""
+    info["evals"]["before_rl"] = self.evaluate(state, "before_rl")
+    if self.config.sft.steps > 0:
+      state = self.reset_optimizer(state, self.phase_at(info["done"]).tx)
+    if self.config.rl.beta > 0:
+      self.ref_params = jax.tree.map(jnp.copy, state.params)
+    return state
+
+  def run(self) -> dict:
+    """Runs (or resumes) the job; returns the evaluation reports."""
+    c = self.config
+    state, done, info, self.ref_params = self.initial_state()
+    info.setdefault("evals", {})
+    sft_end = c.sft.steps
+    while done < self.total_steps:
+      info["done"] = done
+      if done == sft_end and "before_rl" not in info["evals"]:
+        state = self._enter_rl(state, info)
+      phase = self.phase_at(done)
+      if phase.name not in self._iterators:
+        self._iterators[phase.name] = iter(phase.dataset)
+      t0 = time.perf_counter()
+      batch = next(self._iterators[phase.name])
+      if phase.name == "sft":
+        state, m = self.sft_step(state, phase, batch)
+      else:
+        state, m = self.rl_step(state, phase, batch, done)
+      m["step_time_s"] = time.perf_counter() - t0
+      self.writer.write(done, phase.name, m)
+      done += 1
+      info["done"] = done
+      if done == sft_end and c.train.steps > 0:
+        state = self._enter_rl(state, info)
+      rl_done = done - sft_end
+      if (
+        c.train.eval_every
+        and phase.name == "rl"
+        and rl_done % c.train.eval_every == 0
+        and done < self.total_steps
+      ):
+        name = f"rl_step_{rl_done}"
+        info["evals"][name] = self.evaluate(state, name)
+      if done == self.total_steps:
+        info["evals"]["final"] = self.evaluate(state, "final")
+      if done % c.train.checkpoint_every == 0 or done == self.total_steps:
+        self.save(state, done, info)
+    if "final" not in info["evals"]:
+      info["evals"]["final"] = self.evaluate(state, "final")
+    self.writer.close()
+    self.checkpointer.close()
+    self.final_state = state
+    if jax.process_index() == 0:
+      print(evaluate.table(info["evals"]), flush=True)
+    return info["evals"]
+
+  def save(self, state, done: int, info: dict) -> None:
+    """Checkpoint `done` (steps completed): state, the iterator of the
+    phase that continues, the reference policy and the run info."""
+    nxt = self.phase_at(min(done, self.total_steps - 1))
+    iterator = self._iterators.get(nxt.name)
+    info = dict(
+      info,
+      iterator_phase=nxt.name if iterator is not None else None,
+      has_ref=self.ref_params is not None,
+    )
+    self.checkpointer.save(done, state, iterator, info, self.ref_params)
+
+
+def _no_accum(optim_config):
+  out = optim_config.copy_and_resolve_references()
+  with out.unlocked():
+    out.grad_accum = 1
+  return out
+
+
+def _micro_batches(update: dict, num: int, group_size: int):
+  """Splits B rows into `num` micro-batches of whole groups."""
+  if num <= 1:
+    yield update
+    return
+  b = update["ids_BxL"].shape[0]
+  if b % (num * group_size):
+    raise ValueError(
+      f"--config.optim.grad_accum={num}: {b} completions cannot be split "
+      f"into {num} micro-batches of whole groups of {group_size}"
+    )
+  rows = b // num
+  prompts = rows // group_size
+  for i in range(num):
+    micro = {}
+    for key, value in update.items():
+      if key == "positions_3xBxL":
+        micro[key] = value[:, i * rows : (i + 1) * rows]
+      elif key in ("pixels_IxNxP",):
+        micro[key] = value[i * prompts : (i + 1) * prompts]
+      elif key == "vision_meta":
+        lo, hi = i * prompts, (i + 1) * prompts
+        micro[key] = jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], value)
+      else:
+        micro[key] = value[i * rows : (i + 1) * rows]
+    yield micro
+
+
+def rollout_metrics(scored: rollout.Scored, out: Any) -> dict[str, float]:
+  """Scalars logged per RL step from the scored completions."""
+  from stepjax.eval import metrics as eval_metrics
+
+  comps = scored.rewards.components
+  labels = [lab.labels for lab in scored.labels if not lab.skipped]
+  stats = eval_metrics.analyze(labels, list(scored.correct_B))
+  m = {
+    "reward": float(np.mean(scored.rewards.total)),
+    "accuracy": float(np.mean(scored.correct_B)),
+    "step_validity": stats.step_validity,
+    "num_steps": float(np.mean(scored.num_steps_B)),
+    "completion_length": float(np.mean(out.lengths_B)),
+    "adv_abs_mean": float(np.mean(np.abs(scored.adv_B))),
+  }
+  for name, value in comps.items():
+    m[f"reward_{name}"] = float(np.mean(value))
+  for b in ("early", "mid", "late"):
+    m[f"ffp_{b}"] = stats.ffp_shares[b]
+  return m
+
+
+def run(config: Any, workdir: str) -> dict:
+  """Trains per `config` in `workdir` (resuming if it holds a checkpoint)."""
+  return Trainer(config, workdir).run()

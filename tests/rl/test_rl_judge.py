@@ -1,0 +1,298 @@
+"""LLM judge client against a scripted local chat-completions server."""
+
+import collections
+import http.server
+import json
+import logging
+import re
+import threading
+import time
+
+import pytest
+
+from stepjax.rl import judge, process
+
+SECRET = "sk-test-SECRET-d41d8cd98f00b204"
+KEY_ENV = "STEPJAX_TEST_JUDGE_KEY"
+
+
+class ScriptedServer:
+  """Chat-completions server; the question text picks the behaviour."""
+
+  def __init__(self):
+    self.calls = collections.Counter()
+    self.auth = []
+    self.bodies = []
+    self.active = 0
+    self.max_active = 0
+    self.lock = threading.Lock()
+    outer = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def log_message(self, *args):
+        pass
+
+      def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with outer.lock:
+          outer.bodies.append(body)
+          outer.auth.append(self.headers.get("Authorization"))
+          outer.active += 1
+          outer.max_active = max(outer.max_active, outer.active)
+        try:
+          outer.respond(self, body)
+        except (BrokenPipeError, ConnectionResetError):
+          pass
+        finally:
+          with outer.lock:
+            outer.active -= 1
+
+    class Server(http.server.ThreadingHTTPServer):
+      # The default listen backlog (5) drops connections beyond it when 8
+      # clients connect at once, and their SYN retry outlasts the timeout.
+      request_queue_size = 64
+
+    self.httpd = Server(("127.0.0.1", 0), Handler)
+    self.httpd.daemon_threads = True
+    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    self.thread = threading.Thread(
+      target=self.httpd.serve_forever, args=(0.05,), daemon=True
+    )
+    self.thread.start()
+
+  def respond(self, h, body):
+    text = body["messages"][1]["content"][-1]["text"]
+    mode = re.search(r"Question: (\S+)", text).group(1)
+    k = int(re.search(r"has (\d+) steps", text).group(1))
+    with self.lock:
+      self.calls[mode] += 1
+      n = self.calls[mode]
+    good = json.dumps({"labels": [i % 2 for i in range(k)]})
+    behaviour = mode.split("-")[0]
+    if behaviour == "timeout":
+      time.sleep(2.0)
+    if behaviour == "slow":
+      time.sleep(0.15)
+    if behaviour == "flaky" and n <= 2:
+      behaviour = "500"
+    status, content, raw = 200, good, None
+    if behaviour == "fence":
+      content = f"Here you go:\n```json\n{good}\n```"
+    elif behaviour == "garbage":
+      content = "Step 1 looks fine to me."
+    elif behaviour == "wrongcount":
+      content = json.dumps({"labels": [1] * (k + 1)})
+    elif behaviour == "non01":
+      content = json.dumps({"labels": [2] * k})
+    elif behaviour == "bools":
+      content = json.dumps({"labels": [True] * k})
+    elif behaviour == "nokey":
+      content = json.dumps({"steps": [1] * k})
+    elif behaviour == "badbody":
+      raw = b"<html>oops</html>"
+    elif behaviour in ("500", "429", "401"):
+      status = int(behaviour)
+    if status != 200:
+      h.send_response(status)
+      if status == 429:
+        h.send_header("Retry-After", "0.01")
+      h.end_headers()
+      # A careless server echoing the credentials in its error body.
+      h.wfile.write(
+        f"error; you sent {h.headers.get('Authorization')}".encode()
+      )
+      return
+    if raw is None:
+      raw = json.dumps(
+        {"choices": [{"message": {"role": "assistant", "content": content}}]}
+      ).encode()
+    h.send_response(200)
+    h.send_header("Content-Type", "application/json")
+    h.send_header("Content-Length", str(len(raw)))
+    h.end_headers()
+    h.wfile.write(raw)
+
+  def close(self):
+    self.httpd.shutdown()
+    self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+  s = ScriptedServer()
+  yield s
+  s.close()
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+  monkeypatch.setenv(KEY_ENV, SECRET)
+
+
+def make_client(server, **kw):
+  args = dict(
+    api_key_env=KEY_ENV,
+    timeout_s=0.6,
+    max_retries=2,
+    backoff_s=0.001,
+    backoff_max_s=0.01,
+    concurrency=8,
+  )
+  args.update(kw)
+  return judge.JudgeClient(server.url, "judge-model", **args)
+
+
+def req(mode, k=3, image=None, rid=None):
+  return process.StepRequest(
+    record_id=rid or mode,
+    question=mode,
+    reference="left",
+    rationale="CT. Left lung. Nodule.",
+    step_texts=tuple(f"step {i}." for i in range(k)),
+    image=image,
+  )
+
+
+GOOD = (0, 1, 0)
+
+
+def test_parse_reply():
+  assert judge.parse_reply('{"labels": [1, 0]}', 2) == (1, 0)
+  assert judge.parse_reply('```json\n{"labels": [1]}\n```', 1) == (1,)
+  for bad in (
+    '{"labels": [1]}',  # wrong count
+    '{"label": [1, 0]}',  # missing key
+    '{"labels": [1, 2]}',
+    '{"labels": [true, false]}',
+    '{"labels": [1.0, 0]}',
+    '{"labels": "10"}',
+    "[1, 0]",
+    "sure! 1 0",
+  ):
+    with pytest.raises(judge.InvalidReply):
+      judge.parse_reply(bad, 2)
+
+
+def test_prompt_has_criteria_and_image():
+  r = req("x", image=b"\x89PNG\r\n\x1a\nfake")
+  msgs = judge.build_messages(r, send_image=True)
+  system = msgs[0]["content"]
+  for word in ("gold rationale", "reference answer", "laterality", "meta"):
+    assert word in system.lower()
+  parts = msgs[1]["content"]
+  assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
+  assert "Step 3: step 2." in parts[1]["text"]
+  assert "exactly 3" in parts[1]["text"]
+  no_img = judge.build_messages(r, send_image=False)[1]["content"]
+  assert [p["type"] for p in no_img] == ["text"]
+
+
+def test_survives_every_failure(server, caplog):
+  client = make_client(server)
+  modes = [
+      "ok", "fence", "flaky", "timeout", "500", "429", "garbage",
+      "wrongcount", "non01", "bools", "nokey", "badbody", "401",
+  ]  # fmt: skip
+  with caplog.at_level(logging.DEBUG, logger="stepjax.rl.judge"):
+    out = client.judge([req(m) for m in modes])
+  by_mode = dict(zip(modes, out))
+  for m in ("ok", "fence", "flaky"):
+    assert by_mode[m].labels == GOOD and not by_mode[m].fallback_used, m
+  failing = [m for m in modes if m not in ("ok", "fence", "flaky")]
+  for m in failing:
+    assert by_mode[m].fallback_used, m
+    assert by_mode[m].labels == (0, 0, 0)
+  st = client.stats
+  assert st["fallbacks"] == len(failing) == st["failures"]
+  assert st["successes"] == 3
+  assert st["error_timeout"] == 3 and st["error_http_429"] == 3
+  assert st["error_http_500"] == 3 + 2  # 500 x3, flaky x2
+  assert st["error_invalid_reply"] == 3 * 6
+  assert st["error_http_401"] == 1  # not retried
+  assert server.calls["401"] == 1 and server.calls["garbage"] == 3
+  # The key reached the server, and nowhere else.
+  assert set(server.auth) == {"Bearer " + SECRET}
+  assert SECRET not in caplog.text
+  assert "***" in caplog.text  # the echoed key was redacted
+  assert SECRET not in repr(client) and SECRET not in str(vars(client))
+
+
+def test_errors_never_show_the_key(server):
+  client = make_client(server)
+  for mode in ("401", "500"):
+    payload = {"model": "m", "messages": judge.build_messages(req(mode))}
+    with pytest.raises(Exception) as info:
+      client._post(payload)
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+
+
+def test_fallback_modes(server):
+  valid = make_client(server, fallback="valid", max_retries=0)
+  assert valid.judge([req("500")])[0].labels == (1, 1, 1)
+  skip = make_client(server, fallback="skip", max_retries=0)
+  lab = skip.judge([req("500-2")])[0]
+  assert lab.skipped and lab.fallback_used
+  with pytest.raises(ValueError, match="judge.fallback"):
+    make_client(server, fallback="retry")
+  with pytest.raises(ValueError, match="judge.base_url"):
+    judge.JudgeClient("", "m")
+
+
+def test_cache_persisted(server, tmp_path):
+  path = str(tmp_path / "judge_cache.jsonl")
+  client = make_client(server, cache_path=path)
+  assert client.judge([req("ok", rid="rec1")])[0].labels == GOOD
+  assert client.judge([req("ok", rid="rec1")])[0].labels == GOOD
+  assert server.calls["ok"] == 1 and client.stats["cache_hits"] == 1
+  again = make_client(server, cache_path=path)
+  assert again.judge([req("ok", rid="rec1")])[0].labels == GOOD
+  assert server.calls["ok"] == 1
+  # Another record id or other steps: a new call.
+  again.judge([req("ok", rid="rec2")])
+  assert server.calls["ok"] == 2
+  # Fallbacks are not cached; empty step lists need no call.
+  again.judge([req("500", rid="rec3"), req("ok", k=0, rid="rec4")])
+  assert len(open(path).read().splitlines()) == 2
+
+
+def test_bounded_concurrency_and_image(server):
+  client = make_client(server, concurrency=3)
+  t0 = time.perf_counter()
+  out = client.judge(
+    [req(f"slow-{i}", image=b"\xff\xd8jpeg") for i in range(6)]
+  )
+  assert time.perf_counter() - t0 < 6 * 0.15
+  assert all(lab.labels == GOOD for lab in out)
+  assert 2 <= server.max_active <= 3
+  url = server.bodies[0]["messages"][1]["content"][0]["image_url"]["url"]
+  assert url.startswith("data:image/jpeg;base64,")
+  assert server.bodies[0]["model"] == "judge-model"
+
+
+def test_backoff_seeded_and_retry_after(server):
+  delays = [[], []]
+  for i in range(2):
+    client = make_client(
+      server, seed=7, backoff_s=0.001, sleep=delays[i].append
+    )
+    client.judge([req(f"500-{i}")])
+  assert delays[0] == delays[1] and len(delays[0]) == 2
+  assert 0.0005 <= delays[0][0] < 0.0015 and 0.001 <= delays[0][1] < 0.003
+  slept = []
+  client = make_client(server, backoff_s=0.0001, sleep=slept.append)
+  client.judge([req("429-x")])
+  assert all(d >= 0.01 for d in slept)  # Retry-After: 0.01
+
+
+def test_no_key_warns_once(server, monkeypatch, caplog):
+  monkeypatch.delenv(KEY_ENV)
+  client = make_client(server)
+  with caplog.at_level(logging.WARNING, logger="stepjax.rl.judge"):
+    client.judge([req("ok", rid="a"), req("ok", rid="b")])
+  assert server.auth == [None, None]
+  assert sum(KEY_ENV in m for m in caplog.messages) == 1
+
+
+def test_judge_source_wraps_client(server):
+  src = process.JudgeSource(make_client(server))
+  assert src.label_steps([req("ok")])[0].labels == GOOD

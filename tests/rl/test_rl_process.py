@@ -1,0 +1,107 @@
+"""Process-reward sources: verifier, value head, hybrid, packing."""
+
+import numpy as np
+import pytest
+
+from stepjax.rl import process
+
+
+def req(i, steps, logits=None, meta=None):
+  return process.StepRequest(
+    record_id=f"r{i}",
+    question="q",
+    reference="a",
+    step_texts=tuple(steps),
+    meta=meta if meta is not None else {"scene": {"side": "left"}},
+    value_logits=None if logits is None else np.asarray(logits),
+  )
+
+
+def test_verifier_source():
+  def verify(texts, scene):
+    return [scene["side"] in t for t in texts]
+
+  src = process.VerifierSource(verify)
+  out = src.label_steps([req(0, ["left lung.", "right lung."]), req(1, [])])
+  assert out[0].labels == (1, 0) and out[0].source == "verifier"
+  assert out[1].labels == ()
+  with pytest.raises(ValueError, match="record r2.*scene"):
+    src.label_steps([req(2, ["x"], meta={})])
+  bad = process.VerifierSource(lambda t, s: [True])
+  with pytest.raises(ValueError, match="one per step"):
+    bad.label_steps([req(3, ["a", "b"])])
+
+
+def test_value_head_source():
+  src = process.ValueHeadSource(threshold=0.5)
+  out = src.label_steps([req(0, ["a", "b", "c"], logits=[2.0, -1.0, 0.0, 9])])
+  assert out[0].labels == (1, 0, 1)
+  np.testing.assert_allclose(
+    out[0].confidence, [1 / (1 + np.exp(-2)), 1 / (1 + np.exp(1)), 0.5]
+  )
+  assert out[0].source == "value_head"
+  with pytest.raises(ValueError, match="value_logits"):
+    src.label_steps([req(1, ["a"])])
+
+
+class FakeJudge:
+  def __init__(self, fail=()):
+    self.seen = []
+    self.fail = set(fail)
+
+  def label_steps(self, requests):
+    self.seen.extend(r.record_id for r in requests)
+    return [
+      process.StepLabels(
+        (1,) * len(r.step_texts),
+        source="judge",
+        fallback_used=r.record_id in self.fail,
+      )
+      for r in requests
+    ]
+
+
+def test_hybrid_source_deterministic():
+  reqs = [req(i, ["a", "b"], logits=[-5.0, -5.0]) for i in range(8)]
+  runs = []
+  for _ in range(2):
+    judge = FakeJudge()
+    src = process.HybridSource(
+      judge, process.ValueHeadSource(), judge_fraction=0.25, seed=3
+    )
+    out = src.label_steps(reqs)
+    out2 = src.label_steps(reqs)
+    runs.append((list(judge.seen), src.last_judged))
+    assert len(src.last_judged) == 2
+    for i, lab in enumerate(out2):
+      want = "judge" if i in src.last_judged else "value_head"
+      assert lab.source == want
+      assert lab.labels == ((1, 1) if want == "judge" else (0, 0))
+    assert [lab.source for lab in out].count("judge") == 2
+  assert runs[0] == runs[1]  # same seed: same choice
+
+
+def test_hybrid_judge_fallback_uses_value_head():
+  reqs = [req(i, ["a"], logits=[3.0]) for i in range(4)]
+  judge = FakeJudge(fail={f"r{i}" for i in range(4)})
+  src = process.HybridSource(judge, process.ValueHeadSource(), 1.0)
+  out = src.label_steps(reqs)
+  assert all(lab.source == "value_head" for lab in out)
+  assert src.last_judged == []
+  with pytest.raises(ValueError, match="hybrid_judge_fraction"):
+    process.HybridSource(judge, process.ValueHeadSource(), 1.5)
+
+
+def test_pack_labels():
+  labels = [
+    process.StepLabels((1, 0, 1)),
+    process.StepLabels((0,), skipped=True),
+    process.StepLabels((1, 1, 0, 1, 1)),
+    process.StepLabels(()),
+  ]
+  valid, has, proc = process.pack_labels(labels, k_pad=4)
+  np.testing.assert_array_equal(
+    valid, [[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0]]
+  )
+  np.testing.assert_array_equal(has, [1, 0, 1, 1])
+  np.testing.assert_allclose(proc, [2 / 3, 0, 0.8, 0])
