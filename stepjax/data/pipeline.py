@@ -1,0 +1,309 @@
+"""Grain input pipeline: records -> padded numpy batches for the trainer.
+
+Stages (a `grain.MapDataset` up to the decode, then a `grain.IterDataset`):
+seeded shuffle (a fresh permutation every epoch) -> repeat -> this JAX
+process's slice `[process_index::process_count]` (each process reads and
+decodes only its own records) -> decode + Qwen2.5-VL preprocess -> tokenize
+-> [optional worker processes] -> batch and pad to a bucket shape
+(`stepjax.data.batching`) -> numpy batch. `iter(dataset)` gives a
+`grain.DatasetIterator` whose `get_state()/set_state()` (a JSON-able dict)
+checkpoint with Orbax through
+`grain.checkpoint.CheckpointSave/CheckpointRestore`; its `.stats` counts
+examples and skipped records.
+
+Shapes: B prompts per batch on this process (data.batch_size divided by
+the process count), T prompt tokens (a value of data.token_buckets), N
+vision patches per image (a value of data.patch_buckets), P = 1176 values
+per patch, S SFT target tokens (`target_len`).
+
+Batch layout (one image per prompt; numpy):
+  prompt_ids_BxT   int32, LEFT-padded with the tokenizer's pad id, so every
+                   prompt ends at column T-1 and generation appends.
+  prompt_mask_BxT  int32, 1 for real tokens, 0 for padding.
+  pixels_BxNxP     float32 patch rows (images.preprocess), zero-padded.
+  patch_mask_BxN   int32, 1 for real patches.
+  grid_thw_Bx3     int32 (t, h, w) of each image in 14-px patches; the
+                   prompt holds t*h*w // 4 `<|image_pad|>` tokens.
+  target_ids_BxS   int32 (only when target_len > 0, for SFT): the gold
+  target_mask_BxS  completion `completion_fn(rationale sentences, answer)`
+                   followed by eos, RIGHT-padded with the pad id.
+  ids, questions, answers, rationales: lists of B strings; metas: list of
+                   B dicts (host side, never sent to devices).
+
+Buckets: each example needs the smallest token bucket >= its prompt
+length and the smallest patch bucket >= its patch count; a batch is padded
+to the largest bucket among its examples. We chose that over grouping
+same-bucket examples into batches because grouping needs a buffer of
+pending examples per bucket: the buffer would have to go into the
+checkpointed iterator state, it reorders data relative to the seeded
+shuffle and it stalls when a bucket is rare. Padding up keeps the shuffle
+order exact, the state a plain Grain position, and still bounds the jitted
+shapes to len(token_buckets) * len(patch_buckets); the cost is extra
+padding, small when buckets are close (the defaults are 96/128 tokens and
+one patch bucket).
+
+Bad records (image missing, corrupt or not an image, decompression bomb,
+path escaping the root, too many patches, prompt or target too long):
+on_bad_record="fail" raises `BadRecordError` naming the file, the record
+and, for size limits, the config key to raise; "skip" drops the record,
+logs a warning and counts it in `iterator.stats`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Callable
+from typing import Any
+
+import grain
+import numpy as np
+from absl import flags
+
+from stepjax.data import batching, errors, images, records, sources
+
+PromptFn = Callable[[str, int], str]  # (question, num_image_tokens) -> text
+CompletionFn = Callable[[list[str], str], str]  # (steps, answer) -> text
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+  """Everything the pipeline needs from the config (see `from_config`)."""
+
+  batch_size: int = 4  # global, over all processes
+  min_pixels: int = 56 * 56
+  max_pixels: int = 112 * 112
+  token_buckets: tuple[int, ...] = (96, 128)
+  patch_buckets: tuple[int, ...] = (64,)
+  shuffle: bool = True
+  seed: int = 0
+  num_epochs: int | None = 1  # None = repeat forever
+  drop_remainder: bool = True
+  on_bad_record: str = "fail"
+  num_workers: int = 0  # >0: decode in that many worker processes
+  read_threads: int = 2  # threads reading ahead in this process
+  max_image_pixels: int = images.DEFAULT_MAX_IMAGE_PIXELS
+  target_len: int = 0  # >0: add SFT targets of this many tokens
+  image_root: str = ""  # relative image paths resolve under this
+
+  @classmethod
+  def from_config(
+    cls, config: Any, *, sft: bool = False, **overrides: Any
+  ) -> PipelineOptions:
+    """Reads `config.data.*` (and `config.seed`).
+
+    With `sft`, targets are `config.sampling.max_new_tokens` long. An
+    optional `data.max_image_pixels` key overrides the bomb guard.
+    """
+    d = config.data
+    kwargs = dict(
+      batch_size=int(d.batch_size),
+      min_pixels=int(d.min_pixels),
+      max_pixels=int(d.max_pixels),
+      token_buckets=tuple(int(b) for b in d.token_buckets),
+      patch_buckets=tuple(int(b) for b in d.patch_buckets),
+      shuffle=bool(d.shuffle),
+      seed=int(config.seed),
+      on_bad_record=str(d.on_bad_record),
+      num_workers=int(d.num_workers),
+      max_image_pixels=int(
+        d.get("max_image_pixels", images.DEFAULT_MAX_IMAGE_PIXELS)
+      ),
+      target_len=int(config.sampling.max_new_tokens) if sft else 0,
+    )
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def split_sentences(text: str) -> list[str]:
+  """Rationale -> reasoning steps: one per sentence or line."""
+  return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+class _Prepare:
+  """Record -> example dict (or a skip marker); runs in worker processes."""
+
+  def __init__(self, opts, tokenizer, prompt_fn, completion_fn):
+    self.opts = opts
+    self.tokenizer = tokenizer
+    self.prompt_fn = prompt_fn
+    self.completion_fn = completion_fn
+
+  def __call__(self, record: records.Record) -> dict[str, Any]:
+    try:
+      return self._prepare(record)
+    except errors.BadRecordError as e:
+      if self.opts.on_bad_record == "fail":
+        raise
+      return {"skipped": str(e), "kind": getattr(e, "kind", "image")}
+
+  def _bad(self, record, kind: str, reason: str) -> errors.BadRecordError:
+    e = errors.BadRecordError(
+      reason, file=record.origin or record.image.describe(), record=record.id
+    )
+    e.kind = kind
+    return e
+
+  def _prepare(self, record: records.Record) -> dict[str, Any]:
+    o = self.opts
+    image = images.decode_image(
+      record.image,
+      o.image_root,
+      record_id=record.id,
+      max_image_pixels=o.max_image_pixels,
+    )
+    try:
+      pixels_NxP, grid_thw = images.preprocess(
+        image, min_pixels=o.min_pixels, max_pixels=o.max_pixels
+      )
+    except ValueError as e:
+      raise self._bad(record, "image", str(e)) from None
+    num_patches = pixels_NxP.shape[0]
+    patch_bucket = batching.bucket_for(num_patches, o.patch_buckets)
+    if patch_bucket is None:
+      raise self._bad(
+        record,
+        "too_many_patches",
+        f"image {record.image.describe()} gives {num_patches} patches "
+        f"(grid {grid_thw.tolist()}), more than the largest of "
+        f"data.patch_buckets={list(o.patch_buckets)}; raise "
+        f"data.patch_buckets or lower data.max_pixels={o.max_pixels}",
+      )
+    num_image_tokens = num_patches // (images.MERGE_SIZE**2)
+    prompt = self.prompt_fn(record.question, num_image_tokens)
+    prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+    token_bucket = batching.bucket_for(len(prompt_ids), o.token_buckets)
+    if token_bucket is None:
+      raise self._bad(
+        record,
+        "prompt_too_long",
+        f"prompt has {len(prompt_ids)} tokens ({num_image_tokens} for the "
+        "image), more than the largest of "
+        f"data.token_buckets={list(o.token_buckets)}; raise "
+        "data.token_buckets (or lower data.max_pixels)",
+      )
+    example = {
+      "prompt_ids": np.asarray(prompt_ids, np.int32),
+      "pixels_NxP": pixels_NxP,
+      "grid_thw": grid_thw,
+      "id": record.id,
+      "question": record.question,
+      "answer": record.answer,
+      "rationale": record.rationale,
+      "meta": dict(record.meta),
+    }
+    if o.target_len:
+      steps = split_sentences(record.rationale)
+      text = self.completion_fn(steps, record.answer)
+      target = self.tokenizer.encode(text, add_special_tokens=False)
+      target.append(self.tokenizer.eos_token_id)
+      if len(target) > o.target_len:
+        raise self._bad(
+          record,
+          "target_too_long",
+          f"SFT target has {len(target)} tokens, more than "
+          f"target_len={o.target_len}; raise sampling.max_new_tokens",
+        )
+      example["target_ids"] = np.asarray(target, np.int32)
+    return example
+
+
+def _default_prompt_fn(think_tag: str) -> PromptFn:
+  from stepjax.data import tokenizer as tokenizer_lib
+
+  return functools.partial(tokenizer_lib.build_prompt, think_tag=think_tag)
+
+
+def _default_completion_fn(think_tag: str) -> CompletionFn:
+  from stepjax.data import tokenizer as tokenizer_lib
+
+  return functools.partial(tokenizer_lib.format_completion, think_tag=think_tag)
+
+
+def _process_shard(
+  shard_index: int | None, shard_count: int | None
+) -> tuple[int, int]:
+  if shard_index is not None and shard_count is not None:
+    return shard_index, shard_count
+  import jax  # Lazily: building a pipeline for inspection needs no jax.
+
+  return jax.process_index(), jax.process_count()
+
+
+def make_dataset(
+  source: Any,
+  tokenizer: Any,
+  opts: PipelineOptions,
+  *,
+  prompt_fn: PromptFn | None = None,
+  completion_fn: CompletionFn | None = None,
+  think_tag: str = "think",
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+) -> grain.IterDataset:
+  """Builds the batched dataset for this process; `iter()` it to read.
+
+  Args:
+    source: a Grain random-access source of `records.Record`s.
+    tokenizer: a `PreTrainedTokenizerFast` with pad and eos tokens.
+    opts: pipeline options (`PipelineOptions.from_config(config)`).
+    prompt_fn: (question, num_image_tokens) -> prompt text; defaults to
+      `stepjax.data.tokenizer.build_prompt` with `think_tag`.
+    completion_fn: (steps, answer) -> completion text for SFT targets;
+      defaults to `stepjax.data.tokenizer.format_completion`.
+    shard_index, shard_count: this process's slice; default
+      `jax.process_index()` / `jax.process_count()`.
+
+  Raises:
+    ValueError: a setting is inconsistent (named by its config key).
+  """
+  sources.check_on_bad_record(opts.on_bad_record)
+  index, count = _process_shard(shard_index, shard_count)
+  if opts.batch_size % count:
+    raise ValueError(
+      f"data.batch_size={opts.batch_size} is not divisible by the "
+      f"{count} JAX processes"
+    )
+  if not opts.token_buckets or not opts.patch_buckets:
+    raise ValueError("data.token_buckets and data.patch_buckets must be set")
+  if len(source) == 0:
+    raise ValueError(f"data source {source!r} has no records")
+  if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+    raise ValueError("the tokenizer needs a pad and an eos token")
+  prompt_fn = prompt_fn or _default_prompt_fn(think_tag)
+  if opts.target_len and completion_fn is None:
+    completion_fn = _default_completion_fn(think_tag)
+
+  ds = grain.MapDataset.source(source)
+  if opts.shuffle:
+    ds = ds.shuffle(seed=opts.seed)
+  if opts.num_epochs != 1:
+    ds = ds.repeat(opts.num_epochs)
+  ds = ds[index::count]
+  ds = ds.map(_Prepare(opts, tokenizer, prompt_fn, completion_fn))
+  it_ds = ds.to_iter_dataset(
+    grain.ReadOptions(
+      num_threads=opts.read_threads,
+      prefetch_buffer_size=max(2 * opts.batch_size, 1),
+    )
+  )
+  if opts.num_workers > 0:
+    if not flags.FLAGS.is_parsed():
+      # Grain's workers read absl flags; outside an absl app (notebooks,
+      # tests) nothing parsed them, so use their defaults.
+      flags.FLAGS.mark_as_parsed()
+    it_ds = it_ds.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=opts.num_workers)
+    )
+  collate_fn = functools.partial(
+    batching.collate, opts=opts, pad_id=int(tokenizer.pad_token_id)
+  )
+  return batching.BatchDataset(
+    it_ds,
+    opts.batch_size // count,
+    opts.drop_remainder,
+    collate_fn,
+    len(getattr(source, "skipped", ())),
+  )
