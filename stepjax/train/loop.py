@@ -49,6 +49,7 @@ from stepjax.train import state as state_lib
 def main(argv: list[str], config: Any, flag_values: Any) -> None:
   if argv:
     raise app.UsageError(f"train takes no positional arguments, got {argv}")
+  logging.set_verbosity(config.log_level)
   run(config, flag_values.workdir)
 
 
@@ -337,8 +338,9 @@ class Trainer:
   def sft_step(self, state, phase: Phase, batch: dict) -> tuple[Any, dict]:
     inputs = batches.sft_batch(batch, self.cfg)
     start = time.perf_counter()
-    state, m = self.update_fn(phase)(state, inputs)
+    state, m = self.update_fn(phase)(state, self.place(inputs))
     m = jax.device_get(m)
+    m["token_accuracy"] = m.pop("accuracy")
     tokens = float(np.sum(inputs["loss_mask_BxL"]))
     m["update_tokens_per_s"] = tokens / (time.perf_counter() - start)
     return state, m
@@ -362,6 +364,37 @@ class Trainer:
     return jax.device_get(out)
 
   def rl_step(self, state, phase: Phase, batch: dict, step: int):
+    """Sample, score, then `num_iterations` clipped updates."""
+    update, m = self.rollout(state, batch, step)
+    t1 = time.perf_counter()
+    state, um = self.apply_update(state, phase, update)
+    t_update = time.perf_counter() - t1
+    m.update(um)
+    m["update_tokens_per_s"] = (
+      self.config.rl.num_iterations
+      * float(np.sum(update["mask_BxL"]))
+      / max(t_update, 1e-9)
+    )
+    return state, m
+
+  def apply_update(self, state, phase: Phase, update: dict):
+    """The jitted update(s) on a host-side update batch (see steps.py)."""
+    c = self.config
+    m = {}
+    for _ in range(c.rl.num_iterations):
+      for micro in _micro_batches(
+        update, c.optim.grad_accum, c.sampling.group_size
+      ):
+        state, m = self.update_fn(phase)(state, self.place(micro))
+    return state, jax.device_get(m)
+
+  def place(self, batch: dict) -> dict:
+    """Global arrays from this process's rows: per-row arrays split over
+    (data, fsdp), images and their metadata replicated."""
+    return sharding.place_update_batch(batch, self.mesh)
+
+  def rollout(self, state, batch: dict, step: int) -> tuple[dict, dict]:
+    """Samples G completions per prompt and scores them: (update, metrics)."""
     c = self.config
     g = c.sampling.group_size
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
@@ -428,24 +461,15 @@ class Trainer:
     update["step_valid_BxK"] = scored.step_valid_BxK
     update["label_mask_B"] = label_mask
     if c.rl.beta > 0:
-      ref = self.logp_fn()(self.ref_params, update)
+      ref = self.logp_fn()(self.ref_params, self.place(update))
       update["ref_logp_BxL"] = np.concatenate(
         [np.zeros((ref.shape[0], 1), np.float32), np.asarray(ref)], axis=1
       )
-    t1 = time.perf_counter()
-    m = {}
-    for _ in range(c.rl.num_iterations):
-      for micro in _micro_batches(update, c.optim.grad_accum, g):
-        state, m = self.update_fn(phase)(state, micro)
-    m = jax.device_get(m)
-    t_update = time.perf_counter() - t1
-    gen_tokens = float(np.sum(out.lengths_B))
-    m.update(rollout_metrics(scored, out))
-    m["sample_tokens_per_s"] = gen_tokens / max(t_sample, 1e-9)
-    m["update_tokens_per_s"] = (
-      c.rl.num_iterations * float(np.sum(seq["mask_BxL"])) / max(t_update, 1e-9)
+    m = rollout_metrics(scored, out)
+    m["sample_tokens_per_s"] = float(np.sum(out.lengths_B)) / max(
+      t_sample, 1e-9
     )
-    return state, m
+    return update, m
 
   # -- driver
 

@@ -39,6 +39,7 @@ class MetricsWriter:
     self.workdir = epath.Path(workdir)
     self._bar = None
     self._tb = None
+    self.total = total_steps
     if not self.enabled:
       return
     self.workdir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +76,7 @@ class MetricsWriter:
       self._bar.n = int(step)
       self._bar.refresh()
     else:
-      logging.info("step %d [%s] %s", step, phase, summary)
+      print(f"step {step}/{self.total} [{phase}] {summary}", flush=True)
     return clean
 
   def close(self) -> None:

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -42,6 +43,8 @@ def resolve_mesh_shape(
         )
       size = num_devices // product
     shape.append(size)
+  if -1 not in sizes.values() and math.prod(shape) < num_devices:
+    return tuple(shape)  # an explicit smaller mesh uses the first devices
   if math.prod(shape) != num_devices:
     raise ValueError(
       f"--config.mesh: axes {dict(zip(MESH_AXES, shape))} use "
@@ -56,6 +59,13 @@ def make_mesh(mesh_config: Any, devices: Sequence[Any] | None = None) -> Mesh:
   devices = list(devices if devices is not None else jax.devices())
   sizes = {a: int(mesh_config[a]) for a in MESH_AXES}
   shape = resolve_mesh_shape(sizes, len(devices))
+  if math.prod(shape) < len(devices):
+    if jax.process_count() > 1:
+      raise ValueError(
+          f"--config.mesh {dict(zip(MESH_AXES, shape))} uses fewer than the "
+          f"{len(devices)} devices of this multi-process run; use them all"
+      )
+    devices = devices[: math.prod(shape)]
   if devices == list(jax.devices()):
     return jax.make_mesh(
       shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3
@@ -136,3 +146,45 @@ def place_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
     sharding = batch_sharding(mesh, value.ndim)
     out[key] = jax.make_array_from_process_local_data(sharding, value)
   return out
+
+
+# Update-batch keys that are not split by row: the P images and their
+# metadata (small; gathered from all processes and replicated, every device
+# encodes them) and the M-RoPE positions, whose row axis is 1.
+_REPLICATED_KEYS = ("pixels_IxNxP", "vision_meta")
+_ROW_AXIS_1_KEYS = ("positions_3xBxL",)
+
+
+def place_update_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
+  """Places an update batch (train/steps.py layout) on the mesh.
+
+  Per-row arrays are this process's rows of the global batch, split over
+  (data, fsdp); images and their metadata (this process's prompts) are
+  gathered from all processes in process order and replicated.
+  """
+  out = {}
+  for key, value in batch.items():
+    if key in _REPLICATED_KEYS:
+      out[key] = jax.tree.map(
+          lambda x: _global_replicated(np.asarray(x), mesh), value
+      )
+    elif key in _ROW_AXIS_1_KEYS:
+      value = np.asarray(value)
+      spec = P(None, BATCH_AXES, *([None] * (value.ndim - 2)))
+      out[key] = jax.make_array_from_process_local_data(
+          NamedSharding(mesh, spec), value
+      )
+    else:
+      value = np.asarray(value)
+      out[key] = jax.make_array_from_process_local_data(
+          batch_sharding(mesh, value.ndim), value
+      )
+  return out
+
+
+def _global_replicated(x: np.ndarray, mesh: Mesh) -> jax.Array:
+  if jax.process_count() > 1:
+    x = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.make_array_from_process_local_data(
+      NamedSharding(mesh, P()), x, x.shape
+  )

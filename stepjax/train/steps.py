@@ -145,7 +145,7 @@ def train_step(
   (_, metrics), grads = grad_fn(state.trainables(), batch, graphs, opts)
   updates, opt_state = tx.update(grads, state.opt_state, state.trainables())
   new = optax.apply_updates(state.trainables(), updates)
-  metrics["grad_norm"] = optax.global_norm(grads["policy"])
+  metrics["grad_norm"] = optax.tree.norm(grads["policy"])
   state = state.replace(
     step=state.step + 1,
     params=new["policy"],

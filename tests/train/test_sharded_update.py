@@ -1,0 +1,115 @@
+"""One RL update on a (2 data x 2 fsdp x 2 tensor) mesh equals 1 device,
+and two processes with 2 devices each equal one process (gloo)."""
+
+import os
+import pickle
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from stepjax.train import loop
+
+from . import trainer_utils
+
+TOL = 1e-5
+
+
+def _rl_trainer(workdir, mesh):
+  config = trainer_utils.test_config(
+    **{
+      "sft.steps": 0,
+      "train.steps": 1,
+      "rl.beta": 0.04,
+      "mesh.data": mesh[0],
+      "mesh.fsdp": mesh[1],
+      "mesh.tensor": mesh[2],
+      "sampling.max_new_tokens": 24,
+      # No warm-up: the first update moves parameters by ~lr (Adam), large
+      # next to the tolerance.
+      "optim.learning_rate": 1e-3,
+      "optim.warmup_steps": 0,
+    }
+  )
+  return loop.Trainer(config, str(workdir))
+
+
+def _update_and_result(trainer, update):
+  phase = trainer.phases[-1]
+  state = trainer.fresh_state(phase.tx)
+  before = trainer_utils.flat_params(state.params)
+  state, metrics = trainer.apply_update(state, phase, update)
+  return before, trainer_utils.flat_params(state.params), metrics
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """A real rollout on 1 device and the update computed from it."""
+  trainer = _rl_trainer(tmp_path_factory.mktemp("one"), (1, 1, 1))
+  phase = trainer.phases[-1]
+  state = trainer.fresh_state(phase.tx)
+  trainer.ref_params = jax.tree.map(lambda x: x + 0.0, state.params)
+  batch = next(iter(phase.dataset))
+  update, _ = trainer.rollout(state, batch, step=0)
+  # An untrained policy often earns equal rewards within a group (all
+  # advantages 0); give the completion tokens random advantages and some
+  # step labels so the update moves every part of the loss.
+  rng = np.random.default_rng(0)
+  mask = update["loss_mask_BxL"]
+  update["adv_BxL"] = (rng.normal(size=mask.shape) * mask).astype(np.float32)
+  update["label_mask_B"] = np.ones_like(update["label_mask_B"])
+  before, after, metrics = _update_and_result(trainer, update)
+  return update, before, after, metrics
+
+
+def test_update_is_not_trivial(reference):
+  update, before, after, metrics = reference
+  assert np.abs(update["adv_BxL"]).max() > 0
+  assert trainer_utils.max_abs_diff(before, after) > 5e-4
+  assert np.isfinite(metrics["loss"])
+
+
+def test_eight_device_mesh_equals_one_device(reference, tmp_path):
+  update, _, after_1, metrics_1 = reference
+  trainer = _rl_trainer(tmp_path, (2, 2, 2))
+  assert trainer.mesh.devices.size == 8
+  _, after_8, metrics_8 = _update_and_result(trainer, update)
+  assert abs(float(metrics_8["loss"]) - float(metrics_1["loss"])) <= TOL
+  assert trainer_utils.max_abs_diff(after_1, after_8) <= TOL
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process(reference, tmp_path):
+  update, _, _, _ = reference
+  # The one-process reference on the same (1 x 2 x 2) mesh of 4 devices.
+  trainer = _rl_trainer(tmp_path / "single", (1, 2, 2))
+  _, after_single, metrics_single = _update_and_result(trainer, update)
+  update_path = tmp_path / "update.pkl"
+  update_path.write_bytes(pickle.dumps(update))
+  port = _free_port()
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["JAX_PLATFORMS"] = "cpu"
+  script = trainer_utils.REPO / "tests" / "train" / "multiprocess_update.py"
+  procs = [
+    subprocess.Popen(
+      [sys.executable, str(script), str(update_path), str(tmp_path),
+       f"127.0.0.1:{port}", str(pid)],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    for pid in range(2)
+  ]  # fmt: skip
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  result = pickle.loads((tmp_path / "result.pkl").read_bytes())
+  assert abs(result["loss"] - float(metrics_single["loss"])) <= TOL
+  assert trainer_utils.max_abs_diff(after_single, result["params"]) <= TOL
