@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -42,8 +44,24 @@ from stepjax.data import synthmed_text as text_lib
 DATASET = "synthmed"
 Scene = scene_lib.Scene
 CORRUPTIONS = corrupt_lib.CORRUPTIONS
-verify_step = text_lib.verify_step
-verify_steps = text_lib.verify_steps
+
+
+def _as_scene(scene: Scene | Mapping[str, Any]) -> Scene:
+  return scene if isinstance(scene, Scene) else Scene.from_dict(scene)
+
+
+def verify_step(sentence: str, scene: Scene | Mapping[str, Any]) -> bool:
+  """Whether one sentence's claim holds in `scene` (a Scene or its dict,
+  as stored in `Record.meta["scene"]`)."""
+  return text_lib.verify_step(sentence, _as_scene(scene))
+
+
+def verify_steps(
+  sentences: Sequence[str], scene: Scene | Mapping[str, Any]
+) -> list[bool]:
+  """Per-step validity (repeats invalid); `scene` as in `verify_step`."""
+  return text_lib.verify_steps(list(sentences), _as_scene(scene))
+
 corrupt_step = corrupt_lib.corrupt_step
 gold_steps = text_lib.gold_steps
 render = render_lib.render

@@ -1,0 +1,99 @@
+"""Kill a training run with SIGKILL mid-way, start it again with the same
+command: it resumes from the last checkpoint and ends with exactly the
+parameters of an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from . import trainer_utils
+
+CONFIG = str(trainer_utils.REPO / "configs" / "synthmed_tiny.py") + ":test"
+OVERRIDES = [
+  "--config.train.steps=3",
+  "--config.train.checkpoint_every=1",
+  "--config.data.num_eval=4",
+  "--config.train.keep_checkpoints=5",
+]
+
+
+def _command(workdir):
+  return [
+    sys.executable, "-m", "stepjax", "train", f"--config={CONFIG}",
+    f"--workdir={workdir}", *OVERRIDES,
+  ]  # fmt: skip
+
+
+def _env():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  return env
+
+
+def _final_params(workdir):
+  manager = ocp.CheckpointManager(
+    epath.Path(workdir) / "checkpoints",
+    item_names=("state",),
+    item_handlers={"state": ocp.StandardCheckpointHandler()},
+  )
+  step = manager.latest_step()
+  restored = manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+  )
+  return step, trainer_utils.flat_params(restored["state"]["params"])
+
+
+def _wait_for_checkpoint(proc, workdir, steps, timeout=600):
+  """Returns once a finished checkpoint with a step in `steps` exists."""
+  root = epath.Path(workdir) / "checkpoints"
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if root.exists() and any(
+      p.name in {str(s) for s in steps} for p in root.iterdir()
+    ):
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended before a checkpoint in {steps}")
+    time.sleep(0.05)
+  raise AssertionError(f"no checkpoint in {steps} within {timeout}s")
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  reference = subprocess.Popen(
+    _command(straight), env=_env(), stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT, text=True,
+  )  # fmt: skip
+  victim = subprocess.Popen(
+    _command(killed), env=_env(), stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )  # fmt: skip
+  # Checkpoint 3 = SFT (2 steps) and the first RL step done; kill before
+  # the run ends (5 steps).
+  _wait_for_checkpoint(victim, killed, (3, 4))
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  assert victim.returncode == -signal.SIGKILL
+  out = reference.communicate(timeout=600)[0]
+  assert reference.returncode == 0, out[-3000:]
+  resumed = subprocess.run(
+    _command(killed), env=_env(), capture_output=True, text=True,
+    timeout=600,
+  )  # fmt: skip
+  assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
+  # Steps 0..2 were not redone; at least the last step ran after restart.
+  assert "step 2/5" not in resumed.stdout
+  assert "step 4/5" in resumed.stdout or "step 3/5" in resumed.stdout
+  step_a, params_a = _final_params(straight)
+  step_b, params_b = _final_params(killed)
+  assert step_a == step_b == 5
+  for name, value in params_a.items():
+    np.testing.assert_array_equal(value, params_b[name], err_msg=name)
+  # The final evaluation table was printed by the resumed run too.
+  assert "final" in resumed.stdout
