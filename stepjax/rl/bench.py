@@ -89,11 +89,12 @@ def bench(
   }
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> dict:
   sizes = [int(a) for a in argv[1:4]]
   result = bench(*sizes)
   for k, v in result.items():
     print(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}")
+  return result
 
 
 if __name__ == "__main__":
