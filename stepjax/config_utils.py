@@ -71,7 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
   """
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.log_level = "info"
+  c.log_level = "warning"  # absl verbosity: debug | info | warning | error
 
   # Policy. `model.preset` names a ModelConfig preset (tiny, synthmed, bench,
   # qwen25vl_3b, qwen25vl_7b); an HF directory in `init_from` overrides it.
@@ -91,7 +91,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.dataset = "synthmed"  # synthmed | mrpo_json | vqa_rad | slake | ...
   c.data.path = ""  # file or directory for on-disk datasets (local or gs://)
-  c.data.eval_path = ""
+  c.data.eval_path = ""  # mrpo_json: the evaluation file
+  c.data.train_split = "train"  # split names for multi-split datasets
+  c.data.eval_split = "test"
   c.data.num_train = 256  # SynthMed: records generated for training
   c.data.num_eval = 64
   c.data.image_size = 112  # SynthMed render size in pixels

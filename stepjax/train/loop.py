@@ -72,10 +72,26 @@ def make_sources(config: Any) -> tuple[Any, Any]:
       f"--config.data.dataset={d.dataset!r} reads from disk: set "
       "--config.data.path (and --config.data.eval_path for evaluation)"
     )
-  kw = dict(on_bad_record=d.on_bad_record)
-  train = sources.make_source(d.dataset, d.path, **kw)
-  evals = sources.make_source(d.dataset, d.eval_path or d.path, **kw)
+  train = sources.make_source(
+    d.dataset, d.path, **_source_kwargs(d, d.train_split)
+  )
+  if d.dataset == "mrpo_json" and not d.eval_path:
+    raise ValueError(
+      "--config.data.dataset=mrpo_json: set --config.data.eval_path to the "
+      "evaluation file (evaluating on the training file hides overfitting)"
+    )
+  evals = sources.make_source(
+    d.dataset, d.eval_path or d.path, **_source_kwargs(d, d.eval_split)
+  )
   return train, evals
+
+
+def _source_kwargs(d: Any, split: str) -> dict[str, Any]:
+  """on_bad_record, plus `split` for readers of multi-split datasets."""
+  kwargs = {"on_bad_record": d.on_bad_record}
+  if d.dataset != "mrpo_json":
+    kwargs["split"] = split
+  return kwargs
 
 
 def tokenizer_path(config: Any) -> str:
