@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from stepjax import config_checks
 from stepjax.data import pipeline, sources, synthmed
@@ -362,8 +363,21 @@ class Trainer:
     return state, m
 
   def sample(self, params, batch: dict, rng, *, group_size, temperature):
+    """G completions per prompt of this process's `batch` (host numpy).
+
+    With several processes every process samples the global batch (all
+    processes' prompts, gathered; each row's randomness depends only on
+    its global index) and keeps its own rows.
+    """
     s = self.config.sampling
-    prompt = sampler.prepare_inputs(batch, self.cfg)
+    local = {k: batch[k] for k in _PROMPT_KEYS}
+    nproc, pid = jax.process_count(), jax.process_index()
+    if nproc > 1:
+      local = {
+        k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
+        for k, v in local.items()
+      }
+    prompt = sampler.prepare_inputs(local, self.cfg)
     out = sampler.generate(
       self.graphs.policy,
       params,
@@ -377,7 +391,11 @@ class Trainer:
       eos_ids=(self.tok_info.eos_id,),
       pad_id=self.tok_info.pad_id,
     )
-    return jax.device_get(out)
+    out = jax.device_get(out)
+    if nproc > 1:
+      rows = out.tokens_BxR.shape[0] // nproc
+      out = jax.tree.map(lambda x: x[pid * rows : (pid + 1) * rows], out)
+    return out
 
   def rl_step(self, state, phase: Phase, batch: dict, step: int):
     """Sample, score, then `num_iterations` clipped updates."""
@@ -563,6 +581,15 @@ class Trainer:
       has_ref=self.ref_params is not None,
     )
     self.checkpointer.save(done, state, iterator, info, self.ref_params)
+
+
+_PROMPT_KEYS = (
+  "prompt_ids_BxT",
+  "prompt_mask_BxT",
+  "pixels_BxNxP",
+  "patch_mask_BxN",
+  "grid_thw_Bx3",
+)
 
 
 def _no_accum(optim_config):
