@@ -80,6 +80,13 @@ def check(config: ml_collections.ConfigDict) -> None:
     "rewards.k_min",
     f"({config.rewards.k_min}) exceeds rewards.k_max ({config.rewards.k_max})",
   )
+  _require(
+    rl.process_source != "verifier"
+    or data.dataset in ("synthmed", "mrpo_json"),
+    "rl.process_source",
+    f"'verifier' checks SynthMed scenes; data.dataset={data.dataset!r} "
+    "has none: use judge, hybrid or value_head",
+  )
   if rl.process_source in ("judge", "hybrid"):
     _require(
       bool(config.judge.base_url) and bool(config.judge.model),

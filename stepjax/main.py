@@ -41,6 +41,15 @@ flags.DEFINE_string("question", "", "Question about the image.")
 flags.DEFINE_string("split", "eval", "Data split to evaluate.")
 flags.DEFINE_list("compare", [], "Run directories to compare (eval).")
 flags.DEFINE_string("input", "", "Input file or directory (data tools).")
+flags.DEFINE_float(
+  "window_center", None, "DICOM window center (generate; default: file)."
+)
+flags.DEFINE_float(
+  "window_width", None, "DICOM window width (generate; default: file)."
+)
+flags.DEFINE_string(
+  "chip", "", "TPU chip for `plan`: v5e | v5p | v4 | v6e (default: --config)."
+)
 
 # subcommand -> (module, function, one-line help)
 _COMMANDS = {

@@ -60,8 +60,13 @@ def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
     examples = batches.examples(batch)
     requests = rollout.step_requests(layout, examples, 1)
     has_scene = all("scene" in (ex["meta"] or {}) for ex in examples)
-    source = verifier if has_scene else trainer.process_source
-    labels = source.label_steps(requests)
+    source = verifier if has_scene else _external_labeler(trainer)
+    if source is None:
+      # No rule verifier and no judge: step validity is unknown (reported
+      # as such), never guessed from the policy's own value head.
+      labels = [process.StepLabels((), skipped=True) for _ in requests]
+    else:
+      labels = source.label_steps(requests)
     for i, ex in enumerate(examples):
       answer = rewards.extract_answer(layout.texts[i])
       rows.append(
@@ -85,6 +90,17 @@ def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
     out = epath.Path(trainer.workdir) / "eval" / name
     report_lib.write(report, rows, str(out))
   return report
+
+
+def _external_labeler(trainer: Any):
+  """The judge, when the run has one; step labels for evaluation must not
+  come from the policy's own value head."""
+  source = trainer.process_source
+  if isinstance(source, process.HybridSource):
+    return source.judge
+  if isinstance(source, process.JudgeSource):
+    return source
+  return None
 
 
 def summary_line(r: dict[str, Any]) -> str:

@@ -62,8 +62,8 @@ def make_mesh(mesh_config: Any, devices: Sequence[Any] | None = None) -> Mesh:
   if math.prod(shape) < len(devices):
     if jax.process_count() > 1:
       raise ValueError(
-          f"--config.mesh {dict(zip(MESH_AXES, shape))} uses fewer than the "
-          f"{len(devices)} devices of this multi-process run; use them all"
+        f"--config.mesh {dict(zip(MESH_AXES, shape))} uses fewer than the "
+        f"{len(devices)} devices of this multi-process run; use them all"
       )
     devices = devices[: math.prod(shape)]
   if devices == list(jax.devices()):
@@ -166,18 +166,18 @@ def place_update_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
   for key, value in batch.items():
     if key in _REPLICATED_KEYS:
       out[key] = jax.tree.map(
-          lambda x: _global_replicated(np.asarray(x), mesh), value
+        lambda x: _global_replicated(np.asarray(x), mesh), value
       )
     elif key in _ROW_AXIS_1_KEYS:
       value = np.asarray(value)
       spec = P(None, BATCH_AXES, *([None] * (value.ndim - 2)))
       out[key] = jax.make_array_from_process_local_data(
-          NamedSharding(mesh, spec), value
+        NamedSharding(mesh, spec), value
       )
     else:
       value = np.asarray(value)
       out[key] = jax.make_array_from_process_local_data(
-          batch_sharding(mesh, value.ndim), value
+        batch_sharding(mesh, value.ndim), value
       )
   return out
 
@@ -186,5 +186,5 @@ def _global_replicated(x: np.ndarray, mesh: Mesh) -> jax.Array:
   if jax.process_count() > 1:
     x = np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return jax.make_array_from_process_local_data(
-      NamedSharding(mesh, P()), x, x.shape
+    NamedSharding(mesh, P()), x, x.shape
   )

@@ -1,0 +1,220 @@
+"""Loading a trained policy for `stepjax eval`, `generate` and `export`.
+
+`--checkpoint` may name
+  - an HF directory (config.json + model.safetensors, and the tokenizer
+    files when written by `stepjax export`): the model config comes from
+    config.json, the tokenizer from the directory itself if it holds one,
+    else from `--config.tokenizer.path`;
+  - a run directory (`stepjax train --workdir`): its latest checkpoint
+    under `checkpoints/` (and its metrics.jsonl for training curves);
+  - an Orbax checkpoint directory: the `checkpoints/` folder of a run (the
+    latest step) or one step's folder (`checkpoints/N`, holding `state`).
+For Orbax checkpoints the model is the one `--config` describes (same
+config as training: `model.preset`, `tokenizer.path`, `init_from`); only
+the policy's (and step-value head's) parameters are read, the optimizer
+state stays on disk. Parameters are placed with the trainer's shardings
+for `config.mesh` and `config.logical_axis_rules`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from stepjax.data import tokenizer as tokenizer_lib
+from stepjax.models import config as config_lib
+from stepjax.models import hf_convert
+from stepjax.train import policy, sharding
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@dataclasses.dataclass
+class LoadedPolicy:
+  """A policy ready for sampling.
+
+  config: the job config, with `init_from` / `tokenizer.path` pointing at
+    an HF checkpoint when that is what was loaded.
+  graphs: static halves (`graphs.policy` is the graphdef for the sampler).
+  params / value_params: nnx.State pytrees (value_params None when the
+    checkpoint has no step-value head, e.g. an HF directory).
+  kind: "hf" or "orbax". run_dir: the training run's directory ("" when
+    unknown), for its metrics.jsonl. step: the checkpoint's step (Orbax).
+  """
+
+  config: Any
+  cfg: config_lib.ModelConfig
+  graphs: policy.Graphs
+  params: Any
+  value_params: Any
+  tokenizer: Any
+  tok_info: tokenizer_lib.TokenizerInfo
+  mesh: jax.sharding.Mesh
+  kind: str
+  path: str
+  run_dir: str = ""
+  step: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+  """Where an Orbax checkpoint lives: a manager directory and a step, or a
+  single step directory holding `state`."""
+
+  kind: str  # "hf" | "orbax"
+  manager_dir: str = ""  # the `checkpoints/` folder (latest step used)
+  step_dir: str = ""  # one step's folder, when given directly
+  run_dir: str = ""
+
+
+def locate(path: str, flag: str = "--checkpoint") -> Location:
+  """Classifies `path` (see the module docstring); errors name `flag`."""
+  if not path:
+    raise ValueError(f"{flag} is required: a run directory or HF directory")
+  p = epath.Path(path)
+  if not p.exists():
+    raise FileNotFoundError(f"{flag}={path}: no such file or directory")
+  if policy.is_hf_dir(path):
+    return Location("hf")
+  if (p / "checkpoints").is_dir():
+    return Location("orbax", manager_dir=str(p / "checkpoints"), run_dir=path)
+  parent_run = lambda d: str(d.parent) if d.name == "checkpoints" else ""
+  if (p / "state").is_dir():
+    return Location("orbax", step_dir=path, run_dir=parent_run(p.parent))
+  return Location("orbax", manager_dir=path, run_dir=parent_run(p))
+
+
+def with_updates(config: Any, **updates: Any) -> Any:
+  """A copy of the (locked) job config with dotted keys set."""
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    for key, value in updates.items():
+      node = out
+      *parents, last = key.split(".")
+      for name in parents:
+        node = node[name]
+      node[last] = value
+  return out
+
+
+def has_tokenizer(directory: str) -> bool:
+  d = epath.Path(directory)
+  return any((d / f).exists() for f in _TOKENIZER_FILES)
+
+
+def config_for(config: Any, checkpoint: str) -> Any:
+  """The job config that builds the model stored in `checkpoint`."""
+  if locate(checkpoint).kind != "hf":
+    return config
+  updates = {"init_from": checkpoint}
+  if has_tokenizer(checkpoint):
+    updates["tokenizer.path"] = checkpoint
+  return with_updates(config, **updates)
+
+
+def _tokenizer_path(config: Any) -> str:
+  if config.tokenizer.path:
+    return config.tokenizer.path
+  if policy.is_hf_dir(config.init_from):
+    return config.init_from
+  return ""
+
+
+def param_shardings(abstract_params: Any, config: Any, mesh) -> Any:
+  """The trainer's NamedShardings for the params of `config.mesh`."""
+  return sharding.state_shardings(
+    abstract_params, mesh, config.logical_axis_rules
+  )
+
+
+def _restore_orbax(
+  loc: Location, abstract_params: Any, abstract_value: Any, checkpoint: str
+) -> tuple[Any, Any, int | None]:
+  """(params, value params or None, step): a partial restore of `state`."""
+  target = {"params": abstract_params}
+  has_value = bool(jax.tree.leaves(abstract_value))
+  if has_value:
+    target["value_params"] = abstract_value
+  restore_args = jax.tree.map(
+    lambda x: ocp.ArrayRestoreArgs(
+      sharding=x.sharding, global_shape=x.shape, dtype=x.dtype
+    ),
+    target,
+  )
+  args = ocp.args.PyTreeRestore(
+    target, restore_args=restore_args, partial_restore=True
+  )
+  step = None
+  try:
+    if loc.step_dir:
+      restored = ocp.PyTreeCheckpointer().restore(
+        epath.Path(loc.step_dir) / "state", args=args
+      )
+    else:
+      manager = ocp.CheckpointManager(
+        epath.Path(loc.manager_dir),
+        item_names=("state",),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+      )
+      step = manager.latest_step()
+      if step is None:
+        raise FileNotFoundError(
+          f"--checkpoint={checkpoint}: no Orbax checkpoint found (expected "
+          "a run directory, its checkpoints/ folder, a step folder holding "
+          "`state`, or an HF directory with config.json)"
+        )
+      restored = manager.restore(step, args=ocp.args.Composite(state=args))[
+        "state"
+      ]
+  except (ValueError, KeyError) as e:
+    raise ValueError(
+      f"--checkpoint={checkpoint}: its parameters do not fit the model of "
+      "--config (use the config the run was trained with: model.preset, "
+      f"tokenizer.path, init_from, model.step_value_hidden): {e}"
+    ) from e
+  value = restored.get("value_params") if has_value else None
+  return restored["params"], value, step
+
+
+def load(config: Any, checkpoint: str) -> LoadedPolicy:
+  """Loads the policy in `checkpoint` (see the module docstring)."""
+  loc = locate(checkpoint)
+  config = config_for(config, checkpoint)
+  tokenizer = tokenizer_lib.load_tokenizer(_tokenizer_path(config))
+  tok_info = tokenizer_lib.tokenizer_info(tokenizer)
+  cfg = policy.model_config(config, tok_info)
+  graphs, abstract_params, abstract_value = policy.abstract(cfg)
+  mesh = sharding.make_mesh(config.mesh)
+  shardings = param_shardings(abstract_params, config, mesh)
+  step = None
+  if loc.kind == "hf":
+    _, params = hf_convert.load_hf(checkpoint, cfg, shardings)
+    value_params = None
+  else:
+    from stepjax.train import checkpoint as checkpoint_lib
+
+    target = checkpoint_lib.abstract_with_shardings(abstract_params, shardings)
+    value_target = checkpoint_lib.abstract_with_shardings(
+      abstract_value, param_shardings(abstract_value, config, mesh)
+    )
+    params, value_params, step = _restore_orbax(
+      loc, target, value_target, checkpoint
+    )
+  return LoadedPolicy(
+    config=config,
+    cfg=cfg,
+    graphs=graphs,
+    params=params,
+    value_params=value_params,
+    tokenizer=tokenizer,
+    tok_info=tok_info,
+    mesh=mesh,
+    kind=loc.kind,
+    path=checkpoint,
+    run_dir=loc.run_dir,
+    step=step,
+  )

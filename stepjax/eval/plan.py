@@ -1,0 +1,346 @@
+r"""`stepjax plan`: per-device memory of a training job, from shapes alone.
+
+  stepjax plan --config=configs/qwen25vl_7b_mrpo.py:mesh=v5e16,process=judge
+  stepjax plan --config=... --chip=v5p
+
+Nothing is allocated and no weights are read: the train state is built with
+`jax.eval_shape` exactly as `train.loop.Trainer` builds it (policy and
+step-value params, the RL phase's optimizer state, step, rng), placed with
+the trainer's own `train.sharding.state_shardings` on an abstract mesh of
+the configured size (`jax.sharding.AbstractMesh`, so a 16-chip plan runs on
+one CPU), and each array's per-device bytes are its `shard_shape` times its
+item size. Those rows are exact; the transient rows are estimates:
+
+  reference policy   a copy of the params (rl.beta > 0), same shardings.
+  gradients          one params-sized tree in param_dtype, same shardings.
+  KV cache           2 (k, v) x layers x rows x S x kv_heads x head_dim x
+                     bytes(dtype), rows = data.batch_size x G, S = max
+                     token bucket + max_new_tokens - 1. The sampler takes
+                     host prompts, so rows are replicated over data x fsdp;
+                     kv heads split over `tensor` when divisible.
+  prefill logits     P x T x V x bytes(dtype) / tensor (lm_head over the
+                     whole prompt before the last position is taken).
+  decoder acts.      with model.remat (per layer):
+                       saved inputs  b x L x D x layers x bytes(dtype)
+                       + one layer's working set, forward and backward:
+                       2 x b x L x [(H + 2 KV) hd + D + 3 F / tensor] x
+                       bytes + b x H/tensor x L^2 x (4 + bytes);
+                     without remat: the working set times layers.
+                     b = rows of a micro-batch per device = batch x G /
+                     grad_accum / (data x fsdp), L = T + max_new_tokens.
+  logits             b x L x V / tensor x 4 bytes x 2 (fp32 log-softmax
+                     and its gradient).
+  vision acts.       no remat in the tower; images are replicated in the
+                     update: I = batch / grad_accum images per device,
+                     N = min(max patch bucket, max_pixels / 196) patches;
+                     per block N x (6 Dv + 3 Fv) x bytes + Hv x N^2 x
+                     (4 + bytes) (window attention is a masked N x N
+                     attention), times depth.
+Peak = persistent (params, optimizer, value head, reference) + the larger
+of sampling (KV cache + prefill logits) and update (gradients + decoder,
+logits and vision activations). The verdict compares it with the chip's
+HBM: "fits" below 90%, "tight" up to 100%, else "does not fit".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from ml_collections import config_flags
+
+from stepjax.data import tokenizer as tokenizer_lib
+from stepjax.models import config as config_lib
+from stepjax.train import optim, policy, sharding
+from stepjax.train import state as state_lib
+
+GiB = 1024**3
+# HBM per chip in GiB (what one JAX device sees).
+HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  name: str
+  total_bytes: float
+  device_bytes: float
+  kind: str  # "persistent" | "sampling" | "update" | "sum"
+  note: str = ""
+
+
+@dataclasses.dataclass
+class Plan:
+  rows: list[Row]
+  mesh_shape: dict[str, int]
+  num_devices: int
+  chip: str
+  hbm_gib: float | None
+  peak_device_bytes: float
+  param_count: int
+
+  def row(self, name: str) -> Row:
+    for r in self.rows:
+      if r.name == name:
+        return r
+    raise KeyError(name)
+
+  @property
+  def verdict(self) -> str:
+    if self.hbm_gib is None:
+      return "no verdict: pass --chip=v5e|v5p|v4|v6e"
+    used = self.peak_device_bytes / (self.hbm_gib * GiB)
+    word = "fits" if used < 0.9 else "tight" if used <= 1.0 else "does not fit"
+    return (
+      f"{word}: peak {self.peak_device_bytes / GiB:.2f} GiB per device = "
+      f"{100 * used:.0f}% of {self.hbm_gib:g} GiB HBM ({self.chip})"
+    )
+
+
+def main(argv: list[str], config: Any, flag_values: Any) -> None:
+  if argv:
+    raise app.UsageError(f"plan takes no positional arguments, got {argv}")
+  chip = flag_values.chip or chip_from_config_arg(
+    config_flags.get_config_filename(flag_values["config"])
+  )
+  print(format_plan(plan(config, chip=chip)), flush=True)
+
+
+def chip_from_config_arg(arg: str) -> str:
+  """'v5e' from a config variant such as `...py:mesh=v5e16` ('' if none)."""
+  m = re.search(r"mesh=(v\d+[a-z]?)", arg or "")
+  return m.group(1) if m else ""
+
+
+# ----------------------------------------------------------------- shapes
+
+
+def mesh_shape(config: Any) -> dict[str, int]:
+  """Axis sizes of `config.mesh`; a -1 axis takes this host's devices."""
+  sizes = {a: int(config.mesh[a]) for a in sharding.MESH_AXES}
+  if -1 in sizes.values():
+    shape = sharding.resolve_mesh_shape(sizes, jax.device_count())
+    sizes = dict(zip(sharding.MESH_AXES, shape))
+  return sizes
+
+
+def abstract_mesh(sizes: dict[str, int]) -> jax.sharding.AbstractMesh:
+  return jax.sharding.AbstractMesh(
+    tuple(sizes[a] for a in sharding.MESH_AXES), sharding.MESH_AXES
+  )
+
+
+def model_config(config: Any) -> config_lib.ModelConfig:
+  """The trainer's ModelConfig (the tokenizer only fixes special ids)."""
+  path = config.tokenizer.path
+  if not path and policy.is_hf_dir(config.init_from):
+    path = config.init_from
+  tok = tokenizer_lib.load_tokenizer(path)
+  return policy.model_config(config, tokenizer_lib.tokenizer_info(tok))
+
+
+def train_tx(config: Any):
+  """The optimizer whose state is largest: the RL phase's (SFT's if none)."""
+  c = config
+  if c.train.steps > 0:
+    return optim.make_optimizer(
+      c.optim, c.optim.learning_rate, c.train.steps * c.optim.grad_accum
+    )
+  sft = c.optim.copy_and_resolve_references()
+  with sft.unlocked():
+    sft.grad_accum = 1
+  return optim.make_optimizer(sft, c.sft.learning_rate, max(c.sft.steps, 1))
+
+
+def abstract_state(config: Any, cfg: config_lib.ModelConfig, tx) -> Any:
+  """The TrainState of `Trainer._init_fn`, as ShapeDtypeStructs."""
+  seed = config.seed
+
+  def init():
+    params, value_params = policy.init(cfg, seed)
+    return state_lib.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      value_params=value_params,
+      opt_state=tx.init({"policy": params, "value": value_params}),
+      rng=jax.random.key_data(jax.random.key(seed)),
+    )
+
+  return jax.eval_shape(init)
+
+
+def _nbytes(shape, dtype) -> int:
+  return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def tree_bytes(tree: Any, shardings: Any) -> tuple[int, int]:
+  """(total bytes, bytes on one device) of an abstract tree."""
+  total = device = 0
+  for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
+    total += _nbytes(x.shape, x.dtype)
+    device += _nbytes(s.shard_shape(x.shape), x.dtype)
+  return total, device
+
+
+def _opt_parts(opt_state: Any, shardings: Any) -> dict[str, tuple[int, int]]:
+  """Optimizer bytes by kind: Adam moments, accumulated gradients, other."""
+  parts: dict[str, list[int]] = {}
+  flat = jax.tree_util.tree_flatten_with_path(opt_state)[0]
+  for (path, x), s in zip(flat, jax.tree.leaves(shardings)):
+    keys = jax.tree_util.keystr(path)
+    if ".mu" in keys or ".nu" in keys:
+      kind = "adam moments (mu, nu)"
+    elif "acc_grads" in keys:
+      kind = "accumulated grads (MultiSteps)"
+    else:
+      kind = "counts and other"
+    acc = parts.setdefault(kind, [0, 0])
+    acc[0] += _nbytes(x.shape, x.dtype)
+    acc[1] += _nbytes(s.shard_shape(x.shape), x.dtype)
+  return {k: (v[0], v[1]) for k, v in parts.items()}
+
+
+def _split(n: int, ways: int) -> float:
+  """n split `ways` ways when divisible (as the trainer's shardings do)."""
+  return n / ways if ways > 1 and n % ways == 0 else float(n)
+
+
+# ------------------------------------------------------------------- plan
+
+
+def plan(config: Any, chip: str = "") -> Plan:
+  """The memory plan of `config` (see the module docstring)."""
+  if chip and chip not in HBM_GIB:
+    raise ValueError(f"--chip={chip!r}: expected one of {sorted(HBM_GIB)}")
+  sizes = mesh_shape(config)
+  mesh = abstract_mesh(sizes)
+  cfg = model_config(config)
+  tx = train_tx(config)
+  state = abstract_state(config, cfg, tx)
+  shardings = sharding.state_shardings(state, mesh, config.logical_axis_rules)
+  rows: list[Row] = []
+
+  def add(name, total, device, kind, note=""):
+    rows.append(Row(name, float(total), float(device), kind, note))
+
+  p_tot, p_dev = tree_bytes(state.params, shardings.params)
+  add("params", p_tot, p_dev, "persistent", f"param_dtype {cfg.param_dtype}")
+  o_tot, o_dev = tree_bytes(state.opt_state, shardings.opt_state)
+  add("optimizer state", o_tot, o_dev, "persistent", "AdamW (+ MultiSteps)")
+  for kind, (t, d) in _opt_parts(state.opt_state, shardings.opt_state).items():
+    add(f"  {kind}", t, d, "detail")
+  v_tot, v_dev = tree_bytes(state.value_params, shardings.value_params)
+  add("step-value head", v_tot, v_dev, "persistent")
+  s_tot, s_dev = tree_bytes(
+    (state.step, state.rng), (shardings.step, shardings.rng)
+  )
+  add("step, rng", s_tot, s_dev, "persistent")
+  if config.rl.beta > 0 and config.train.steps > 0:
+    add("reference policy", p_tot, p_dev, "persistent", "rl.beta > 0")
+
+  t, v = cfg.text, cfg.vision
+  dsize = np.dtype(cfg.dtype).itemsize
+  d = config.data
+  g = int(config.sampling.group_size)
+  r = int(config.sampling.max_new_tokens)
+  prompt_len = max(int(b) for b in d.token_buckets)
+  batch_axes = sizes["data"] * sizes["fsdp"]
+  tensor = sizes["tensor"]
+
+  # Sampling: KV cache and the prefill's logits.
+  rows_b = int(d.batch_size) * g
+  slots = prompt_len + max(r - 1, 0)
+  kv_tot = 2 * t.num_layers * rows_b * slots * t.num_kv_heads * t.head_dim
+  kv_tot *= dsize
+  kv_dev = kv_tot / t.num_kv_heads * _split(t.num_kv_heads, tensor)
+  add(
+    "KV cache (sampling)", kv_tot, kv_dev, "sampling",
+    f"{rows_b} rows x {slots} slots, {cfg.dtype}",
+  )  # fmt: skip
+  pre_tot = int(d.batch_size) * prompt_len * t.vocab_size * dsize
+  pre_dev = pre_tot / t.vocab_size * _split(t.vocab_size, tensor)
+  add("prefill logits (sampling)", pre_tot, pre_dev, "sampling")
+
+  # Update: gradients and activations of one micro-batch.
+  add("gradients (update)", p_tot + v_tot, p_dev + v_dev, "update")
+  micro = int(d.batch_size) * g / max(int(config.optim.grad_accum), 1)
+  b = max(micro / batch_axes, 1.0)
+  seq = prompt_len + r
+  heads_dev = _split(t.num_heads, tensor)
+  kv_dev_heads = _split(t.num_kv_heads, tensor)
+  f_dev = _split(t.intermediate_size, tensor)
+  layer = 2 * b * seq * (
+    (heads_dev + 2 * kv_dev_heads) * t.head_dim + t.hidden_size + 3 * f_dev
+  ) * dsize + b * heads_dev * seq * seq * (4 + dsize)
+  if cfg.remat:
+    act_dev = b * seq * t.hidden_size * t.num_layers * dsize + layer
+    note = f"remat per layer, {b:g} rows x {seq} tokens per device"
+  else:
+    act_dev = layer * t.num_layers
+    note = f"no remat, {b:g} rows x {seq} tokens per device"
+  add("decoder activations", act_dev * batch_axes, act_dev, "update", note)
+  v_dev_logits = b * seq * _split(t.vocab_size, tensor) * 4 * 2
+  add("logits (update)", v_dev_logits * batch_axes, v_dev_logits, "update")
+  images = max(int(d.batch_size) / max(int(config.optim.grad_accum), 1), 1.0)
+  patches = min(
+    max(int(x) for x in d.patch_buckets),
+    int(d.max_pixels) // (v.patch_size * v.patch_size),
+  )
+  block = patches * (6 * v.hidden_size + 3 * v.intermediate_size) * dsize
+  block += v.num_heads * patches * patches * (4 + dsize)
+  vis_dev = images * block * v.depth
+  add(
+    "vision activations", vis_dev, vis_dev, "update",
+    f"{images:g} image(s) x {patches} patches, replicated",
+  )  # fmt: skip
+
+  persistent = sum(x.device_bytes for x in rows if x.kind == "persistent")
+  persistent_total = sum(x.total_bytes for x in rows if x.kind == "persistent")
+  sampling_b = sum(x.device_bytes for x in rows if x.kind == "sampling")
+  update_b = sum(x.device_bytes for x in rows if x.kind == "update")
+  peak = persistent + max(sampling_b, update_b)
+  n = math.prod(sizes.values())
+  add("persistent", persistent_total, persistent, "sum")
+  add("peak sampling", (persistent + sampling_b) * n, persistent + sampling_b,
+      "sum")  # fmt: skip
+  add("peak update", (persistent + update_b) * n, persistent + update_b, "sum")
+  return Plan(
+    rows=rows,
+    mesh_shape=sizes,
+    num_devices=n,
+    chip=chip,
+    hbm_gib=HBM_GIB.get(chip),
+    peak_device_bytes=peak,
+    param_count=sum(int(x.size) for x in jax.tree.leaves(state.params)),
+  )
+
+
+def format_plan(p: Plan) -> str:
+  """The plan as a text table, then the verdict."""
+  mesh = " x ".join(f"{k}={v}" for k, v in p.mesh_shape.items())
+  head = (
+    f"memory plan: {p.param_count / 1e9:.2f}B policy params, mesh {mesh} "
+    f"({p.num_devices} devices{', ' + p.chip if p.chip else ''})"
+  )
+  header = ("component", "total GiB", "per-device GiB", "note")
+  lines = []
+  for r in p.rows:
+    if r.name == "persistent":
+      lines.append(("-" * 30, "", "", ""))
+    total = (
+      ""
+      if r.kind == "sum" and r.name != "persistent"
+      else (f"{r.total_bytes / GiB:.2f}")
+    )
+    lines.append((r.name, total, f"{r.device_bytes / GiB:.3f}", r.note))
+  widths = [max(len(x[i]) for x in [header] + lines) for i in range(3)]
+  fmt = lambda x: (
+    f"{x[0]:<{widths[0]}}  {x[1]:>{widths[1]}}  {x[2]:>{widths[2]}}  {x[3]}"
+  ).rstrip()
+  body = "\n".join(fmt(x) for x in [header] + lines)
+  return f"{head}\n{body}\n{p.verdict}"

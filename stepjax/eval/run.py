@@ -1,0 +1,312 @@
+r"""`stepjax eval`: score a checkpoint on an eval split, or compare runs.
+
+  stepjax eval --config=configs/synthmed_tiny.py --checkpoint=runs/a \
+      --workdir=runs/a_eval [--split=eval|train] [--num=4]
+  stepjax eval --compare=runs/a,runs/b --workdir=runs/cmp
+
+Evaluation decodes the split with the policy (greedy, or
+`--config.sampling.eval_temperature`), labels each completion's steps (the
+SynthMed verifier for records with a scene, else the configured
+`rl.process_source`) and checks answers, through the same
+`train.evaluate.evaluate` the training loop runs. It writes into --workdir:
+report.json, records.jsonl, ffp.png, far.png and, when --checkpoint is a
+run directory with a metrics.jsonl, curves.png (reward / accuracy / step
+validity over training).
+
+`--num=N` (N > 1, given explicitly) samples N completions per record at
+`sampling.temperature`; each is one row of records.jsonl, its id suffixed
+`#k`, and the report aggregates over all of them.
+
+`--compare=a,b,...` takes directories holding report.json, or run
+directories holding eval/final/report.json (or eval outputs of this
+command); it prints one side-by-side table, writes it to
+--workdir/compare.md and draws the combined plots there. With
+--checkpoint as well, the new evaluation joins the comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from typing import Any
+
+import jax
+from absl import app, logging
+from etils import epath
+
+from stepjax.data import sources
+from stepjax.eval import checkpoints, plots
+from stepjax.eval import report as report_lib
+from stepjax.rl import process
+from stepjax.sampling import sampler
+from stepjax.train import evaluate
+from stepjax.train import metrics as train_metrics
+
+SPLITS = ("eval", "train")
+
+
+def main(argv: list[str], config: Any, flag_values: Any) -> None:
+  if argv:
+    raise app.UsageError(f"eval takes no positional arguments, got {argv}")
+  logging.set_verbosity(config.log_level)
+  num = flag_values.num if flag_values["num"].present else 1
+  reports: dict[str, dict] = {}
+  runs: dict[str, list] = {}
+  workdir = flag_values.workdir
+  if flag_values.checkpoint:
+    report = run(
+      config,
+      flag_values.checkpoint,
+      workdir,
+      split=flag_values.split,
+      num_samples=num,
+    )
+    print(evaluate.summary_line(report), flush=True)
+    print(f"wrote {workdir}/report.json, records.jsonl and plots", flush=True)
+    name = _run_name(flag_values.checkpoint)
+    reports[name] = report
+    runs[name] = _curves_for(flag_values.checkpoint, report)
+  elif not flag_values.compare:
+    raise app.UsageError(
+      "eval needs --checkpoint=RUN_OR_HF_DIR (to evaluate) or "
+      "--compare=DIR_A,DIR_B (to compare reports)"
+    )
+  if flag_values.compare:
+    table = compare(flag_values.compare, workdir, extra=reports, runs=runs)
+    print(table, flush=True)
+
+
+# ----------------------------------------------------------------- data
+
+
+def eval_source(config: Any, split: str = "eval") -> Any:
+  """The records of `split` for `config.data`, through the data registry.
+
+  SynthMed: the eval split is the held-out seed stream the trainer
+  evaluates on, the train split the training records. On-disk datasets:
+  eval reads `data.eval_path` (else `data.path`), train reads `data.path`.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"--split={split!r}: expected one of {SPLITS}")
+  d = config.data
+  if d.dataset == "synthmed":
+    common = dict(image_size=d.image_size, difficulty=d.difficulty)
+    if split == "eval":
+      # The same seed stream as train.loop.make_sources' eval source.
+      return sources.make_source(
+        "synthmed", num_records=d.num_eval, seed=config.seed + 10_000, **common
+      )
+    return sources.make_source(
+      "synthmed",
+      num_records=d.num_train,
+      seed=config.seed,
+      cascade_rate=d.cascade_rate,
+      **common,
+    )
+  path = d.eval_path or d.path if split == "eval" else d.path
+  if not path:
+    raise ValueError(
+      f"--config.data.dataset={d.dataset!r} reads from disk: set "
+      "--config.data.eval_path (or --config.data.path)"
+    )
+  return sources.make_source(d.dataset, path, on_bad_record=d.on_bad_record)
+
+
+class RepeatedSource:
+  """Each record of `source` N times in a row, ids suffixed `#k`."""
+
+  def __init__(self, source: Any, num: int):
+    self.source, self.num = source, int(num)
+    self.skipped = getattr(source, "skipped", [])
+
+  def __len__(self) -> int:
+    return len(self.source) * self.num
+
+  def __getitem__(self, index: int):
+    record = self.source[int(index) // self.num]
+    k = int(index) % self.num
+    return dataclasses.replace(record, id=f"{record.id}#{k}")
+
+  def __repr__(self) -> str:
+    return f"RepeatedSource({self.source!r}, {self.num})"
+
+
+class _Unlabelled:
+  """Marks every completion's steps as unlabelled (accuracy only)."""
+
+  def label_steps(self, requests):
+    return [process.StepLabels((), skipped=True) for _ in requests]
+
+
+def process_source(config: Any) -> Any:
+  """The step labeller for records without a SynthMed scene.
+
+  The verifier and the value head cannot label such records here (no
+  scene; evaluation computes no step-value logits), so their steps stay
+  unlabelled and the report holds accuracy only; judge / hybrid sources
+  are built as the trainer builds them.
+  """
+  name = config.rl.process_source
+  if name in ("verifier", "value_head"):
+    return _Unlabelled()
+  from stepjax.train import loop
+
+  return loop.rl_source(config)
+
+
+# ------------------------------------------------------------------ host
+
+
+class EvalHost:
+  """What `train.evaluate.evaluate` needs of a `train.loop.Trainer`.
+
+  With `resample`, every sampler call draws from its own key (so the N
+  copies of a record get different completions wherever they fall);
+  otherwise the key evaluate passes is used, as in training.
+  """
+
+  def __init__(self, loaded, config, workdir, source, labeller, resample):
+    self.config = config
+    self.workdir = workdir
+    self.tokenizer = loaded.tokenizer
+    self.tok_info = loaded.tok_info
+    self.cfg = loaded.cfg
+    self.graphs = loaded.graphs
+    self.eval_source = source
+    self.process_source = labeller
+    self._resample = resample
+    self._calls = 0
+
+  def sample(self, params, batch, rng, *, group_size, temperature):
+    s = self.config.sampling
+    if self._resample:
+      rng = jax.random.fold_in(
+        jax.random.key(self.config.seed + 11), self._calls
+      )
+    self._calls += 1
+    prompt = sampler.prepare_inputs(batch, self.cfg)
+    out = sampler.generate(
+      self.graphs.policy,
+      params,
+      prompt,
+      rng,
+      group_size=group_size,
+      max_new_tokens=s.max_new_tokens,
+      temperature=temperature,
+      top_k=s.top_k,
+      top_p=s.top_p,
+      eos_ids=(self.tok_info.eos_id,),
+      pad_id=self.tok_info.pad_id,
+    )
+    return jax.device_get(out)
+
+
+def run(
+  config: Any,
+  checkpoint: str,
+  workdir: str,
+  *,
+  split: str = "eval",
+  num_samples: int = 1,
+) -> dict[str, Any]:
+  """Evaluates `checkpoint` on `split`; writes report, records and plots
+  into `workdir`; returns the report dict."""
+  if num_samples < 1:
+    raise ValueError(f"--num={num_samples}: expected at least 1 sample")
+  loaded = checkpoints.load(config, checkpoint)
+  config = loaded.config
+  source = eval_source(config, split)
+  if num_samples > 1:
+    source = RepeatedSource(source, num_samples)
+    config = checkpoints.with_updates(
+      config, **{"sampling.eval_temperature": config.sampling.temperature}
+    )
+  labeller = process_source(config)
+  out = epath.Path(workdir)
+  out.mkdir(parents=True, exist_ok=True)
+  # evaluate() writes to WORKDIR/eval/NAME; keep that in a scratch folder
+  # and write the final files (with fuller meta) at the top of --workdir.
+  with tempfile.TemporaryDirectory(dir=str(out), prefix=".eval_") as tmp:
+    host = EvalHost(loaded, config, tmp, source, labeller, num_samples > 1)
+    evaluate.evaluate(host, loaded.params, split)
+    rows = report_lib.load_records(str(epath.Path(tmp) / "eval" / split))
+  meta = {
+    "eval": split,
+    "algorithm": config.rl.algorithm,
+    "checkpoint": str(checkpoint),
+    "checkpoint_kind": loaded.kind,
+    "checkpoint_step": loaded.step,
+    "run_dir": loaded.run_dir,
+    "dataset": config.data.dataset,
+    "split": split,
+    "samples_per_record": num_samples,
+    "temperature": float(config.sampling.eval_temperature),
+    "max_new_tokens": int(config.sampling.max_new_tokens),
+  }
+  report = report_lib.build_report(
+    [{k: r[k] for k in report_lib.RECORD_KEYS} for r in rows], meta=meta
+  )
+  if jax.process_index() == 0:
+    report_lib.write(report, rows, str(out))
+    name = _run_name(checkpoint)
+    plots.render_all(
+      {name: report}, str(out), runs={name: _curves_for(checkpoint, report)}
+    )
+  return report
+
+
+# --------------------------------------------------------------- compare
+
+
+def _run_name(path: str) -> str:
+  p = epath.Path(path)
+  return p.name or str(path)
+
+
+def find_report(path: str) -> str:
+  """report.json of a compare entry: DIR/report.json, or a run directory's
+  eval/final/report.json."""
+  p = epath.Path(path)
+  for candidate in (p, p / "eval" / "final"):
+    if (candidate / report_lib.REPORT_FILE).exists():
+      return str(candidate / report_lib.REPORT_FILE)
+  if p.name == report_lib.REPORT_FILE and p.exists():
+    return str(p)
+  raise FileNotFoundError(
+    f"--compare entry {path}: neither {p}/report.json nor "
+    f"{p}/eval/final/report.json exists; pass `stepjax eval` outputs or "
+    "training run directories"
+  )
+
+
+def _curves_for(path: str, report: dict[str, Any]) -> list[dict]:
+  """Training metrics of the run behind a report ([] when unknown)."""
+  for d in (path, report.get("meta", {}).get("run_dir") or ""):
+    if d and (epath.Path(d) / "metrics.jsonl").exists():
+      return train_metrics.read_metrics(d)
+  return []
+
+
+def compare(
+  paths: list[str],
+  out_dir: str,
+  extra: dict[str, dict] | None = None,
+  runs: dict[str, list] | None = None,
+) -> str:
+  """Loads the reports at `paths`, writes compare.md and combined plots to
+  `out_dir`; returns the table. `extra` reports come first."""
+  reports = dict(extra or {})
+  curves = dict(runs or {})
+  for path in paths:
+    name = _run_name(path)
+    while name in reports:
+      name = f"{name}'"
+    report = report_lib.load_report(find_report(path))
+    reports[name] = report
+    curves[name] = _curves_for(path, report)
+  table = report_lib.compare(reports, fmt="plain")
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "compare.md").write_text(report_lib.compare(reports, fmt="markdown"))
+  plots.render_all(reports, str(out), runs=curves)
+  return table

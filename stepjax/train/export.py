@@ -1,0 +1,66 @@
+r"""`stepjax export`: a trained policy as a transformers (HF) directory.
+
+  stepjax export --config=configs/synthmed_tiny.py --checkpoint=runs/a \
+      --out=runs/a_hf
+
+Writes config.json + model.safetensors (`models.hf_convert.save_hf`, the
+transformers v5 Qwen2.5-VL layout) and the tokenizer the run used
+(`save_pretrained`), so that the directory loads with
+`transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(out)` and
+`AutoTokenizer.from_pretrained(out)`, and as stepjax's
+`--config.init_from=out` or `--checkpoint=out`. The step-value head is not
+part of the HF model; it is not exported. --checkpoint is what `stepjax
+eval` accepts (`eval/checkpoints.py`); use the config the run was trained
+with.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+from absl import app, logging
+from etils import epath
+
+from stepjax.eval import checkpoints
+from stepjax.models import hf_convert
+
+_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+def main(argv: list[str], config: Any, flag_values: Any) -> None:
+  if argv:
+    raise app.UsageError(f"export takes no positional arguments, got {argv}")
+  logging.set_verbosity(config.log_level)
+  if not flag_values.out:
+    raise app.UsageError("export needs --out=HF_DIR (the directory to write)")
+  out = export(config, flag_values.checkpoint, flag_values.out)
+  print(f"wrote HF checkpoint and tokenizer to {out}", flush=True)
+
+
+def export(config: Any, checkpoint: str, out_dir: str) -> str:
+  """Writes the policy of `checkpoint` and its tokenizer to `out_dir`."""
+  out = epath.Path(out_dir)
+  if checkpoint and out.resolve() == epath.Path(checkpoint).resolve():
+    raise ValueError(f"--out={out_dir} is --checkpoint itself; pick a new dir")
+  loaded = checkpoints.load(config, checkpoint)
+  if jax.process_index() != 0:
+    return str(out)
+  hf_convert.save_hf(loaded.params, loaded.cfg, str(out))
+  loaded.tokenizer.save_pretrained(str(out))
+  _portable_tokenizer_config(out)
+  return str(out)
+
+
+def _portable_tokenizer_config(out: epath.Path) -> None:
+  """transformers 5 names its own backend class in tokenizer_config.json;
+  the generic fast class also loads with transformers 4 (as the shipped
+  SynthMed tokenizer does)."""
+  path = out / "tokenizer_config.json"
+  if not path.exists():
+    return
+  config = json.loads(path.read_text())
+  if config.get("tokenizer_class") in (None, "TokenizersBackend"):
+    config["tokenizer_class"] = _TOKENIZER_CLASS
+    path.write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,85 @@
+"""`stepjax plan`: exact per-device state bytes vs the trainer's arrays."""
+
+import importlib.util
+import pathlib
+
+import jax
+import pytest
+
+from stepjax.eval import plan as plan_lib
+from stepjax.train import loop
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location(
+  "tiny_run", pathlib.Path(__file__).with_name("tiny_run.py")
+)
+tiny_run = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny_run)
+
+
+def _device0_bytes(tree) -> int:
+  device = jax.devices()[0]
+  return sum(
+    shard.data.nbytes
+    for x in jax.tree.leaves(tree)
+    for shard in x.addressable_shards
+    if shard.device == device
+  )
+
+
+@pytest.mark.parametrize("preset", ["bench"])
+def test_plan_matches_the_trainers_arrays(preset, tmp_path):
+  assert jax.device_count() == 8
+  config = tiny_run.config(
+    **{
+      "model.preset": preset,
+      "mesh.data": 2,
+      "mesh.fsdp": 2,
+      "mesh.tensor": 2,
+      "optim.grad_accum": 2,  # MultiSteps state is planned too
+      "data.batch_size": 4,
+    }
+  )
+  p = plan_lib.plan(config, chip="v5e")
+  trainer = loop.Trainer(config, str(tmp_path))
+  state = trainer.fresh_state(trainer.phases[-1].tx)
+  assert p.row("params").device_bytes == _device0_bytes(state.params)
+  assert p.row("optimizer state").device_bytes == _device0_bytes(
+    state.opt_state
+  )
+  assert p.row("step-value head").device_bytes == _device0_bytes(
+    state.value_params
+  )
+  # Something is really sharded: a device holds less than the whole.
+  assert p.row("params").device_bytes < p.row("params").total_bytes
+  assert p.num_devices == 8 and p.row("reference policy")
+  assert "fits" in p.verdict
+
+
+def test_7b_plan_for_v5e16():
+  module = _load_config("qwen25vl_7b_mrpo.py")
+  config = module.get_config("mesh=v5e16,process=value_head")
+  p = plan_lib.plan(config, chip=plan_lib.chip_from_config_arg("mesh=v5e16"))
+  assert p.num_devices == 16 and p.chip == "v5e" and p.hbm_gib == 16.0
+  assert 8.2e9 < p.param_count < 8.4e9
+  params = p.row("params")
+  assert params.total_bytes == 4 * p.param_count  # float32 params
+  # AdamW: two moments the size of the params, plus MultiSteps' grads.
+  moments = p.row("  adam moments (mu, nu)")
+  assert moments.total_bytes >= 2 * params.total_bytes
+  text = plan_lib.format_plan(p)
+  assert "per-device GiB" in text and "HBM (v5e)" in text
+
+
+def test_chip_from_config_arg_and_bad_chip():
+  assert plan_lib.chip_from_config_arg("x.py:mesh=v5p8,algo=grpo") == "v5p"
+  assert plan_lib.chip_from_config_arg("x.py") == ""
+  with pytest.raises(ValueError, match="--chip='h100'"):
+    plan_lib.plan(tiny_run.config(), chip="h100")
+
+
+def _load_config(name):
+  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / name)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
