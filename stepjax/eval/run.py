@@ -27,7 +27,6 @@ command); it prints one side-by-side table, writes it to
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from typing import Any
 
 import jax
@@ -224,12 +223,8 @@ def run(
   labeller = process_source(config)
   out = epath.Path(workdir)
   out.mkdir(parents=True, exist_ok=True)
-  # evaluate() writes to WORKDIR/eval/NAME; keep that in a scratch folder
-  # and write the final files (with fuller meta) at the top of --workdir.
-  with tempfile.TemporaryDirectory(dir=str(out), prefix=".eval_") as tmp:
-    host = EvalHost(loaded, config, tmp, source, labeller, num_samples > 1)
-    evaluate.evaluate(host, loaded.params, split)
-    rows = report_lib.load_records(str(epath.Path(tmp) / "eval" / split))
+  host = EvalHost(loaded, config, str(out), source, labeller, num_samples > 1)
+  rows = evaluate.score_rows(host, loaded.params)
   meta = {
     "eval": split,
     "algorithm": config.rl.algorithm,

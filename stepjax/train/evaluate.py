@@ -40,6 +40,21 @@ def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
   (report.json, records.jsonl) by process 0.
   """
   c = trainer.config
+  rows = score_rows(trainer, params)
+  report = report_lib.build_report(
+    [{k: r[k] for k in report_lib.RECORD_KEYS} for r in rows],
+    meta={"eval": name, "algorithm": c.rl.algorithm},
+  )
+  if jax.process_index() == 0:
+    out = epath.Path(trainer.workdir) / "eval" / name
+    report_lib.write(report, rows, str(out))
+  return report
+
+
+def score_rows(trainer: Any, params: Any) -> list[dict[str, Any]]:
+  """One row per decoded eval record (the `eval.report` record keys plus
+  the raw completion)."""
+  c = trainer.config
   verifier = process.VerifierSource(synthmed.verify_steps)
   rng = jax.random.key(c.seed + 7)
   rows = []
@@ -82,14 +97,7 @@ def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
           "completion": layout.texts[i],
         }
       )
-  report = report_lib.build_report(
-    [{k: r[k] for k in report_lib.RECORD_KEYS} for r in rows],
-    meta={"eval": name, "algorithm": c.rl.algorithm},
-  )
-  if jax.process_index() == 0:
-    out = epath.Path(trainer.workdir) / "eval" / name
-    report_lib.write(report, rows, str(out))
-  return report
+  return rows
 
 
 def _external_labeler(trainer: Any):
