@@ -11,24 +11,20 @@ import pathlib
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def config(**overrides):
-  """configs/synthmed_tiny.py:test on one device, 4 eval records."""
+def _trainer_utils():
   spec = importlib.util.spec_from_file_location(
-    "synthmed_tiny", REPO / "configs" / "synthmed_tiny.py"
+    "trainer_utils", REPO / "tests" / "train" / "trainer_utils.py"
   )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  c = module.get_config("test")
+  return module
+
+
+def config(**overrides):
+  """configs/synthmed_tiny.py:test on one device, 4 eval records."""
   values = {"mesh.data": 1, "data.num_eval": 4}
   values.update(overrides)
-  with c.unlocked():
-    for key, value in values.items():
-      node = c
-      *parents, last = key.split(".")
-      for name in parents:
-        node = node[name]
-      node[last] = value
-  return c
+  return _trainer_utils().test_config(**values)
 
 
 def run_dir(tmp_path_factory) -> str:
