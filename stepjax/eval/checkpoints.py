@@ -28,7 +28,7 @@ from etils import epath
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert
-from stepjax.train import policy, sharding
+from stepjax.train import components, policy, sharding
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -116,14 +116,6 @@ def config_for(config: Any, checkpoint: str) -> Any:
   return with_updates(config, **updates)
 
 
-def _tokenizer_path(config: Any) -> str:
-  if config.tokenizer.path:
-    return config.tokenizer.path
-  if policy.is_hf_dir(config.init_from):
-    return config.init_from
-  return ""
-
-
 def param_shardings(abstract_params: Any, config: Any, mesh) -> Any:
   """The trainer's NamedShardings for the params of `config.mesh`."""
   return sharding.state_shardings(
@@ -184,7 +176,7 @@ def load(config: Any, checkpoint: str) -> LoadedPolicy:
   """Loads the policy in `checkpoint` (see the module docstring)."""
   loc = locate(checkpoint)
   config = config_for(config, checkpoint)
-  tokenizer = tokenizer_lib.load_tokenizer(_tokenizer_path(config))
+  tokenizer = tokenizer_lib.load_tokenizer(components.tokenizer_path(config))
   tok_info = tokenizer_lib.tokenizer_info(tokenizer)
   cfg = policy.model_config(config, tok_info)
   graphs, abstract_params, abstract_value = policy.abstract(cfg)

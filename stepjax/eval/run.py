@@ -33,12 +33,10 @@ import jax
 from absl import app, logging
 from etils import epath
 
-from stepjax.data import sources
 from stepjax.eval import checkpoints, plots
 from stepjax.eval import report as report_lib
-from stepjax.rl import process
 from stepjax.sampling import sampler
-from stepjax.train import evaluate
+from stepjax.train import components, evaluate
 from stepjax.train import metrics as train_metrics
 
 SPLITS = ("eval", "train")
@@ -79,36 +77,10 @@ def main(argv: list[str], config: Any, flag_values: Any) -> None:
 
 
 def eval_source(config: Any, split: str = "eval") -> Any:
-  """The records of `split` for `config.data`, through the data registry.
-
-  SynthMed: the eval split is the held-out seed stream the trainer
-  evaluates on, the train split the training records. On-disk datasets:
-  eval reads `data.eval_path` (else `data.path`), train reads `data.path`.
-  """
+  """The records of `split` (eval | train), as the trainer reads them."""
   if split not in SPLITS:
     raise ValueError(f"--split={split!r}: expected one of {SPLITS}")
-  d = config.data
-  if d.dataset == "synthmed":
-    common = dict(image_size=d.image_size, difficulty=d.difficulty)
-    if split == "eval":
-      # The same seed stream as train.loop.make_sources' eval source.
-      return sources.make_source(
-        "synthmed", num_records=d.num_eval, seed=config.seed + 10_000, **common
-      )
-    return sources.make_source(
-      "synthmed",
-      num_records=d.num_train,
-      seed=config.seed,
-      cascade_rate=d.cascade_rate,
-      **common,
-    )
-  path = d.eval_path or d.path if split == "eval" else d.path
-  if not path:
-    raise ValueError(
-      f"--config.data.dataset={d.dataset!r} reads from disk: set "
-      "--config.data.eval_path (or --config.data.path)"
-    )
-  return sources.make_source(d.dataset, path, on_bad_record=d.on_bad_record)
+  return components.make_source(config, split)
 
 
 class RepeatedSource:
@@ -130,27 +102,14 @@ class RepeatedSource:
     return f"RepeatedSource({self.source!r}, {self.num})"
 
 
-class _Unlabelled:
-  """Marks every completion's steps as unlabelled (accuracy only)."""
-
-  def label_steps(self, requests):
-    return [process.StepLabels((), skipped=True) for _ in requests]
-
-
 def process_source(config: Any) -> Any:
   """The step labeller for records without a SynthMed scene.
 
-  The verifier and the value head cannot label such records here (no
-  scene; evaluation computes no step-value logits), so their steps stay
-  unlabelled and the report holds accuracy only; judge / hybrid sources
-  are built as the trainer builds them.
+  Only a judge (judge / hybrid sources) labels such records in evaluation;
+  with the verifier or the value head their steps stay unlabelled and the
+  report holds accuracy only (`train.evaluate` decides).
   """
-  name = config.rl.process_source
-  if name in ("verifier", "value_head"):
-    return _Unlabelled()
-  from stepjax.train import loop
-
-  return loop.rl_source(config)
+  return components.process_source(config)
 
 
 # ------------------------------------------------------------------ host

@@ -27,7 +27,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from stepjax import config_checks
-from stepjax.data import pipeline, sources, synthmed
+from stepjax.data import pipeline
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.models import hf_convert
 from stepjax.rl import losses, process
@@ -35,6 +35,7 @@ from stepjax.sampling import sampler
 from stepjax.train import (
   batches,
   checkpoint,
+  components,
   distributed,
   evaluate,
   metrics,
@@ -52,87 +53,6 @@ def main(argv: list[str], config: Any, flag_values: Any) -> None:
     raise app.UsageError(f"train takes no positional arguments, got {argv}")
   logging.set_verbosity(config.log_level)
   run(config, flag_values.workdir)
-
-
-# ----------------------------------------------------------------- data
-
-
-def make_sources(config: Any) -> tuple[Any, Any]:
-  """(train source, eval source) for `config.data`."""
-  d = config.data
-  if d.dataset == "synthmed":
-    common = dict(image_size=d.image_size, difficulty=d.difficulty)
-    train = synthmed.SynthMedSource(
-      d.num_train, config.seed, cascade_rate=d.cascade_rate, **common
-    )
-    # A different seed stream: eval scans never appear in training.
-    evals = synthmed.SynthMedSource(d.num_eval, config.seed + 10_000, **common)
-    return train, evals
-  if not d.path:
-    raise ValueError(
-      f"--config.data.dataset={d.dataset!r} reads from disk: set "
-      "--config.data.path (and --config.data.eval_path for evaluation)"
-    )
-  train = sources.make_source(
-    d.dataset, d.path, **_source_kwargs(d, d.train_split)
-  )
-  if d.dataset == "mrpo_json" and not d.eval_path:
-    raise ValueError(
-      "--config.data.dataset=mrpo_json: set --config.data.eval_path to the "
-      "evaluation file (evaluating on the training file hides overfitting)"
-    )
-  evals = sources.make_source(
-    d.dataset, d.eval_path or d.path, **_source_kwargs(d, d.eval_split)
-  )
-  return train, evals
-
-
-def _source_kwargs(d: Any, split: str) -> dict[str, Any]:
-  """on_bad_record, plus `split` for readers of multi-split datasets."""
-  kwargs = {"on_bad_record": d.on_bad_record}
-  if d.dataset != "mrpo_json":
-    kwargs["split"] = split
-  return kwargs
-
-
-def tokenizer_path(config: Any) -> str:
-  if config.tokenizer.path:
-    return config.tokenizer.path
-  if policy.is_hf_dir(config.init_from):
-    return config.init_from
-  return ""
-
-
-def rl_source(config: Any) -> process.ProcessSource:
-  """The process-reward source named by `rl.process_source`."""
-  name = config.rl.process_source
-  value_head = process.ValueHeadSource(config.rl.value_threshold)
-  if name == "verifier":
-    return process.VerifierSource(synthmed.verify_steps)
-  if name == "value_head":
-    return value_head
-  from stepjax.rl import judge
-
-  j = config.judge
-  client = judge.JudgeClient(
-    base_url=j.base_url,
-    model=j.model,
-    api_key_env=j.api_key_env,
-    send_image=j.send_image,
-    timeout_s=j.timeout_s,
-    max_retries=j.max_retries,
-    concurrency=j.concurrency,
-    fallback=j.fallback,
-    cache_path=j.cache_path,
-  )
-  if name == "judge":
-    return process.JudgeSource(client)
-  return process.HybridSource(
-    process.JudgeSource(client),
-    value_head,
-    config.rl.hybrid_judge_fraction,
-    seed=config.seed,
-  )
 
 
 # ---------------------------------------------------------------- trainer
@@ -155,13 +75,16 @@ class Trainer:
     distributed.maybe_initialize(config.distributed)
     self.config = config
     self.workdir = workdir
-    self.tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path(config))
+    self.tokenizer = tokenizer_lib.load_tokenizer(
+      components.tokenizer_path(config)
+    )
     self.tok_info = tokenizer_lib.tokenizer_info(self.tokenizer)
     self.cfg = policy.model_config(config, self.tok_info)
     self.mesh = sharding.make_mesh(config.mesh)
     self.graphs, _, _ = policy.abstract(self.cfg)
-    self.train_source, self.eval_source = make_sources(config)
-    self.process_source = rl_source(config)
+    self.train_source = components.make_source(config, "train")
+    self.eval_source = components.make_source(config, "eval")
+    self.process_source = components.process_source(config)
     self.phases = self._phases()
     self.total_steps = sum(p.num_steps for p in self.phases)
     self.checkpointer = checkpoint.Checkpointer(

@@ -1,0 +1,95 @@
+"""What a run is built from, by config: data sources, tokenizer, labeller.
+
+Shared by the trainer (`loop.py`) and the `eval` / `generate` commands so
+that a split or a process-reward source means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stepjax.data import sources, synthmed
+from stepjax.rl import process
+from stepjax.train import policy
+
+SPLITS = ("train", "eval")
+# SynthMed's eval scans come from their own seed stream, never trained on.
+SYNTHMED_EVAL_SEED_OFFSET = 10_000
+
+
+def make_source(config: Any, split: str) -> Any:
+  """The records of `split` ("train" or "eval") for `config.data`.
+
+  SynthMed generates them; on-disk datasets read `data.path` (train) and
+  `data.eval_path` (eval; falls back to `data.path` for datasets whose
+  files hold several splits) with `data.train_split` / `data.eval_split`.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"split {split!r}: expected one of {SPLITS}")
+  d = config.data
+  if d.dataset == "synthmed":
+    common = dict(image_size=d.image_size, difficulty=d.difficulty)
+    if split == "eval":
+      return synthmed.SynthMedSource(
+        d.num_eval, config.seed + SYNTHMED_EVAL_SEED_OFFSET, **common
+      )
+    return synthmed.SynthMedSource(
+      d.num_train, config.seed, cascade_rate=d.cascade_rate, **common
+    )
+  path = d.path if split == "train" else (d.eval_path or d.path)
+  if not path:
+    raise ValueError(
+      f"--config.data.dataset={d.dataset!r} reads from disk: set "
+      "--config.data.path (and --config.data.eval_path for evaluation)"
+    )
+  if split == "eval" and d.dataset == "mrpo_json" and not d.eval_path:
+    raise ValueError(
+      "--config.data.dataset=mrpo_json: set --config.data.eval_path to the "
+      "evaluation file (evaluating on the training file hides overfitting)"
+    )
+  kwargs = {"on_bad_record": d.on_bad_record}
+  if d.dataset != "mrpo_json":
+    kwargs["split"] = d.train_split if split == "train" else d.eval_split
+  return sources.make_source(d.dataset, path, **kwargs)
+
+
+def tokenizer_path(config: Any) -> str:
+  """The tokenizer to load: configured, else the HF checkpoint's own, else
+  "" (the built-in SynthMed tokenizer)."""
+  if config.tokenizer.path:
+    return config.tokenizer.path
+  if policy.is_hf_dir(config.init_from):
+    return config.init_from
+  return ""
+
+
+def process_source(config: Any) -> process.ProcessSource:
+  """The process-reward source named by `rl.process_source`."""
+  name = config.rl.process_source
+  value_head = process.ValueHeadSource(config.rl.value_threshold)
+  if name == "verifier":
+    return process.VerifierSource(synthmed.verify_steps)
+  if name == "value_head":
+    return value_head
+  from stepjax.rl import judge
+
+  j = config.judge
+  client = judge.JudgeClient(
+    base_url=j.base_url,
+    model=j.model,
+    api_key_env=j.api_key_env,
+    send_image=j.send_image,
+    timeout_s=j.timeout_s,
+    max_retries=j.max_retries,
+    concurrency=j.concurrency,
+    fallback=j.fallback,
+    cache_path=j.cache_path,
+  )
+  if name == "judge":
+    return process.JudgeSource(client)
+  return process.HybridSource(
+    process.JudgeSource(client),
+    value_head,
+    config.rl.hybrid_judge_fraction,
+    seed=config.seed,
+  )
