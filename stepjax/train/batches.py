@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import numpy as np
 
 from stepjax.data import records
@@ -142,3 +143,31 @@ class SftView:
 
   def __repr__(self) -> str:
     return f"SftView({self.source!r})"
+
+
+def micro_batches(update: dict, num: int, group_size: int):
+  """Splits B rows into `num` micro-batches of whole groups."""
+  if num <= 1:
+    yield update
+    return
+  b = update["ids_BxL"].shape[0]
+  if b % (num * group_size):
+    raise ValueError(
+      f"--config.optim.grad_accum={num}: {b} completions cannot be split "
+      f"into {num} micro-batches of whole groups of {group_size}"
+    )
+  rows = b // num
+  prompts = rows // group_size
+  for i in range(num):
+    micro = {}
+    for key, value in update.items():
+      if key == "positions_3xBxL":
+        micro[key] = value[:, i * rows : (i + 1) * rows]
+      elif key in ("pixels_IxNxP",):
+        micro[key] = value[i * prompts : (i + 1) * prompts]
+      elif key == "vision_meta":
+        lo, hi = i * prompts, (i + 1) * prompts
+        micro[key] = jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], value)
+      else:
+        micro[key] = value[i * rows : (i + 1) * rows]
+    yield micro

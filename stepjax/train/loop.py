@@ -339,7 +339,7 @@ class Trainer:
     c = self.config
     m = {}
     for _ in range(c.rl.num_iterations):
-      for micro in _micro_batches(
+      for micro in batches.micro_batches(
         update, c.optim.grad_accum, c.sampling.group_size
       ):
         state, m = self.update_fn(phase)(state, self.place(micro))
@@ -422,7 +422,7 @@ class Trainer:
       update["ref_logp_BxL"] = np.concatenate(
         [np.zeros((ref.shape[0], 1), np.float32), np.asarray(ref)], axis=1
       )
-    m = rollout_metrics(scored, out)
+    m = rollout.metrics(scored, out)
     m["sample_tokens_per_s"] = float(np.sum(out.lengths_B)) / max(
       t_sample, 1e-9
     )
@@ -520,56 +520,6 @@ def _no_accum(optim_config):
   with out.unlocked():
     out.grad_accum = 1
   return out
-
-
-def _micro_batches(update: dict, num: int, group_size: int):
-  """Splits B rows into `num` micro-batches of whole groups."""
-  if num <= 1:
-    yield update
-    return
-  b = update["ids_BxL"].shape[0]
-  if b % (num * group_size):
-    raise ValueError(
-      f"--config.optim.grad_accum={num}: {b} completions cannot be split "
-      f"into {num} micro-batches of whole groups of {group_size}"
-    )
-  rows = b // num
-  prompts = rows // group_size
-  for i in range(num):
-    micro = {}
-    for key, value in update.items():
-      if key == "positions_3xBxL":
-        micro[key] = value[:, i * rows : (i + 1) * rows]
-      elif key in ("pixels_IxNxP",):
-        micro[key] = value[i * prompts : (i + 1) * prompts]
-      elif key == "vision_meta":
-        lo, hi = i * prompts, (i + 1) * prompts
-        micro[key] = jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], value)
-      else:
-        micro[key] = value[i * rows : (i + 1) * rows]
-    yield micro
-
-
-def rollout_metrics(scored: rollout.Scored, out: Any) -> dict[str, float]:
-  """Scalars logged per RL step from the scored completions."""
-  from stepjax.eval import metrics as eval_metrics
-
-  comps = scored.rewards.components
-  labels = [lab.labels for lab in scored.labels if not lab.skipped]
-  stats = eval_metrics.analyze(labels, list(scored.correct_B))
-  m = {
-    "reward": float(np.mean(scored.rewards.total)),
-    "accuracy": float(np.mean(scored.correct_B)),
-    "step_validity": stats.step_validity,
-    "num_steps": float(np.mean(scored.num_steps_B)),
-    "completion_length": float(np.mean(out.lengths_B)),
-    "adv_abs_mean": float(np.mean(np.abs(scored.adv_B))),
-  }
-  for name, value in comps.items():
-    m[f"reward_{name}"] = float(np.mean(value))
-  for b in ("early", "mid", "late"):
-    m[f"ffp_{b}"] = stats.ffp_shares[b]
-  return m
 
 
 def run(config: Any, workdir: str) -> dict:

@@ -188,3 +188,25 @@ def token_advantages(
   else:
     adv_BxC = advantages.broadcast(adv_B, num_tokens)
   return np.asarray(adv_B), np.asarray(adv_BxC)
+
+
+def metrics(scored: Scored, out: Any) -> dict[str, float]:
+  """Scalars logged per RL step from the scored completions."""
+  from stepjax.eval import metrics as eval_metrics
+
+  comps = scored.rewards.components
+  labels = [lab.labels for lab in scored.labels if not lab.skipped]
+  stats = eval_metrics.analyze(labels, list(scored.correct_B))
+  m = {
+    "reward": float(np.mean(scored.rewards.total)),
+    "accuracy": float(np.mean(scored.correct_B)),
+    "step_validity": stats.step_validity,
+    "num_steps": float(np.mean(scored.num_steps_B)),
+    "completion_length": float(np.mean(out.lengths_B)),
+    "adv_abs_mean": float(np.mean(np.abs(scored.adv_B))),
+  }
+  for name, value in comps.items():
+    m[f"reward_{name}"] = float(np.mean(value))
+  for b in ("early", "mid", "late"):
+    m[f"ffp_{b}"] = stats.ffp_shares[b]
+  return m
