@@ -30,12 +30,16 @@ item size. Those rows are exact; the transient rows are estimates:
                      grad_accum / (data x fsdp), L = T + max_new_tokens.
   logits             b x L x V / tensor x 4 bytes x 2 (fp32 log-softmax
                      and its gradient).
-  vision acts.       no remat in the tower; images are replicated in the
-                     update: I = batch / grad_accum images per device,
-                     N = min(max patch bucket, max_pixels / 196) patches;
-                     per block N x (6 Dv + 3 Fv) x bytes + Hv x N^2 x
-                     (4 + bytes) (window attention is a masked N x N
-                     attention), times depth.
+  vision acts.       images are replicated in the update: I = batch /
+                     grad_accum images per device, N = min(max patch
+                     bucket, max_pixels / 196) patches; a block keeps
+                     N x (6 Dv + 3 Fv) x bytes, plus for window blocks
+                     4 x W x Lw x Dv x bytes (q, k, v, out gathered into
+                     W = vision_index.window_slots(N) slots of Lw rows)
+                     + Hv x W x Lw^2 x (4 + bytes), for the full-attention
+                     blocks Hv x N^2 x (4 + bytes). With model.remat (per
+                     block): N x Dv x bytes x depth + the largest block;
+                     without: the sum over blocks.
 Peak = persistent (params, optimizer, value head, reference) + the larger
 of sampling (KV cache + prefill logits) and update (gradients + decoder,
 logits and vision activations). The verdict compares it with the chip's
@@ -50,14 +54,14 @@ import re
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app
 from ml_collections import config_flags
 
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.models import config as config_lib
-from stepjax.train import optim, policy, sharding
+from stepjax.models import vision_index
+from stepjax.train import components, optim, policy, sharding
 from stepjax.train import state as state_lib
 
 GiB = 1024**3
@@ -137,41 +141,20 @@ def abstract_mesh(sizes: dict[str, int]) -> jax.sharding.AbstractMesh:
 
 def model_config(config: Any) -> config_lib.ModelConfig:
   """The trainer's ModelConfig (the tokenizer only fixes special ids)."""
-  path = config.tokenizer.path
-  if not path and policy.is_hf_dir(config.init_from):
-    path = config.init_from
-  tok = tokenizer_lib.load_tokenizer(path)
+  tok = tokenizer_lib.load_tokenizer(components.tokenizer_path(config))
   return policy.model_config(config, tokenizer_lib.tokenizer_info(tok))
 
 
 def train_tx(config: Any):
   """The optimizer whose state is largest: the RL phase's (SFT's if none)."""
-  c = config
-  if c.train.steps > 0:
-    return optim.make_optimizer(
-      c.optim, c.optim.learning_rate, c.train.steps * c.optim.grad_accum
-    )
-  sft = c.optim.copy_and_resolve_references()
-  with sft.unlocked():
-    sft.grad_accum = 1
-  return optim.make_optimizer(sft, c.sft.learning_rate, max(c.sft.steps, 1))
+  if config.train.steps > 0:
+    return optim.rl_optimizer(config)
+  return optim.sft_optimizer(config)
 
 
 def abstract_state(config: Any, cfg: config_lib.ModelConfig, tx) -> Any:
-  """The TrainState of `Trainer._init_fn`, as ShapeDtypeStructs."""
-  seed = config.seed
-
-  def init():
-    params, value_params = policy.init(cfg, seed)
-    return state_lib.TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      value_params=value_params,
-      opt_state=tx.init({"policy": params, "value": value_params}),
-      rng=jax.random.key_data(jax.random.key(seed)),
-    )
-
-  return jax.eval_shape(init)
+  """The TrainState the trainer builds, as ShapeDtypeStructs."""
+  return jax.eval_shape(state_lib.init_fn(cfg, config.seed, tx))
 
 
 def _nbytes(shape, dtype) -> int:
@@ -291,12 +274,25 @@ def plan(config: Any, chip: str = "") -> Plan:
     max(int(x) for x in d.patch_buckets),
     int(d.max_pixels) // (v.patch_size * v.patch_size),
   )
-  block = patches * (6 * v.hidden_size + 3 * v.intermediate_size) * dsize
-  block += v.num_heads * patches * patches * (4 + dsize)
-  vis_dev = images * block * v.depth
+  linear = patches * (6 * v.hidden_size + 3 * v.intermediate_size) * dsize
+  rows_w = vision_index.window_rows(v)
+  slots = vision_index.window_slots(patches, v)
+  window_block = linear + 4 * slots * rows_w * v.hidden_size * dsize
+  window_block += v.num_heads * slots * rows_w * rows_w * (4 + dsize)
+  full_block = linear + v.num_heads * patches * patches * (4 + dsize)
+  num_full = len(v.fullatt_block_indexes)
+  if cfg.remat:
+    vis_dev = patches * v.hidden_size * dsize * v.depth
+    vis_dev += max(full_block, window_block if v.depth > num_full else 0)
+    how = "remat per block"
+  else:
+    vis_dev = (v.depth - num_full) * window_block + num_full * full_block
+    how = "no remat"
+  vis_dev *= images
   add(
     "vision activations", vis_dev, vis_dev, "update",
-    f"{images:g} image(s) x {patches} patches, replicated",
+    f"{images:g} image(s) x {patches} patches, {slots} windows x {rows_w}"
+    f" rows, {how}, replicated",
   )  # fmt: skip
 
   persistent = sum(x.device_bytes for x in rows if x.kind == "persistent")

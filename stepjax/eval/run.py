@@ -35,8 +35,7 @@ from etils import epath
 
 from stepjax.eval import checkpoints, plots
 from stepjax.eval import report as report_lib
-from stepjax.sampling import sampler
-from stepjax.train import components, evaluate
+from stepjax.train import components, evaluate, rollout
 from stepjax.train import metrics as train_metrics
 
 SPLITS = ("eval", "train")
@@ -136,27 +135,21 @@ class EvalHost:
     self._calls = 0
 
   def sample(self, params, batch, rng, *, group_size, temperature):
-    s = self.config.sampling
     if self._resample:
       rng = jax.random.fold_in(
         jax.random.key(self.config.seed + 11), self._calls
       )
     self._calls += 1
-    prompt = sampler.prepare_inputs(batch, self.cfg)
-    out = sampler.generate(
-      self.graphs.policy,
+    return rollout.generate(
+      self.graphs,
+      self.tok_info,
+      self.config.sampling,
       params,
-      prompt,
+      batch,
       rng,
       group_size=group_size,
-      max_new_tokens=s.max_new_tokens,
       temperature=temperature,
-      top_k=s.top_k,
-      top_p=s.top_p,
-      eos_ids=(self.tok_info.eos_id,),
-      pad_id=self.tok_info.pad_id,
     )
-    return jax.device_get(out)
 
 
 def run(

@@ -31,7 +31,6 @@ from stepjax.data import pipeline
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.models import hf_convert
 from stepjax.rl import losses, process
-from stepjax.sampling import sampler
 from stepjax.train import (
   batches,
   checkpoint,
@@ -110,9 +109,7 @@ class Trainer:
           "sft",
           0,
           c.sft.steps,
-          optim.make_optimizer(
-            _no_accum(c.optim), c.sft.learning_rate, c.sft.steps
-          ),
+          optim.sft_optimizer(c),
           pipeline.make_dataset(
             batches.SftView(self.train_source),
             self.tokenizer,
@@ -128,11 +125,7 @@ class Trainer:
           "rl",
           c.sft.steps,
           c.train.steps,
-          optim.make_optimizer(
-            c.optim,
-            c.optim.learning_rate,
-            c.train.steps * c.optim.grad_accum,
-          ),
+          optim.rl_optimizer(c),
           pipeline.make_dataset(
             self.train_source, self.tokenizer, opts, think_tag=think
           ),
@@ -147,19 +140,7 @@ class Trainer:
     return self.phases[-1]
 
   def _init_fn(self, tx: Any):
-    cfg, seed = self.cfg, self.config.seed
-
-    def init():
-      params, value_params = policy.init(cfg, seed)
-      return state_lib.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        value_params=value_params,
-        opt_state=tx.init({"policy": params, "value": value_params}),
-        rng=jax.random.key_data(jax.random.key(seed)),
-      )
-
-    return init
+    return state_lib.init_fn(self.cfg, self.config.seed, tx)
 
   def state_shardings(self, tx: Any) -> tuple[Any, Any]:
     abstract = jax.eval_shape(self._init_fn(tx))
@@ -292,7 +273,6 @@ class Trainer:
     processes' prompts, gathered; each row's randomness depends only on
     its global index) and keeps its own rows.
     """
-    s = self.config.sampling
     local = {k: batch[k] for k in _PROMPT_KEYS}
     nproc, pid = jax.process_count(), jax.process_index()
     if nproc > 1:
@@ -300,21 +280,16 @@ class Trainer:
         k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
         for k, v in local.items()
       }
-    prompt = sampler.prepare_inputs(local, self.cfg)
-    out = sampler.generate(
-      self.graphs.policy,
+    out = rollout.generate(
+      self.graphs,
+      self.tok_info,
+      self.config.sampling,
       params,
-      prompt,
+      local,
       rng,
       group_size=group_size,
-      max_new_tokens=s.max_new_tokens,
       temperature=temperature,
-      top_k=s.top_k,
-      top_p=s.top_p,
-      eos_ids=(self.tok_info.eos_id,),
-      pad_id=self.tok_info.pad_id,
     )
-    out = jax.device_get(out)
     if nproc > 1:
       rows = out.tokens_BxR.shape[0] // nproc
       out = jax.tree.map(lambda x: x[pid * rows : (pid + 1) * rows], out)
@@ -513,13 +488,6 @@ _PROMPT_KEYS = (
   "patch_mask_BxN",
   "grid_thw_Bx3",
 )
-
-
-def _no_accum(optim_config):
-  out = optim_config.copy_and_resolve_references()
-  with out.unlocked():
-    out.grad_accum = 1
-  return out
 
 
 def run(config: Any, workdir: str) -> dict:

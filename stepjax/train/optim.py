@@ -56,3 +56,24 @@ def make_optimizer(
   if optim_config.grad_accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=optim_config.grad_accum)
   return tx
+
+
+def sft_optimizer(config: Any) -> optax.GradientTransformation:
+  """The SFT phase's optimizer: `optim.*` at `sft.learning_rate`, no
+  accumulation."""
+  optim_config = config.optim.copy_and_resolve_references()
+  with optim_config.unlocked():
+    optim_config.grad_accum = 1
+  return make_optimizer(
+    optim_config, config.sft.learning_rate, max(config.sft.steps, 1)
+  )
+
+
+def rl_optimizer(config: Any) -> optax.GradientTransformation:
+  """The RL phase's optimizer; with accumulation one RL step makes
+  `optim.grad_accum` micro-updates."""
+  return make_optimizer(
+    config.optim,
+    config.optim.learning_rate,
+    max(config.train.steps, 1) * config.optim.grad_accum,
+  )

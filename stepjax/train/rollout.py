@@ -16,10 +16,12 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from stepjax.rl import advantages, process, rewards, steps
+from stepjax.sampling import sampler
 
 K_PAD = 16  # step slots per completion; more steps merge into the last
 
@@ -45,6 +47,36 @@ class Scored:
   adv_B: np.ndarray
   adv_BxC: np.ndarray
   correct_B: np.ndarray
+
+
+def generate(
+  graphs: Any,
+  tok_info: Any,
+  sampling_config: Any,
+  params: Any,
+  batch: dict[str, Any],
+  rng: Any,
+  *,
+  group_size: int,
+  temperature: float,
+) -> Any:
+  """G sampled completions per prompt of a pipeline batch (host numpy
+  `SampleOutput`), with `sampling.*` limits and the tokenizer's stop id."""
+  prompt = sampler.prepare_inputs(batch, graphs.cfg)
+  out = sampler.generate(
+    graphs.policy,
+    params,
+    prompt,
+    rng,
+    group_size=group_size,
+    max_new_tokens=sampling_config.max_new_tokens,
+    temperature=temperature,
+    top_k=sampling_config.top_k,
+    top_p=sampling_config.top_p,
+    eos_ids=(tok_info.eos_id,),
+    pad_id=tok_info.pad_id,
+  )
+  return jax.device_get(out)
 
 
 def step_layout(

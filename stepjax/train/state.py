@@ -10,6 +10,7 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 
 
 @flax.struct.dataclass
@@ -29,3 +30,21 @@ class TrainState:
 
   def trainables(self) -> dict[str, Any]:
     return {"policy": self.params, "value": self.value_params}
+
+
+def init_fn(cfg: Any, seed: int, tx: Any):
+  """A function () -> fresh TrainState, for `jax.eval_shape` (shapes only)
+  or `jax.jit(..., out_shardings=...)` (initialised directly sharded)."""
+  from stepjax.train import policy
+
+  def init() -> TrainState:
+    params, value_params = policy.init(cfg, seed)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      value_params=value_params,
+      opt_state=tx.init({"policy": params, "value": value_params}),
+      rng=jax.random.key_data(jax.random.key(seed)),
+    )
+
+  return init
