@@ -16,10 +16,12 @@ Streaming. The jitted sampler (`sampling/sampler.py`) generates a whole
 completion inside one `lax.while_loop`, so nothing can be shown before it
 ends. `Streamer` instead runs the same computation as a Python loop over
 two jitted functions, each compiled once per prompt shape: a prefill that
-fills the model's KV cache and a one-token decode step over that cache;
-tokens are drawn by the sampler's own selection rule with the same
-per-row keys, so for greedy decoding (and for sampling with the same key)
-the tokens equal `sampler.generate`'s. Text is printed as tokens arrive
+fills the model's KV cache and a one-token decode step over that cache
+(both the model's own forward, as in the sampler; the decode donates the
+cache, so it is updated in place); tokens are drawn by the sampler's
+`sample_tokens` with the same per-row keys (`row_keys`), so for greedy
+decoding (and for sampling with the same key) the tokens equal
+`sampler.generate`'s. Text is printed as tokens arrive
 (held back while a multi-byte character is incomplete); then the numbered
 reasoning steps and the answer.
 
@@ -228,8 +230,8 @@ def _pick(logits_BxV, rng, step, *, temperature, top_k, top_p, banned):
   banned_V = np.zeros((logits_BxV.shape[-1],), bool)
   banned_V[list(banned)] = True
   rows_B = jnp.arange(logits_BxV.shape[0], dtype=jnp.int32)
-  keys = sampler._row_keys(rng, step, rows_B)
-  tok, _, _ = sampler._sample(
+  keys = sampler.row_keys(rng, step, rows_B)
+  tok, _, _ = sampler.sample_tokens(
     logits_BxV, keys, temperature, top_k, top_p, banned_V
   )
   return tok

@@ -4,10 +4,15 @@ B: batch, T: new tokens this call, S: cache length, D: hidden, L: layers,
 N: query heads, G: kv heads, K: head_dim, V: vocab.
 
 Cache (a dict pytree, see `init_cache`):
-  k_LxBxSxGxK, v_LxBxSxGxK: keys (rotated) and values per cache slot;
+  layers: a tuple of L dicts, one per decoder layer, each with
+    k_BxGxSxK, v_BxGxSxK: keys (rotated) and values per cache slot, kv
+    heads before slots (the layout the attention contracts in);
   mask_BxS: which slots hold real tokens (False for padding / unwritten).
 A call with `cache_index=c` writes its T tokens to slots c..c+T-1 and each
-new token attends to written real slots at or before its own slot.
+new token attends to written real slots at or before its own slot. Each
+layer's arrays are separate buffers updated by one dynamic-update-slice,
+so a decode step whose cache is donated (or carried by a while_loop)
+writes in place: no transposes, no re-stacking of the L layers.
 """
 
 from __future__ import annotations
@@ -58,25 +63,32 @@ class Attention(nnx.Module):
       (t.num_heads, k), (d,), ("heads", "head_dim"), ("embed",),
       use_bias=False, **kw,
     )  # fmt: skip
-    self.groups = t.num_heads // t.num_kv_heads
     self.dtype = layers.to_dtype(cfg.dtype)
 
   def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv=None, cache_index=0):
-    """kv: None or (k_BxSxGxK, v_BxSxGxK) cache of this layer."""
-    q = layers.apply_rotary(self.q(x_BxTxD), cos, sin)
-    k = layers.apply_rotary(self.k(x_BxTxD), cos, sin)
-    v = self.v(x_BxTxD)
-    if kv is not None:
-      ck, cv = kv
-      start = (0, cache_index, 0, 0)
-      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), start)
-      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), start)
-      new_kv = (k, v)
+    """kv: None or this layer's cache {"k_BxGxSxK", "v_BxGxSxK"}.
+
+    Returns (out_BxTxD, the updated layer cache or None).
+    """
+    q_BxTxNxK = layers.apply_rotary(self.q(x_BxTxD), cos, sin)
+    k_BxGxTxK = jnp.swapaxes(
+      layers.apply_rotary(self.k(x_BxTxD), cos, sin), 1, 2
+    )
+    v_BxGxTxK = jnp.swapaxes(self.v(x_BxTxD), 1, 2)
+    if kv is None:
+      k, v, new_kv = k_BxGxTxK, v_BxGxTxK, None
     else:
-      new_kv = None
-    b, t, n, kd = q.shape
-    q = q.reshape(b, t, n // self.groups, self.groups, kd)
-    logits = jnp.einsum("btgrk,bsgk->bgrts", q, k.astype(self.dtype)) * (
+      ck, cv = kv["k_BxGxSxK"], kv["v_BxGxSxK"]
+      start = (0, 0, cache_index, 0)
+      k = jax.lax.dynamic_update_slice(ck, k_BxGxTxK.astype(ck.dtype), start)
+      v = jax.lax.dynamic_update_slice(cv, v_BxGxTxK.astype(cv.dtype), start)
+      new_kv = {"k_BxGxSxK": k, "v_BxGxSxK": v}
+    b, t, n, kd = q_BxTxNxK.shape
+    g = k.shape[1]
+    # Heads-major queries: both dot products then run in the cache's
+    # layout with their outputs in natural order (no transposes when T=1).
+    q = q_BxTxNxK.reshape(b, t, g, n // g, kd).transpose(0, 2, 3, 1, 4)
+    logits = jnp.einsum("bgrtk,bgsk->bgrts", q, k.astype(self.dtype)) * (
       kd**-0.5
     )
     logits = jnp.where(
@@ -84,8 +96,9 @@ class Attention(nnx.Module):
     )
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     out = jnp.einsum(
-      "bgrts,bsgk->btgrk", probs.astype(self.dtype), v.astype(self.dtype)
+      "bgrts,bgsk->bgrtk", probs.astype(self.dtype), v.astype(self.dtype)
     )
+    out = out.transpose(0, 3, 1, 2, 4)
     return self.o(out.reshape(b, t, n, kd)), new_kv
 
 
@@ -179,31 +192,31 @@ class Decoder(nnx.Module):
     step = DecoderLayer.__call__
     if self.cfg.remat:
       step = nnx.remat(step)
-    if cache is not None:
-      k_all, v_all = cache["k_LxBxSxGxK"], cache["v_LxBxSxGxK"]
+    new_layers = []
     for i, layer in enumerate(self.layers):
-      kv = None if cache is None else (k_all[i], v_all[i])
+      kv = None if cache is None else cache["layers"][i]
       x_BxTxD, new_kv = step(layer, x_BxTxD, cos, sin, mask_BxTxS, kv,
                              cache_index)  # fmt: skip
-      if new_kv is not None:
-        # An in-place dynamic-update-slice when the cache is donated.
-        k_all = k_all.at[i].set(new_kv[0])
-        v_all = v_all.at[i].set(new_kv[1])
+      new_layers.append(new_kv)
     if new_cache is not None:
-      new_cache["k_LxBxSxGxK"] = k_all
-      new_cache["v_LxBxSxGxK"] = v_all
+      new_cache["layers"] = tuple(new_layers)
     return self.final_norm(x_BxTxD), new_cache
 
 
 def init_cache(
   cfg: config_lib.ModelConfig, batch: int, max_len: int, dtype=None
 ) -> dict:
-  """Zeroed cache for `batch` rows and `max_len` slots."""
+  """Zeroed cache for `batch` rows and `max_len` slots (see module doc)."""
   t = cfg.text
   dtype = layers.to_dtype(cfg.dtype) if dtype is None else dtype
-  shape = (t.num_layers, batch, max_len, t.num_kv_heads, t.head_dim)
+  shape = (batch, t.num_kv_heads, max_len, t.head_dim)
   return {
-    "k_LxBxSxGxK": jnp.zeros(shape, dtype),
-    "v_LxBxSxGxK": jnp.zeros(shape, dtype),
+    "layers": tuple(
+      {
+        "k_BxGxSxK": jnp.zeros(shape, dtype),
+        "v_BxGxSxK": jnp.zeros(shape, dtype),
+      }
+      for _ in range(t.num_layers)
+    ),
     "mask_BxS": jnp.zeros((batch, max_len), bool),
   }

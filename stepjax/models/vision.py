@@ -2,14 +2,19 @@
 
 I: images, N: patch rows per image (padded bucket), P: patch row length
 (C*Tp*p*p), D: vision width, H: heads, K: head_dim, M = N / 4 merged tokens,
-E: merged output width (the decoder's hidden size).
+E: merged output width (the decoder's hidden size), W: window slots per
+image, L: rows per window slot (see vision_index.py).
 
 Per image: patch embedding (transformers' Conv3d with stride = kernel is a
 matmul over patch rows), reorder the rows window by window
 (`VisionMeta.perm_IxN`), blocks of RMSNorm -> attention with 2D rotary ->
-RMSNorm -> gated SiLU MLP, where attention is limited to the same window
-(or the same frame on `fullatt_block_indexes`) through segment ids, then the
-2x2 patch merger and the inverse reordering.
+RMSNorm -> gated SiLU MLP, then the 2x2 patch merger and the inverse
+reordering. Blocks in `fullatt_block_indexes` attend over the whole frame
+(a dense N x N mask of frame ids); the others gather queries, keys and
+values into W window slots of L rows and attend inside each slot (W x L x
+L, segment ids keeping windows that share a slot apart), then scatter the
+result back to the N rows. With `cfg.remat` each block is rematerialised
+in the backward pass (only its input is kept).
 """
 
 from __future__ import annotations
@@ -49,19 +54,50 @@ class VisionAttention(nnx.Module):
     )
     self.dtype = layers.to_dtype(cfg.dtype)
 
-  def __call__(self, x_IxNxD, cos_IxNxK, sin_IxNxK, mask_IxNxN):
+  def __call__(
+    self, x_IxNxD, cos_IxNxK, sin_IxNxK, mask_IxNxN=None, windows=None
+  ):
+    """Attention within mask_IxNxN, or within window slots.
+
+    windows: None, or (slot_rows_IxWxL, mask_IxWxLxL, row_slot_IxN) as
+    built by `VisionTower.window_inputs`.
+    """
     qkv = self.qkv(x_IxNxD)  # I x N x 3 x H x K
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     # Rotary in float32, as transformers' apply_rotary_pos_emb_vision.
     q = layers.apply_rotary(q.astype(jnp.float32), cos_IxNxK, sin_IxNxK)
     k = layers.apply_rotary(k.astype(jnp.float32), cos_IxNxK, sin_IxNxK)
     q, k = q.astype(self.dtype), k.astype(self.dtype)
-    scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("inhk,imhk->ihnm", q, k) * scale
-    logits = jnp.where(mask_IxNxN[:, None], logits, jnp.finfo(logits.dtype).min)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    out = jnp.einsum("ihnm,imhk->inhk", probs.astype(self.dtype), v)
+    if windows is None:
+      return self.proj(self._attend(q, k, v, mask_IxNxN))
+    slot_rows_IxWxL, mask_IxWxLxL, row_slot_IxN = windows
+    i, w, rows = slot_rows_IxWxL.shape
+    rows_IxWL = slot_rows_IxWxL.reshape(i, w * rows)
+
+    def to_slots(x_IxNxHxK):
+      x = jnp.take_along_axis(x_IxNxHxK, rows_IxWL[:, :, None, None], axis=1)
+      return x.reshape(i, w, rows, *x.shape[2:])
+
+    out_IxWxLxHxK = self._attend(to_slots(q), to_slots(k), to_slots(v),
+                                 mask_IxWxLxL)  # fmt: skip
+    out_IxWLxHxK = out_IxWxLxHxK.reshape(i, w * rows, *q.shape[2:])
+    out = jnp.take_along_axis(
+      out_IxWLxHxK, row_slot_IxN[:, :, None, None], axis=1
+    )
     return self.proj(out)
+
+  def _attend(self, q_XxLxHxK, k_XxLxHxK, v_XxLxHxK, mask_XxLxL):
+    """Softmax attention over the L axis; X: any leading axes."""
+    scale = q_XxLxHxK.shape[-1] ** -0.5
+    logits = jnp.einsum("...nhk,...mhk->...hnm", q_XxLxHxK, k_XxLxHxK)
+    logits = logits * scale
+    logits = jnp.where(
+      mask_XxLxL[..., None, :, :], logits, jnp.finfo(logits.dtype).min
+    )
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.einsum(
+      "...hnm,...mhk->...nhk", probs.astype(self.dtype), v_XxLxHxK
+    )
 
 
 class VisionMLP(nnx.Module):
@@ -92,8 +128,9 @@ class VisionBlock(nnx.Module):
     self.attn = VisionAttention(cfg, rngs)
     self.mlp = VisionMLP(cfg, rngs)
 
-  def __call__(self, x, cos, sin, mask):
-    x = x + self.attn(self.norm1(x), cos, sin, mask)
+  def __call__(self, x, cos, sin, mask=None, windows=None):
+    """One block; `mask` (full attention) or `windows` (see attention)."""
+    x = x + self.attn(self.norm1(x), cos, sin, mask, windows)
     return x + self.mlp(self.norm2(x))
 
 
@@ -154,24 +191,33 @@ class VisionTower(nnx.Module):
     ang = jnp.concatenate([ang, ang], axis=-1)
     return jnp.cos(ang), jnp.sin(ang)
 
+  def window_inputs(self, meta: vision_index.VisionMeta):
+    """(slot_rows_IxWxL, mask_IxWxLxL, row_slot_IxN) for window blocks."""
+    seg = jnp.asarray(meta.slot_seg_IxWxL)
+    mask_IxWxLxL = seg[..., :, None] == seg[..., None, :]
+    return (
+      jnp.asarray(meta.slot_rows_IxWxL),
+      mask_IxWxLxL,
+      jnp.asarray(meta.row_slot_IxN),
+    )
+
   def __call__(self, pixels_IxNxP, meta: vision_index.VisionMeta):
     v = self.cfg.vision
     perm = jnp.asarray(meta.perm_IxN)
     x = self.patch_embed(pixels_IxNxP)
     x = jnp.take_along_axis(x, perm[..., None], axis=1)
     cos, sin = self.rotary(jnp.asarray(meta.pos_IxNx2))
-
-    def seg_mask(seg_IxN):
-      seg = jnp.asarray(seg_IxN)
-      return seg[:, :, None] == seg[:, None, :]
-
-    window_mask, full_mask = (
-      seg_mask(meta.window_seg_IxN),
-      seg_mask(meta.full_seg_IxN),
-    )
+    seg = jnp.asarray(meta.full_seg_IxN)
+    full_mask_IxNxN = seg[:, :, None] == seg[:, None, :]
+    windows = self.window_inputs(meta)
+    step = VisionBlock.__call__
+    if self.cfg.remat:
+      step = nnx.remat(step)
     for idx, block in enumerate(self.blocks):
-      full = idx in v.fullatt_block_indexes
-      x = block(x, cos, sin, full_mask if full else window_mask)
+      if idx in v.fullatt_block_indexes:
+        x = step(block, x, cos, sin, full_mask_IxNxN, None)
+      else:
+        x = step(block, x, cos, sin, None, windows)
     merged = self.merger(x)  # I x M x E, window order
     unperm = jnp.asarray(meta.unperm_IxM)
     img = jnp.take_along_axis(merged, unperm[..., None], axis=1)

@@ -2,15 +2,24 @@
 
 Shapes: I images, N patch rows per image (a bucket; image i uses its first
 n_i = t*h*w rows, the rest are padding), P = C*Tp*p*p patch row length,
-M = N / merge_unit merged tokens per image.
+M = N / merge_unit merged tokens per image, L = (window_size / patch_size)^2
+patch rows of one whole attention window, W = `window_slots(N)` window
+slots of L rows per image.
 
 Transformers runs the vision tower on one ragged sequence: it reorders the
 patches window by window (`window_index`) and restricts attention with
 `cu_seqlens` (whole frames on full-attention blocks, windows elsewhere).
-Here each image is a row of a batch, the same reordering is a per-image
-permutation, and the ragged segments become segment ids compared inside an
-attention mask. `vision_metadata` computes all grid-dependent arrays so that
-the jitted forward only sees static shapes.
+Here each image is a row of a batch and the same reordering is a per-image
+permutation. Full-attention blocks compare frame ids in a dense N x N mask.
+Window blocks attend inside W slots of L rows: every window (L rows, or
+fewer at the right / bottom edges) is gathered into a slot, ragged edge
+windows pad their slot and small ones share one (first fit, largest
+first; a segment id per slot row keeps windows apart), so attention costs
+W x L x L instead of N x N. Any packing in which no two slots could be
+merged uses fewer than 2 n / L + 1 slots for n real rows, so
+W = ceil(2 N / L) holds every grid of at most N patches: static per N.
+`vision_metadata` computes all grid-dependent arrays so that the jitted
+forward only sees static shapes.
 """
 
 from __future__ import annotations
@@ -29,16 +38,23 @@ class VisionMeta:
   """Grid-dependent index arrays (numpy or jax) for `I` images of N rows.
 
   perm_IxN: source patch row for each position in window order.
-  window_seg_IxN / full_seg_IxN: segment id per window-ordered position for
-    window / full attention blocks (PAD_SEGMENT on padding rows).
+  full_seg_IxN: frame id per window-ordered position for full-attention
+    blocks (PAD_SEGMENT on padding rows).
+  slot_rows_IxWxL: window-ordered row gathered into each window-slot row
+    (0 on unused slot rows).
+  slot_seg_IxWxL: window id of each window-slot row (PAD_SEGMENT unused).
+  row_slot_IxN: flat slot row (w * L + l) holding each window-ordered row
+    (0 for padding rows, whose values are never used).
   pos_IxNx2: (h, w) rotary coordinates per window-ordered position.
   unperm_IxM: window-ordered merged token feeding each output token.
   valid_IxM: which merged output tokens are real.
   """
 
   perm_IxN: jax.Array
-  window_seg_IxN: jax.Array
   full_seg_IxN: jax.Array
+  slot_rows_IxWxL: jax.Array
+  slot_seg_IxWxL: jax.Array
+  row_slot_IxN: jax.Array
   pos_IxNx2: jax.Array
   unperm_IxM: jax.Array
   valid_IxM: jax.Array
@@ -46,6 +62,32 @@ class VisionMeta:
 
 def num_patches(grid_thw_Ix3: np.ndarray) -> np.ndarray:
   return np.prod(np.asarray(grid_thw_Ix3, np.int64), axis=-1)
+
+
+def window_rows(vcfg: config_lib.VisionConfig) -> int:
+  """L: patch rows of one whole attention window."""
+  return (vcfg.window_size // vcfg.patch_size) ** 2
+
+
+def window_slots(n_rows: int, vcfg: config_lib.VisionConfig) -> int:
+  """W: window slots per image for a bucket of `n_rows` patch rows."""
+  return max(1, -(-2 * n_rows // window_rows(vcfg)))
+
+
+def _pack_windows(sizes, slot_len: int, num_slots: int):
+  """First fit, largest first: (slot, offset) per window of `sizes` rows."""
+  free = []  # free rows per opened slot
+  where = [None] * len(sizes)
+  for j in sorted(range(len(sizes)), key=lambda j: -sizes[j]):
+    fits = (k for k, room in enumerate(free) if room >= sizes[j])
+    slot = next(fits, len(free))
+    if slot == len(free):
+      free.append(slot_len)
+    where[j] = (slot, slot_len - free[slot])
+    free[slot] -= sizes[j]
+  if len(free) > num_slots:  # cannot happen: see the module docstring
+    raise AssertionError(f"{len(free)} window slots > {num_slots}")
+  return where
 
 
 def _check_grid(grid_thw, n_rows: int, vcfg: config_lib.VisionConfig):
@@ -83,8 +125,21 @@ def _one_image(t, h, w, n_rows, vcfg):
   n = units * unit
   perm = np.arange(n_rows)
   perm[:n] = (window_index[:, None] * unit + np.arange(unit)).reshape(-1)
-  window_seg = np.full(n_rows, PAD_SEGMENT)
-  window_seg[:n] = np.repeat(window_of_unit[window_index], unit)
+  # Windows are contiguous runs of window-ordered rows: gather each run
+  # into its slot.
+  slot_len = window_rows(vcfg)
+  num_slots = window_slots(n_rows, vcfg)
+  windows, counts = np.unique(window_of_unit, return_counts=True)
+  sizes = (counts * unit).tolist()
+  starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
+  slot_rows = np.zeros((num_slots, slot_len), np.int64)
+  slot_seg = np.full((num_slots, slot_len), PAD_SEGMENT)
+  row_slot = np.zeros(n_rows, np.int64)
+  for j, (slot, off) in enumerate(_pack_windows(sizes, slot_len, num_slots)):
+    size, start = sizes[j], starts[j]
+    slot_rows[slot, off : off + size] = np.arange(start, start + size)
+    slot_seg[slot, off : off + size] = windows[j]
+    row_slot[start : start + size] = slot * slot_len + off + np.arange(size)
   full_seg = np.full(n_rows, PAD_SEGMENT)
   full_seg[:n] = np.repeat(window_index // (gh * gw), unit)
   # Patch rows come block-major: (frame, bh, bw, ih, iw).
@@ -98,7 +153,7 @@ def _one_image(t, h, w, n_rows, vcfg):
   unperm = np.arange(m_rows)
   unperm[:units] = np.argsort(window_index)
   valid = np.arange(m_rows) < units
-  return perm, window_seg, full_seg, pos, unperm, valid
+  return perm, full_seg, slot_rows, slot_seg, row_slot, pos, unperm, valid
 
 
 def vision_metadata(
@@ -108,14 +163,16 @@ def vision_metadata(
   grid = np.asarray(grid_thw_Ix3, np.int64).reshape(-1, 3)
   _check_grid(grid, n_rows, vcfg)
   parts = [_one_image(t, h, w, n_rows, vcfg) for t, h, w in grid.tolist()]
-  cols = list(zip(*parts)) if parts else [[]] * 6
+  cols = list(zip(*parts))
   return VisionMeta(
     perm_IxN=np.stack(cols[0]).astype(np.int32),
-    window_seg_IxN=np.stack(cols[1]).astype(np.int32),
-    full_seg_IxN=np.stack(cols[2]).astype(np.int32),
-    pos_IxNx2=np.stack(cols[3]).astype(np.int32),
-    unperm_IxM=np.stack(cols[4]).astype(np.int32),
-    valid_IxM=np.stack(cols[5]),
+    full_seg_IxN=np.stack(cols[1]).astype(np.int32),
+    slot_rows_IxWxL=np.stack(cols[2]).astype(np.int32),
+    slot_seg_IxWxL=np.stack(cols[3]).astype(np.int32),
+    row_slot_IxN=np.stack(cols[4]).astype(np.int32),
+    pos_IxNx2=np.stack(cols[5]).astype(np.int32),
+    unperm_IxM=np.stack(cols[6]).astype(np.int32),
+    valid_IxM=np.stack(cols[7]),
   )
 
 

@@ -17,9 +17,10 @@ Flow:
 of the KV cache G times (group prefix sharing; `share_prefix=False`
 prefills all B rows instead, for checking), then decodes one token per
 step inside a `lax.while_loop` that stops when every row has emitted a stop
-id or R tokens exist. Nothing leaves the device between steps. Decode steps
-run `decode.decode_step` (the policy's modules over a per-layer,
-heads-major cache; see decode.py for why), prefill the model's own forward.
+id or R tokens exist. Nothing leaves the device between steps. Prefill
+and decode steps are the model's own forward (`qwen25vl.forward` with a
+KV cache); the cache's per-layer buffers are carried by the while_loop, so
+each step writes its token's keys and values in place.
 The image / video pad ids are never sampled by default (`suppress_ids`): a
 teacher-forced forward would put image features at such tokens.
 
@@ -30,9 +31,12 @@ equal to a teacher-forced forward on the sequence (`teacher_forced_logp`).
 `sample_logp_BxR` is the log-probability under the distribution actually
 sampled from (temperature, then top-k, then top-p); 0 for greedy.
 
-Randomness. Step r uses key fold_in(fold_in(rng, r), b) for row b, one
-uniform per row and step (inverse-CDF sampling), so a row's tokens depend
-only on (rng, b) and its prompt, not on the other rows or the batch size.
+Randomness. Step r uses key fold_in(fold_in(rng, r), b) for row b
+(`row_keys`), one uniform per row and step (inverse-CDF sampling in
+`sample_tokens`), so a row's tokens depend only on (rng, b) and its
+prompt, not on the other rows or the batch size. Other decoding loops
+(e.g. eval/generate.py's streamer) draw tokens with these two functions to
+get the same samples.
 """
 
 from __future__ import annotations
@@ -48,7 +52,6 @@ from flax import nnx
 
 from stepjax.models import config as config_lib
 from stepjax.models import language, qwen25vl, rope_index, vision_index
-from stepjax.sampling import decode
 
 
 @flax.struct.dataclass
@@ -188,8 +191,14 @@ def _cumsum(x_BxV, block: int = 64):
   return (within + offset_BxC[..., None]).reshape(b, v)
 
 
-def _sample(logits_BxV, key_B, temperature, top_k, top_p, banned_V):
+def sample_tokens(logits_BxV, key_B, temperature, top_k, top_p, banned_V):
   """(token_B, logp_B, sample_logp_B) from one step's logits.
+
+  key_B: one PRNG key per row (`row_keys`). temperature 0 is greedy;
+  top_k 0 and top_p 1.0 turn those filters off (all three static).
+  logp_B is the token's log-prob at temperature 1 without filters (the
+  policy log-prob); sample_logp_B its log-prob under the filtered
+  distribution actually sampled from (0 for greedy).
 
   banned_V: static numpy bool mask of ids never sampled (the sampling
   distribution renormalises without them; logp_B does not).
@@ -246,7 +255,8 @@ def _sample(logits_BxV, key_B, temperature, top_k, top_p, banned_V):
   return tok, logp_B, take(samp_BxV, tok)
 
 
-def _row_keys(rng, step, rows_B):
+def row_keys(rng, step, rows_B):
+  """Keys of step `step` for rows rows_B: fold_in(fold_in(rng, step), b)."""
   step_key = jax.random.fold_in(rng, step)
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, rows_B)
 
@@ -286,7 +296,6 @@ def _generate(
     cache=cache, cache_index=0,
   )  # fmt: skip
   logits_BxV = logits[:, -1]
-  cache = decode.from_model_cache(cache)
   if g > 1:  # group prefix sharing: copy each prompt's cache G times
     logits_BxV = jnp.repeat(logits_BxV, g, axis=0)
     cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), cache)
@@ -298,9 +307,9 @@ def _generate(
   def emit(state, logits_BxV, step):
     """Samples token `step` from logits and records it."""
     toks, logps, slogps, done = state
-    tok, lp, slp = _sample(
+    tok, lp, slp = sample_tokens(
       logits_BxV,
-      _row_keys(rng, step, rows_B),
+      row_keys(rng, step, rows_B),
       temperature,
       top_k,
       top_p,
@@ -332,13 +341,17 @@ def _generate(
     step, _, _, state = carry
     return (step < r) & ~jnp.all(state[-1])
 
+  ones_Bx1 = jnp.ones((b, 1), jnp.int32)
+
   def body(carry):
     step, tok, cache, state = carry
     # Feed token step-1, which is real token num_real + step - 1 of its row.
     pos = rope_index.next_positions(num_real_B + step - 1, deltas_B)
-    model = nnx.merge(graphdef, params)
-    logits, cache = decode.decode_step(model, tok, pos, cache, t + step - 1)
-    state, tok = emit(state, logits, step)
+    logits, _, cache = qwen25vl.forward(
+      graphdef, params, tok[:, None], pos, ones_Bx1, cache=cache,
+      cache_index=t + step - 1,
+    )  # fmt: skip
+    state, tok = emit(state, logits[:, 0], step)
     return step + 1, tok, cache, state
 
   carry = (jnp.asarray(1, jnp.int32), tok, cache, state)

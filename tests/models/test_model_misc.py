@@ -1,5 +1,7 @@
 """Configs, logical axes, dtypes, remat, KV-cache consistency, value head."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,7 +103,11 @@ def test_cache_decode_equals_full_forward_and_remat():
 
   full, hidden, last, cache = run(params)
   np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5)
-  assert cache["k_LxBxSxGxK"].shape[2] == t + 3
+  assert len(cache["layers"]) == cfg.text.num_layers
+  t_ = cfg.text
+  for kv in cache["layers"]:
+    assert kv["k_BxGxSxK"].shape == (2, t_.num_kv_heads, t + 3, t_.head_dim)
+    assert kv["v_BxGxSxK"].shape == kv["k_BxGxSxK"].shape
   assert hidden.shape == (2, t, cfg.text.hidden_size)
 
   # Gradients flow through the rematerialised layers and the vision tower.
@@ -155,3 +161,90 @@ def test_rope_index_errors():
     rope_index.rope_index(ids, None, np.array([[1, 4, 6]]), cfg)
   with pytest.raises(ValueError, match="more <|image_pad|> runs"):
     rope_index.rope_index(ids, None, None, cfg)
+
+
+def test_decode_step_writes_the_donated_cache_in_place():
+  """Each layer's k/v buffers are reused by a donated one-token step."""
+  cfg = config_lib.ModelConfig.tiny()
+  gd, params = nnx.split(qwen25vl.create(cfg))
+  cache = qwen25vl.language.init_cache(cfg, 2, 8)
+
+  @functools.partial(jax.jit, donate_argnums=1)
+  def step(params, cache, tok_Bx1, index):
+    pos = rope_index.next_positions(jnp.full((2,), index), jnp.zeros(2))
+    _, _, cache = qwen25vl.forward(
+      gd, params, tok_Bx1, pos, jnp.ones_like(tok_Bx1), cache=cache,
+      cache_index=index,
+    )  # fmt: skip
+    return cache
+
+  before = [
+    kv[name].unsafe_buffer_pointer()
+    for kv in cache["layers"]
+    for name in ("k_BxGxSxK", "v_BxGxSxK")
+  ]
+  out = step(params, cache, jnp.ones((2, 1), jnp.int32), jnp.int32(3))
+  after = [
+    kv[name].unsafe_buffer_pointer()
+    for kv in out["layers"]
+    for name in ("k_BxGxSxK", "v_BxGxSxK")
+  ]
+  assert before == after
+  k = np.asarray(out["layers"][0]["k_BxGxSxK"])
+  assert np.abs(k[:, :, 3]).max() > 0 and np.abs(k[:, :, 4:]).max() == 0
+  np.testing.assert_array_equal(
+    np.asarray(out["mask_BxS"]), np.arange(8)[None].repeat(2, 0) == 3
+  )
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_alt", "qwen25vl_7b"])
+def test_window_slots_hold_every_window(preset):
+  """Each real row sits in exactly one slot row, with its window's id;
+  W depends only on N, also for thin, ragged and multi-frame grids."""
+  v = getattr(config_lib.ModelConfig, preset)().vision
+  lw = vision_index.window_rows(v)
+  grids = [[1, 8, 12], [1, 6, 4], [1, 2, 126], [3, 6, 10], [1, 14, 18]]
+  n_rows = 256
+  meta = vision_index.vision_metadata(np.array(grids), n_rows, v)
+  w = vision_index.window_slots(n_rows, v)
+  assert meta.slot_rows_IxWxL.shape == (len(grids), w, lw)
+  assert meta.row_slot_IxN.shape == (len(grids), n_rows)
+  m = v.spatial_merge_size
+  win = v.window_size // v.patch_size // m
+  for i, (t, h, wd) in enumerate(grids):
+    n = t * h * wd
+    rows = meta.slot_rows_IxWxL[i].reshape(-1)
+    seg = meta.slot_seg_IxWxL[i].reshape(-1)
+    slot = meta.row_slot_IxN[i, :n]
+    np.testing.assert_array_equal(rows[slot], np.arange(n))
+    assert (seg >= 0).sum() == n
+    # Window ids of the window-ordered rows, recomputed from the grid.
+    src = meta.perm_IxN[i, :n] // v.merge_unit  # merged unit (f, bh, bw)
+    f, rest = np.divmod(src, (h // m) * (wd // m))
+    bh, bw = np.divmod(rest, wd // m)
+    nwh, nww = -(-(h // m) // win), -(-(wd // m) // win)
+    want = (f * nwh + bh // win) * nww + bw // win
+    np.testing.assert_array_equal(seg[slot], want)
+    assert len(np.unique(want)) == t * nwh * nww
+
+
+def test_vision_remat_changes_nothing_but_memory():
+  """cfg.remat rematerialises vision blocks: same features and grads."""
+  cfg = config_lib.ModelConfig.tiny_alt()
+  _, params = nnx.split(qwen25vl.create(cfg))
+  *_, pix, meta, _, _ = _inputs(cfg)
+
+  def grads(remat):
+    gd, _ = qwen25vl.abstract(cfg.replace(remat=remat))
+
+    def loss(p):
+      img, valid = qwen25vl.encode_images(gd, p, pix, meta)
+      return jnp.sum(jnp.where(valid[..., None], img, 0.0) ** 2), img
+
+    return jax.jit(jax.grad(loss, has_aux=True))(params)
+
+  (g0, img0), (g1, img1) = grads(False), grads(True)
+  np.testing.assert_allclose(np.asarray(img1), np.asarray(img0), atol=1e-5)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4,
+                               atol=1e-5)  # fmt: skip

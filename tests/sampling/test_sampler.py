@@ -270,11 +270,11 @@ def test_sampling_distribution(temperature, top_k, top_p):
   banned_V = np.zeros(vocab, bool)
   banned_V[3] = True
   fn = jax.jit(
-    lambda lg, keys: sampler._sample(
+    lambda lg, keys: sampler.sample_tokens(
       lg, keys, temperature, top_k, top_p, banned_V
     )
   )
-  keys = sampler._row_keys(jax.random.key(0), 0, jnp.arange(rows))
+  keys = sampler.row_keys(jax.random.key(0), 0, jnp.arange(rows))
   tok, logp, slogp = jax.tree.map(
     np.asarray,
     fn(jnp.tile(jnp.asarray(logits_V, jnp.float32), (rows, 1)), keys),
