@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 from stepjax import config_checks
 from stepjax.data import pipeline
 from stepjax.data import tokenizer as tokenizer_lib
-from stepjax.models import hf_convert
+from stepjax.models import hf_convert, step_value
 from stepjax.rl import losses, process
 from stepjax.train import (
   batches,
@@ -246,8 +246,6 @@ class Trainer:
 
       def fn(params, value_params, batch, step_id_BxL):
         _, hidden = steps.forward(self.graphs, params, batch, g)
-        from stepjax.models import step_value
-
         logits = step_value.apply(self.graphs.value, value_params, hidden)
         return losses.step_logits(logits, step_id_BxL, rollout.K_PAD)
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stepjax.eval import metrics as eval_metrics
 from stepjax.rl import advantages, process, rewards, steps
 from stepjax.sampling import sampler
 
@@ -224,8 +225,6 @@ def token_advantages(
 
 def metrics(scored: Scored, out: Any) -> dict[str, float]:
   """Scalars logged per RL step from the scored completions."""
-  from stepjax.eval import metrics as eval_metrics
-
   comps = scored.rewards.components
   labels = [lab.labels for lab in scored.labels if not lab.skipped]
   stats = eval_metrics.analyze(labels, list(scored.correct_B))

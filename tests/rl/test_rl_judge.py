@@ -37,15 +37,10 @@ class ScriptedServer:
         with outer.lock:
           outer.bodies.append(body)
           outer.auth.append(self.headers.get("Authorization"))
-          outer.active += 1
-          outer.max_active = max(outer.max_active, outer.active)
         try:
           outer.respond(self, body)
         except (BrokenPipeError, ConnectionResetError):
           pass
-        finally:
-          with outer.lock:
-            outer.active -= 1
 
     class Server(http.server.ThreadingHTTPServer):
       # The default listen backlog (5) drops connections beyond it when 8
@@ -72,7 +67,15 @@ class ScriptedServer:
     if behaviour == "timeout":
       time.sleep(2.0)
     if behaviour == "slow":
+      # Requests in flight are counted while they are being answered and
+      # uncounted before the reply is written: a client that reads its
+      # reply and sends the next request can never overlap its own count.
+      with self.lock:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
       time.sleep(0.15)
+      with self.lock:
+        self.active -= 1
     if behaviour == "flaky" and n <= 2:
       behaviour = "500"
     status, content, raw = 200, good, None
