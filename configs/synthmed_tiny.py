@@ -27,6 +27,7 @@ def get_config(arg=None):
   c.sft.learning_rate = 3e-3
   c.train.steps = 150
   c.train.checkpoint_every = 25
+  c.train.log_every = 10
   c.sampling.group_size = 8
   c.optim.learning_rate = 3e-4
   if args.test:
@@ -40,5 +41,6 @@ def get_config(arg=None):
     c.sft.batch_size = 4
     c.train.steps = 2
     c.train.checkpoint_every = 1
+    c.train.log_every = 1
   c.lock()
   return c

@@ -89,7 +89,9 @@ class Trainer:
     self.checkpointer = checkpoint.Checkpointer(
       str(epath.Path(workdir) / "checkpoints"), config.train.keep_checkpoints
     )
-    self.writer = metrics.MetricsWriter(workdir, self.total_steps)
+    self.writer = metrics.MetricsWriter(
+      workdir, self.total_steps, log_every=config.train.log_every
+    )
     self._jitted: dict[str, Any] = {}
     self._iterators: dict[str, Any] = {}
     self.ref_params = None
@@ -423,6 +425,7 @@ class Trainer:
     """Runs (or resumes) the job; returns the evaluation reports."""
     c = self.config
     state, done, info, self.ref_params = self.initial_state()
+    self.writer.drop_from(done)
     info.setdefault("evals", {})
     sft_end = c.sft.steps
     while done < self.total_steps:

@@ -33,13 +33,18 @@ class MetricsWriter:
   """Writes scalars to `workdir/metrics.jsonl` and `workdir/tb/`."""
 
   def __init__(
-    self, workdir: str, total_steps: int, enabled: bool | None = None
+    self,
+    workdir: str,
+    total_steps: int,
+    enabled: bool | None = None,
+    log_every: int = 1,
   ):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.workdir = epath.Path(workdir)
     self._bar = None
     self._tb = None
     self.total = total_steps
+    self.log_every = max(int(log_every), 1)
     if not self.enabled:
       return
     self.workdir.mkdir(parents=True, exist_ok=True)
@@ -75,9 +80,19 @@ class MetricsWriter:
       self._bar.set_description(f"{phase} {summary}")
       self._bar.n = int(step)
       self._bar.refresh()
-    else:
+    elif step % self.log_every == 0 or step == self.total - 1:
       print(f"step {step}/{self.total} [{phase}] {summary}", flush=True)
     return clean
+
+  def drop_from(self, step: int) -> None:
+    """Forgets records of steps >= `step` (a resumed run redoes them)."""
+    if not self.enabled:
+      return
+    self._jsonl.close()
+    path = self.workdir / "metrics.jsonl"
+    kept = [r for r in read_metrics(str(self.workdir)) if r["step"] < step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    self._jsonl = path.open("a")
 
   def close(self) -> None:
     if not self.enabled:

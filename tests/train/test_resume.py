@@ -12,6 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from stepjax.train import metrics
+
 from . import trainer_utils
 
 CONFIG = str(trainer_utils.REPO / "configs" / "synthmed_tiny.py") + ":test"
@@ -95,5 +97,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   assert step_a == step_b == 5
   for name, value in params_a.items():
     np.testing.assert_array_equal(value, params_b[name], err_msg=name)
+  # Steps redone after the restart are logged once, not twice.
+  steps = [r["step"] for r in metrics.read_metrics(str(killed))]
+  assert steps == list(range(5))
   # The final evaluation table was printed by the resumed run too.
   assert "final" in resumed.stdout
