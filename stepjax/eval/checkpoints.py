@@ -28,6 +28,7 @@ from etils import epath
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert
+from stepjax.train import checkpoint as checkpoint_lib
 from stepjax.train import components, policy, sharding
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -75,6 +76,7 @@ def locate(path: str, flag: str = "--checkpoint") -> Location:
   """Classifies `path` (see the module docstring); errors name `flag`."""
   if not path:
     raise ValueError(f"{flag} is required: a run directory or HF directory")
+  path = checkpoint_lib.absolute(path)
   p = epath.Path(path)
   if not p.exists():
     raise FileNotFoundError(f"{flag}={path}: no such file or directory")
@@ -187,8 +189,6 @@ def load(config: Any, checkpoint: str) -> LoadedPolicy:
     _, params = hf_convert.load_hf(checkpoint, cfg, shardings)
     value_params = None
   else:
-    from stepjax.train import checkpoint as checkpoint_lib
-
     target = checkpoint_lib.abstract_with_shardings(abstract_params, shardings)
     value_target = checkpoint_lib.abstract_with_shardings(
       abstract_value, param_shardings(abstract_value, config, mesh)

@@ -15,6 +15,7 @@ fresh init.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import grain
@@ -23,11 +24,18 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 
+def absolute(path: str) -> str:
+  """Orbax needs absolute paths: local relative paths are made absolute,
+  URLs (gs://...) pass unchanged."""
+  path = str(path)
+  return path if "://" in path else os.path.abspath(path)
+
+
 class Checkpointer:
   """Saves and restores (state, data iterator, info) under `directory`."""
 
   def __init__(self, directory: str, keep: int = 2):
-    self.directory = epath.Path(directory)
+    self.directory = epath.Path(absolute(directory))
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=False
     )
@@ -107,7 +115,7 @@ def restore_state_only(directory: str, abstract_state: Any) -> Any:
   Accepts a run's workdir (takes its latest checkpoint) or one step's
   directory holding a `state` item.
   """
-  path = epath.Path(directory)
+  path = epath.Path(absolute(directory))
   candidates = [path / "state"] if (path / "state").exists() else []
   if not candidates:
     manager = ocp.CheckpointManager(
