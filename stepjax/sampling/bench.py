@@ -33,7 +33,7 @@ from stepjax.models import hf_convert, qwen25vl, vision_index
 from stepjax.sampling import sampler
 
 
-def _batch(cfg, prompts, image_px, text_tokens, seed):
+def prompt_batch(cfg, prompts, image_px, text_tokens, seed):
   """Numpy prompts: text, <vision_start>, image pads, <vision_end>, text."""
   rng = np.random.default_rng(seed)
   side = image_px // cfg.vision.patch_size
@@ -97,7 +97,7 @@ def bench_sampler(
   cfg = config_lib.ModelConfig.bench()
   model = qwen25vl.create(cfg, seed)
   graphdef, params = nnx.split(model, nnx.Param)
-  batch = _batch(cfg, prompts, image_px, text_tokens, seed)
+  batch = prompt_batch(cfg, prompts, image_px, text_tokens, seed)
   n_gen = prompts * group_size * new_tokens
   opts = dict(
     group_size=group_size,

@@ -51,8 +51,9 @@ import numpy as np
 import optax
 
 from stepjax.models import config as config_lib
-from stepjax.models import hf_convert, qwen25vl, vision_index
+from stepjax.models import hf_convert, qwen25vl
 from stepjax.rl import losses
+from stepjax.sampling import bench as sampling_bench
 from stepjax.train import batches, optim, policy, steps
 from stepjax.train import state as state_lib
 
@@ -96,21 +97,10 @@ def make_batch(
   per-token advantages. Returns the `steps` batch (numpy) and, under
   "hf", transformers' pixel_values (all B rows' images) and grids.
   """
-  rng = np.random.default_rng(seed)
-  side = image_px // cfg.vision.patch_size
-  grid_Px3 = np.tile(np.array([[1, side, side]], np.int64), (prompts, 1))
-  n_img = side * side // cfg.vision.merge_unit
-  head = prompt_text // 4
-  rows = []
-  for _ in range(prompts):
-    text = rng.integers(0, cfg.bos_token_id, prompt_text).tolist()
-    image = (
-      [cfg.vision_start_token_id]
-      + [cfg.image_pad_token_id] * n_img
-      + [cfg.vision_end_token_id]
-    )
-    rows.append(text[:head] + image + text[head:])
-  prompt_ids_PxT = np.asarray(rows, np.int32)
+  prompt = sampling_bench.prompt_batch(
+    cfg, prompts, image_px, prompt_text, seed
+  )
+  rng = np.random.default_rng(seed + 1)
   b = prompts * group_size
   lengths_B = rng.integers(completion // 2, completion + 1, b)
   comp_mask_BxC = (np.arange(completion)[None] < lengths_B[:, None]).astype(
@@ -119,32 +109,23 @@ def make_batch(
   comp_ids_BxC = rng.integers(0, cfg.bos_token_id, (b, completion))
   comp_ids_BxC = np.where(comp_mask_BxC > 0, comp_ids_BxC, cfg.pad_token_id)
   out = batches.sequences(
-    prompt_ids_PxT,
-    np.ones_like(prompt_ids_PxT),
+    prompt["prompt_ids_BxT"],
+    prompt["prompt_mask_BxT"],
     comp_ids_BxC.astype(np.int32),
     comp_mask_BxC,
-    grid_Px3,
+    prompt["grid_thw_Bx3"],
     cfg,
     group_size,
   )
-  n_patches = side * side
-  pixels_PxSxP = rng.standard_normal(
-    (prompts, n_patches, cfg.vision.patch_dim)
-  ).astype(np.float32)
-  n_rows = vision_index.bucket_rows(grid_Px3)
-  pixels_IxNxP = np.zeros((prompts, n_rows, cfg.vision.patch_dim), np.float32)
-  pixels_IxNxP[:, :n_patches] = pixels_PxSxP
-  out.update(
-    batches.vision_inputs(
-      {"pixels_BxNxP": pixels_IxNxP, "grid_thw_Bx3": grid_Px3}, cfg
-    )
-  )
+  out.update(batches.vision_inputs(prompt, cfg))
   adv_BxL = rng.standard_normal(out["ids_BxL"].shape).astype(np.float32)
   out["adv_BxL"] = adv_BxL * out["loss_mask_BxL"]
-  pixels_rows = np.repeat(pixels_PxSxP, group_size, axis=0)
+  flat_PxSxP = prompt["flat_pixels"].reshape(prompts, -1, cfg.vision.patch_dim)
   out["hf"] = {
-    "pixel_values": pixels_rows.reshape(-1, cfg.vision.patch_dim),
-    "image_grid_thw": np.repeat(grid_Px3, group_size, axis=0),
+    "pixel_values": np.repeat(flat_PxSxP, group_size, axis=0).reshape(
+      -1, cfg.vision.patch_dim
+    ),
+    "image_grid_thw": np.repeat(prompt["grid_thw_Bx3"], group_size, axis=0),
   }
   return out
 
