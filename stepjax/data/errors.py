@@ -15,11 +15,11 @@ class BadRecordError(ValueError):
     self.file = str(file)
     self.record = str(record)
     where = ", ".join(
-        p
-        for p in (
-            f"file {self.file}" if self.file else "",
-            f"record {self.record}" if self.record else "",
-        )
-        if p
+      p
+      for p in (
+        f"file {self.file}" if self.file else "",
+        f"record {self.record}" if self.record else "",
+      )
+      if p
     )
     super().__init__(f"{where}: {reason}" if where else reason)

@@ -30,12 +30,12 @@ class ImageRef:
 
   def __post_init__(self):
     set_fields = [
-        n for n in ("path", "data", "array") if getattr(self, n) is not None
+      n for n in ("path", "data", "array") if getattr(self, n) is not None
     ]
     if len(set_fields) != 1:
       raise ValueError(
-          "ImageRef needs exactly one of path, data, array; got "
-          f"{set_fields or 'none'}"
+        "ImageRef needs exactly one of path, data, array; got "
+        f"{set_fields or 'none'}"
       )
 
   def describe(self) -> str:

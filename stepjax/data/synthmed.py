@@ -62,6 +62,7 @@ def verify_steps(
   """Per-step validity (repeats invalid); `scene` as in `verify_step`."""
   return text_lib.verify_steps(list(sentences), _as_scene(scene))
 
+
 corrupt_step = corrupt_lib.corrupt_step
 gold_steps = text_lib.gold_steps
 render = render_lib.render
