@@ -263,6 +263,13 @@ def load_hf(
   mapping / nnx.State of shardings by parameter path. Each tensor is read
   from a memory map, converted and placed with `jax.device_put` on its own.
   """
+  if "://" in str(directory):
+    raise ValueError(
+      f"{directory}: HF checkpoints are read from local disk (memory-mapped "
+      "safetensors); copy the directory to each host first, e.g. "
+      "`gcloud storage cp -r gs://.../Qwen2.5-VL-7B-Instruct /tmp/` on every "
+      "worker, and pass the local path"
+    )
   hf_cfg = read_hf_config(directory)
   parsed = config_lib.ModelConfig.from_hf_config(hf_cfg)
   cfg = config or parsed
