@@ -102,25 +102,6 @@ class Attention(nnx.Module):
     return self.o(out.reshape(b, t, n, kd)), new_kv
 
 
-class MLP(nnx.Module):
-  def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
-    t = cfg.text
-    kw = dict(
-      rngs=rngs,
-      param_dtype=cfg.param_dtype,
-      dtype=cfg.dtype,
-      std=cfg.initializer_range,
-      use_bias=False,
-    )
-    d, f = t.hidden_size, t.intermediate_size
-    self.gate = layers.Dense((d,), (f,), ("embed",), ("mlp",), **kw)
-    self.up = layers.Dense((d,), (f,), ("embed",), ("mlp",), **kw)
-    self.down = layers.Dense((f,), (d,), ("mlp",), ("embed",), **kw)
-
-  def __call__(self, x):
-    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
-
-
 class DecoderLayer(nnx.Module):
   def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
     t = cfg.text
@@ -133,7 +114,15 @@ class DecoderLayer(nnx.Module):
     self.input_norm = layers.RMSNorm(t.hidden_size, **norm)
     self.attn = Attention(cfg, rngs)
     self.post_attn_norm = layers.RMSNorm(t.hidden_size, **norm)
-    self.mlp = MLP(cfg, rngs)
+    self.mlp = layers.GatedMLP(
+      cfg.text.hidden_size,
+      cfg.text.intermediate_size,
+      use_bias=False,
+      rngs=rngs,
+      param_dtype=cfg.param_dtype,
+      dtype=cfg.dtype,
+      std=cfg.initializer_range,
+    )
 
   def __call__(self, x, cos, sin, mask, kv=None, cache_index=0):
     h, new_kv = self.attn(self.input_norm(x), cos, sin, mask, kv, cache_index)

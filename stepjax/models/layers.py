@@ -123,3 +123,34 @@ def inv_freq(dim: int, theta: float) -> jax.Array:
 
 def gelu_exact(x: jax.Array) -> jax.Array:
   return 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
+
+
+class GatedMLP(nnx.Module):
+  """down(silu(gate(x)) * up(x)): the SwiGLU MLP of the decoder layers (no
+  biases) and of the vision blocks (with biases)."""
+
+  def __init__(
+    self,
+    hidden: int,
+    intermediate: int,
+    *,
+    use_bias: bool,
+    rngs: nnx.Rngs,
+    param_dtype: str,
+    dtype: str,
+    std: float,
+  ):
+    kw = dict(
+      rngs=rngs,
+      param_dtype=param_dtype,
+      dtype=dtype,
+      std=std,
+      use_bias=use_bias,
+    )
+    d, f = hidden, intermediate
+    self.gate = Dense((d,), (f,), ("embed",), ("mlp",), **kw)
+    self.up = Dense((d,), (f,), ("embed",), ("mlp",), **kw)
+    self.down = Dense((f,), (d,), ("mlp",), ("embed",), **kw)
+
+  def __call__(self, x):
+    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))

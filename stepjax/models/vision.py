@@ -100,25 +100,6 @@ class VisionAttention(nnx.Module):
     )
 
 
-class VisionMLP(nnx.Module):
-  def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
-    v = cfg.vision
-    kw = dict(
-      rngs=rngs,
-      param_dtype=cfg.param_dtype,
-      dtype=cfg.dtype,
-      std=cfg.initializer_range,
-      use_bias=True,
-    )
-    d, f = v.hidden_size, v.intermediate_size
-    self.gate = layers.Dense((d,), (f,), ("embed",), ("mlp",), **kw)
-    self.up = layers.Dense((d,), (f,), ("embed",), ("mlp",), **kw)
-    self.down = layers.Dense((f,), (d,), ("mlp",), ("embed",), **kw)
-
-  def __call__(self, x):
-    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
-
-
 class VisionBlock(nnx.Module):
   def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
     d = cfg.vision.hidden_size
@@ -126,7 +107,15 @@ class VisionBlock(nnx.Module):
     self.norm1 = layers.RMSNorm(d, dtype=cfg.dtype, **norm)
     self.norm2 = layers.RMSNorm(d, dtype=cfg.dtype, **norm)
     self.attn = VisionAttention(cfg, rngs)
-    self.mlp = VisionMLP(cfg, rngs)
+    self.mlp = layers.GatedMLP(
+      cfg.vision.hidden_size,
+      cfg.vision.intermediate_size,
+      use_bias=True,
+      rngs=rngs,
+      param_dtype=cfg.param_dtype,
+      dtype=cfg.dtype,
+      std=cfg.initializer_range,
+    )
 
   def __call__(self, x, cos, sin, mask=None, windows=None):
     """One block; `mask` (full attention) or `windows` (see attention)."""
