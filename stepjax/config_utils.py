@@ -80,6 +80,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
   c.model.param_dtype = "float32"
   c.model.remat = False
+  # Decoder attention without a cache: auto | dense | rows (a per-sequence
+  # loop, fastest on CPU; auto uses it on CPU when the batch is unsharded).
+  c.model.attention = "auto"
   c.model.step_value_hidden = 64  # 0 disables the step-value head
   c.init_from = ""  # HF directory or Orbax checkpoint directory
 

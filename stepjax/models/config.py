@@ -87,6 +87,11 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"
   remat: bool = False
+  # Decoder attention without a KV cache: "dense" (the whole batch in one
+  # einsum; right for sharded batches on accelerators) or "rows" (a loop
+  # over sequences with recomputation; much faster on CPU, where the
+  # per-row scores fit in cache; not for batch-sharded meshes).
+  attention: str = "dense"
   # Width of the step-value head's hidden layer (step_value.py).
   value_hidden_size: int = 256
 
@@ -110,6 +115,8 @@ class ModelConfig:
       )
     if any(not 0 <= i < v.depth for i in v.fullatt_block_indexes):
       problems.append("fullatt_block_indexes must lie in [0, vision.depth)")
+    if self.attention not in ("dense", "rows"):
+      problems.append(f"attention {self.attention!r} must be dense or rows")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         problems.append(f"{name} must be one of {_DTYPES}")

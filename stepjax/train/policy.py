@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 from etils import epath
 from flax import nnx
 
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert, qwen25vl, step_value
+from stepjax.train import sharding
 
 _SMALL_PRESETS = ("tiny", "tiny_alt", "synthmed", "bench")
 _LARGE_PRESETS = ("qwen25vl_3b", "qwen25vl_7b")
@@ -69,8 +71,33 @@ def model_config(config: Any, tok_info: Any) -> config_lib.ModelConfig:
     dtype=config.model.dtype,
     param_dtype=config.model.param_dtype,
     remat=config.model.remat,
+    attention=attention_impl(config),
     value_hidden_size=max(int(config.model.step_value_hidden), 1),
   )
+
+
+def attention_impl(config: Any) -> str:
+  """`model.attention`; "auto" picks the row loop on CPU when the batch is
+  not split over devices, else the dense batched einsum."""
+  choice = config.model.attention
+  if choice not in ("auto", "dense", "rows"):
+    raise ValueError(
+      f"--config.model.attention={choice!r}: expected auto, dense or rows"
+    )
+  if choice != "auto":
+    return choice
+  sizes = {a: int(config.mesh[a]) for a in sharding.MESH_AXES}
+  if -1 in (sizes["data"], sizes["fsdp"]):
+    shape = dict(
+      zip(
+        sharding.MESH_AXES,
+        sharding.resolve_mesh_shape(sizes, jax.device_count()),
+      )
+    )
+  else:
+    shape = sizes  # explicit (e.g. a TPU preset planned on this machine)
+  on_cpu = jax.default_backend() == "cpu"
+  return "rows" if on_cpu and shape["data"] * shape["fsdp"] == 1 else "dense"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -248,3 +248,29 @@ def test_vision_remat_changes_nothing_but_memory():
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4,
                                atol=1e-5)  # fmt: skip
+
+
+def test_row_loop_attention_equals_dense():
+  """`attention="rows"` (per-sequence loop, recomputed in the backward)
+  gives the dense path's logits and gradients."""
+  dense_cfg = config_lib.ModelConfig.tiny()
+  rows_cfg = dense_cfg.replace(attention="rows")
+  gd_dense, params = nnx.split(qwen25vl.create(dense_cfg))
+  gd_rows, _ = nnx.split(qwen25vl.create(rows_cfg))
+  ids, mask, pix, meta, pos, _ = _inputs(dense_cfg)
+
+  def loss(gd, p):
+    out, _, _ = qwen25vl.forward(
+      gd, p, ids, pos, mask, pixels_IxNxP=pix, vision_meta=meta
+    )
+    return jnp.mean(out**2), out
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=1, has_aux=True),
+                 static_argnums=0)  # fmt: skip
+  (_, out_d), g_d = grad(gd_dense, params)
+  (_, out_r), g_r = grad(gd_rows, params)
+  np.testing.assert_allclose(out_r, out_d, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_d), jax.tree.leaves(g_r)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+  with pytest.raises(ValueError, match="attention"):
+    dense_cfg.replace(attention="flash")
