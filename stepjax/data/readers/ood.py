@@ -247,9 +247,7 @@ class QuiltVqaSource(base.RecordSource):
             self._policy.guard(lambda n=n, s=line: _json(file, n, s))
           )
     else:
-      items = paths.read_json(data_path)
-      if not isinstance(items, list):
-        raise errors.BadRecordError("expected a JSON list", file=file)
+      items = paths.read_json_list(data_path)
     for i, item in enumerate(items):
       if item is None:
         continue  # a bad jsonl line, already skipped

@@ -14,6 +14,8 @@ from typing import Any
 
 from etils import epath
 
+from stepjax.data import errors
+
 
 def as_path(path: epath.PathLike) -> epath.Path:
   """Returns `path` (str, os.PathLike or gs:// string) as an epath.Path."""
@@ -51,6 +53,17 @@ def read_json(path: epath.Path, **kwargs: Any) -> Any:
     raise ValueError(
       f"{path}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}"
     ) from e
+
+
+def read_json_list(path: epath.Path, what: str = "questions") -> list:
+  """A JSON file that must hold a list (of `what`); errors name the file."""
+  items = read_json(path)
+  if not isinstance(items, list):
+    raise errors.BadRecordError(
+      f"expected a JSON list of {what}, got {type(items).__name__}",
+      file=str(path),
+    )
+  return items
 
 
 def write_json(path: epath.Path, obj: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from etils import epath
 
-from stepjax.data import errors, records
+from stepjax.data import records
 from stepjax.data.readers import base, paths
 
 SPLITS = ("train", "validation", "test")
@@ -58,12 +58,7 @@ class SlakeSource(base.RecordSource):
     self.json_path = paths.first_existing(root, [f"{split}.json"])
     self.image_dir = paths.as_path(image_dir) if image_dir else root / "imgs"
     file = str(self.json_path)
-    items = paths.read_json(self.json_path)
-    if not isinstance(items, list):
-      raise errors.BadRecordError(
-        f"expected a JSON list of questions, got {type(items).__name__}",
-        file=file,
-      )
+    items = paths.read_json_list(self.json_path)
     for i, item in enumerate(items):
       row = self._policy.guard(lambda i=i, item=item: self._row(file, i, item))
       if row is not None and (q_lang is None or row.meta["q_lang"] == q_lang):

@@ -16,7 +16,7 @@ import posixpath
 
 from etils import epath
 
-from stepjax.data import errors, records
+from stepjax.data import records
 from stepjax.data.readers import base, parquet, paths
 
 JSON_NAMES = ("VQA_RAD Dataset Public.json", "VQA_RAD_Dataset_Public.json")
@@ -61,12 +61,7 @@ class VqaRadJsonSource(base.RecordSource):
       found = [root / d for d in IMAGE_DIRS if (root / d).exists()]
       self.image_dir = found[0] if found else root
     file = str(self.json_path)
-    items = paths.read_json(self.json_path)
-    if not isinstance(items, list):
-      raise errors.BadRecordError(
-        f"expected a JSON list of questions, got {type(items).__name__}",
-        file=file,
-      )
+    items = paths.read_json_list(self.json_path)
     for i, item in enumerate(items):
       row = self._policy.guard(lambda i=i, item=item: self._row(file, i, item))
       if row is not None and row.meta["split"] == split:
