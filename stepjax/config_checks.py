@@ -87,7 +87,21 @@ def check(config: ml_collections.ConfigDict) -> None:
     f"'verifier' checks SynthMed scenes; data.dataset={data.dataset!r} "
     "has none: use judge, hybrid or value_head",
   )
-  if rl.process_source in ("judge", "hybrid"):
+  _one_of(config.judge.simulate, ("", "verifier"), "judge.simulate")
+  _one_of(data.verifier, ("aligned", "truth"), "data.verifier")
+  _require(
+    0.0 <= rl.label_noise <= 0.5,
+    "rl.label_noise",
+    f"is {rl.label_noise}; must be in [0, 0.5]",
+  )
+  _require(
+    config.judge.simulate != "verifier"
+    or data.dataset in ("synthmed", "mrpo_json"),
+    "judge.simulate",
+    f"'verifier' checks SynthMed scenes; data.dataset={data.dataset!r} "
+    "has none: set judge.base_url and judge.model for a real judge",
+  )
+  if rl.process_source in ("judge", "hybrid") and not config.judge.simulate:
     _require(
       bool(config.judge.base_url) and bool(config.judge.model),
       "judge.base_url",

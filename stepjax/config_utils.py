@@ -1,4 +1,5 @@
-"""Helpers shared by `configs/*.py`: the variant-string parser.
+"""Helpers shared by `configs/*.py`: the variant-string parser, a config
+file loader (for configs built on other configs) and the default job config.
 
 Configs are Python files with `get_config(arg=None)`. The arg is a string of
 comma-separated `key=value` pairs or bare flags, e.g.
@@ -9,6 +10,8 @@ types and failing with a message that names the unknown or malformed key.
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
 from typing import Any
 
 import ml_collections
@@ -62,6 +65,22 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return result
 
 
+def load_config_file(
+  path: str | pathlib.Path, arg: str | None = None
+) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path` (what --config=path:arg
+  loads), for configs built on other configs (experiment grids)."""
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+  if not path.is_file() or spec is None or spec.loader is None:
+    raise ValueError(f"config file {path} not found; give a configs/*.py path")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {path} defines no get_config(arg=None)")
+  return module.get_config(arg)
+
+
 def default_config() -> ml_collections.ConfigDict:
   """Every key a job config may set, with CPU-sized defaults.
 
@@ -102,6 +121,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.image_size = 112  # SynthMed render size in pixels
   c.data.difficulty = 0.3  # SynthMed noise/contrast/distractors in [0, 1]
   c.data.cascade_rate = 0.3  # SynthMed SFT rationales with a cascade
+  # SynthMed step verifier (process labels and eval): aligned = true of the
+  # scene AND part of the question's reasoning (the spec's criterion);
+  # truth = any true claim (rewards true but irrelevant steps).
+  c.data.verifier = "aligned"
   c.data.min_pixels = 56 * 56
   c.data.max_pixels = 112 * 112
   c.data.token_buckets = (96, 128)  # padded prompt lengths
@@ -141,6 +164,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.process_source = "verifier"  # verifier | judge | value_head | hybrid
   c.rl.value_threshold = 0.5
   c.rl.hybrid_judge_fraction = 0.25
+  # Share of the verifier's / judge's step labels flipped (seeded): a
+  # simulated fallible judge. 0 = labels as given.
+  c.rl.label_noise = 0.0
   c.rl.value_loss_weight = 0.1
 
   c.judge = ml_collections.ConfigDict()
@@ -153,6 +179,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.judge.concurrency = 8
   c.judge.fallback = "invalid"  # invalid | valid | skip
   c.judge.cache_path = ""
+  # "verifier": the SynthMed rule verifier plays the judge (no endpoint;
+  # calls counted), to measure judge-labelled set-ups such as hybrid.
+  c.judge.simulate = ""
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4
@@ -172,6 +201,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.steps = 10  # RL steps
   c.train.eval_every = 0  # 0 = only before and after
+  # Evaluate the policy RL starts from ("before_rl"). Experiment grids turn
+  # it off: their runs start from an SFT checkpoint already evaluated.
+  c.train.eval_before_rl = True
   c.train.checkpoint_every = 5
   c.train.keep_checkpoints = 2
   c.train.log_every = 1

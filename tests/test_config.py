@@ -61,6 +61,8 @@ def test_variants_and_lock():
     ("data.token_buckets", (128, 96), "data.token_buckets"),
     ("data.on_bad_record", "ignore", "data.on_bad_record"),
     ("rl.process_source", "judge", "judge.base_url"),
+    ("rl.label_noise", 0.7, "rl.label_noise"),
+    ("judge.simulate", "oracle", "judge.simulate"),
   ],
 )
 def test_semantic_checks_name_the_flag(key, value, flag):

@@ -63,6 +63,27 @@ def verify_steps(
   return text_lib.verify_steps(list(sentences), _as_scene(scene))
 
 
+def verify_steps_aligned(
+  sentences: Sequence[str], scene: Scene | Mapping[str, Any]
+) -> list[bool]:
+  """Per-step validity by the spec's criterion: true, not repeated, and
+  part of the reasoning for the scene's question (see
+  `synthmed_text.is_aligned`); `scene` as in `verify_step`."""
+  return text_lib.verify_steps_aligned(list(sentences), _as_scene(scene))
+
+
+VERIFIERS = {"aligned": verify_steps_aligned, "truth": verify_steps}
+
+
+def step_verifier(name: str):
+  """The step verifier `data.verifier` names: aligned | truth."""
+  if name not in VERIFIERS:
+    raise ValueError(
+      f"--config.data.verifier={name!r}: expected one of {sorted(VERIFIERS)}"
+    )
+  return VERIFIERS[name]
+
+
 corrupt_step = corrupt_lib.corrupt_step
 gold_steps = text_lib.gold_steps
 render = render_lib.render

@@ -323,3 +323,57 @@ def verify_steps(sentences: list[str], scene: scene_lib.Scene) -> list[bool]:
       seen.add(claim)
     out.append(ok)
   return out
+
+
+# ------------------------------------------------------- aligned validity
+
+# Claim kinds about an organ that bear on a question about that organ.
+_ORGAN_KINDS = ("count", "organ_side", "larger")
+
+
+def _question_organs(scene: scene_lib.Scene, gold: list[Claim]) -> set[str]:
+  """Organs the reasoning for the question may talk about: those of the
+  gold chain and, for a paired question ("Which kidney ..."), both sides."""
+  organs = {a for c in gold for a in c.args if a in scene_lib.ORGANS}
+  organ = scene.question.organ
+  if organ in scene_lib.ORGANS:
+    organs.add(organ)
+  elif organ:
+    organs |= {f"left {organ}", f"right {organ}"}
+  return organs
+
+
+def is_aligned(claim: Claim, scene: scene_lib.Scene) -> bool:
+  """Whether a claim belongs to the reasoning for the scene's question.
+
+  The spec's criterion (MRPO_SPEC.md, "Rewards"): a step is valid when it
+  is aligned with the gold reasoning or contributes directly to the
+  answer. Aligned here: a claim of the gold chain; the opening modality or
+  region claim; the conclusion; or a count / organ-side / comparison claim
+  about an organ the question is about. A true claim about anything else
+  ("A lesion is on the image's right." before "Which kidney has the larger
+  lesion?") is not aligned. Truth is checked separately (`check_claim`).
+  """
+  if claim.kind in ("modality", "region", "answer"):
+    return True
+  gold = gold_claims(scene)
+  if claim in gold:
+    return True
+  if claim.kind in _ORGAN_KINDS:
+    organs = _question_organs(scene, gold)
+    named = [a for a in claim.args if a in scene_lib.ORGANS]
+    return bool(named) and all(a in organs for a in named)
+  return False
+
+
+def verify_steps_aligned(
+  sentences: list[str], scene: scene_lib.Scene
+) -> list[bool]:
+  """Per-step validity by the spec's criterion: true of the scene, not a
+  repeat, and aligned with the reasoning for the question (`is_aligned`)."""
+  truth = verify_steps(sentences, scene)
+  out = []
+  for sentence, ok in zip(sentences, truth):
+    claim = parse_step(sentence) if ok else None
+    out.append(bool(ok and claim is not None and is_aligned(claim, scene)))
+  return out

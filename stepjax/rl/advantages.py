@@ -224,7 +224,8 @@ def mrpo_shape(
     answer_reward_B: float[B] answer rewards R_ans_i.
     step_id_BxT: int[B, T], 0-based step index of each token, -1 outside.
     num_steps_B: int[B] K per completion.
-    step_valid_BxK: {0,1}[B, K_pad] step labels, padded past K.
+    step_valid_BxK: {0,1}[B, K_pad] step labels, padded past K; K_pad
+      must exceed every step id (it is at least the batch's largest K).
     tau: answer-reward threshold (rl.tau).
     penalty: schedule name (rl.penalty), see `PENALTIES`; static under jit.
     has_labels_B: optional {0,1}[B]; 0 = no process labels for that

@@ -4,8 +4,9 @@ Pure `jnp` functions, jit- and grad-safe. Each loss returns
 `(loss, metrics)` with scalar metrics for logging. The token aggregation is
 chosen by name from `AGGREGATIONS` (`rl.loss_aggregation`).
 
-Shapes: B completions, T completion tokens, V vocabulary, K_pad padded step
-count. `mask_BxT` is 1 on real completion tokens, 0 on padding.
+Shapes: B completions, T completion tokens, V vocabulary, K_pad step slots
+(at least the largest step count). `mask_BxT` is 1 on real completion
+tokens, 0 on padding.
 """
 
 from __future__ import annotations
@@ -217,12 +218,13 @@ def step_logits(
 ) -> jax.Array:
   """Each step's value logit, read at its last token: float32[B, K_pad].
 
-  Steps that do not exist (k >= K) get 0.
+  Slots past a completion's K get 0. `k_pad` must be at least the largest
+  K: a step with no slot is dropped (never folded into another slot).
   """
   b, t = step_id_BxT.shape
-  end_BxT = step_end_mask(step_id_BxT)
+  end_BxT = step_end_mask(step_id_BxT) & (step_id_BxT < k_pad)
   # Non-end tokens scatter into a dump column k_pad, dropped afterwards.
-  col_BxT = jnp.where(end_BxT, jnp.clip(step_id_BxT, 0, k_pad - 1), k_pad)
+  col_BxT = jnp.where(end_BxT, step_id_BxT, k_pad)
   rows_BxT = jnp.broadcast_to(jnp.arange(b)[:, None], (b, t))
   out = jnp.zeros((b, k_pad + 1), jnp.float32)
   out = out.at[rows_BxT, col_BxT].set(value_logits_BxT.astype(jnp.float32))
@@ -232,28 +234,27 @@ def step_logits(
 def step_value_loss(
   value_logits_BxT: jax.Array,
   step_id_BxT: jax.Array,
-  step_valid_BxK: jax.Array,
+  step_valid_BxT: jax.Array,
   label_mask_B: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """BCE of the step-value head at step-end tokens against step labels.
 
-  The last token of step k carries label step_valid[b, k]; all other
-  tokens are masked. Mean over labelled step ends in the batch.
+  The last token of step k carries that step's label; all other tokens are
+  masked. Mean over labelled step ends in the batch. Labels come per token
+  (`rl.process.token_labels`), so no step-count axis reaches the update.
 
   Args:
     value_logits_BxT: float[B, T] value-head logits per token.
     step_id_BxT: int[B, T] step index per token, -1 outside steps.
-    step_valid_BxK: {0,1}[B, K_pad] labels.
+    step_valid_BxT: {0,1}[B, T] the label of each token's step.
     label_mask_B: optional {0,1}[B]: which completions have labels (e.g.
       the ones the judge labelled in hybrid mode).
 
   Returns:
     (scalar loss, metrics: loss, accuracy, prob_mean, num_labels).
   """
-  k_pad = step_valid_BxK.shape[1]
   x = value_logits_BxT.astype(jnp.float32)
-  idx_BxT = jnp.clip(step_id_BxT, 0, max(k_pad - 1, 0))
-  y = jnp.take_along_axis(step_valid_BxK, idx_BxT, axis=1).astype(jnp.float32)
+  y = jnp.asarray(step_valid_BxT).astype(jnp.float32)
   m = step_end_mask(step_id_BxT).astype(jnp.float32)
   if label_mask_B is not None:
     m = m * jnp.asarray(label_mask_B, jnp.float32)[:, None]

@@ -10,7 +10,9 @@ One interface, `label_steps(requests) -> list[StepLabels]`, four sources
   hybrid      the judge for a seeded random fraction of completions, the
               value head for the rest (and where the judge fell back).
 `pack_labels` turns the labels into the fixed-shape arrays the advantage
-and value losses take. Shapes: B completions, K steps, K_pad padded K.
+shaping takes, `token_labels` into the per-token labels the value loss
+takes. Shapes: B completions, T tokens, K steps of a completion (its true
+count), K_pad step slots of a batch (at least its largest K).
 """
 
 from __future__ import annotations
@@ -181,14 +183,84 @@ class HybridSource:
     return out
 
 
+class CountingSource:
+  """A source whose calls are counted: completions and steps labelled.
+
+  Wraps a simulated judge (e.g. the SynthMed verifier standing in for an
+  LLM judge) so the hybrid source's judge usage can be reported.
+  """
+
+  def __init__(self, inner: ProcessSource):
+    self.inner = inner
+    self.completions = 0
+    self.steps = 0
+
+  def label_steps(self, requests: Sequence[StepRequest]) -> list[StepLabels]:
+    self.completions += len(requests)
+    self.steps += sum(len(r.step_texts) for r in requests)
+    return [
+      dataclasses.replace(lab, source="judge")
+      for lab in self.inner.label_steps(requests)
+    ]
+
+
+class NoisySource:
+  """Flips each step label of `inner` with probability `flip_rate`.
+
+  A fallible judge, simulated: the flips are drawn by
+  `np.random.default_rng((seed, call number))`, so reruns flip the same
+  labels. Labels that were skipped stay skipped.
+  """
+
+  def __init__(self, inner: ProcessSource, flip_rate: float, seed: int = 0):
+    if not 0.0 <= flip_rate <= 0.5:
+      raise ValueError(
+        f"rl.label_noise={flip_rate} must be in [0, 0.5] (the share of "
+        "step labels flipped)"
+      )
+    self.inner = inner
+    self.flip_rate = flip_rate
+    self.seed = seed
+    self.calls = 0
+
+  def label_steps(self, requests: Sequence[StepRequest]) -> list[StepLabels]:
+    labels = self.inner.label_steps(requests)
+    rng = np.random.default_rng([self.seed, 7919, self.calls])
+    self.calls += 1
+    out = []
+    for lab in labels:
+      if lab.skipped or not lab.labels:
+        out.append(lab)
+        continue
+      flip = rng.random(len(lab.labels)) < self.flip_rate
+      flipped = tuple(int(v) ^ int(f) for v, f in zip(lab.labels, flip))
+      out.append(dataclasses.replace(lab, labels=flipped))
+    return out
+
+
+def reseed(source: ProcessSource, call_number: int) -> None:
+  """Sets the call counter of `source` and of the sources it wraps, so a
+  resumed run draws the same judge choices and label flips as before."""
+  if hasattr(source, "calls"):
+    source.calls = call_number
+  for name in ("inner", "judge"):
+    inner = getattr(source, name, None)
+    if inner is not None:
+      reseed(inner, call_number)
+
+
 def pack_labels(
   labels: Sequence[StepLabels], k_pad: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Fixed-shape arrays from per-completion labels.
 
+  Args:
+    labels: B `StepLabels`.
+    k_pad: step slots per completion, at least the largest K (labels are
+      never merged or dropped; a longer label list is an error).
+
   Returns:
-    (step_valid_BxK int32[B, K_pad] padded with 0 (labels past K_pad are
-     merged: the last kept step is valid only if all merged ones are);
+    (step_valid_BxK int32[B, k_pad], padded with 0 past each K;
      has_labels_B int32[B], 0 where skipped;
      process_reward_B float32[B], the fraction of valid steps, 0 if none).
   """
@@ -201,9 +273,35 @@ def pack_labels(
       continue
     has[i] = 1
     v = list(lab.labels)
+    if len(v) > k_pad:
+      raise ValueError(
+        f"completion {i} has {len(v)} step labels but only {k_pad} step "
+        "slots; size k_pad from the batch's largest step count"
+      )
     if v:
       proc[i] = float(np.mean(v))
-    if len(v) > k_pad > 0:
-      v = [*v[: k_pad - 1], int(all(v[k_pad - 1 :]))]
     valid[i, : len(v)] = v
   return valid, has, proc
+
+
+def token_labels(
+  step_id_BxT: np.ndarray, step_valid_BxK: np.ndarray
+) -> np.ndarray:
+  """The label of each token's step: int32[B, T], 0 outside steps.
+
+  Args:
+    step_id_BxT: int[B, T] 0-based step index per token, -1 outside.
+    step_valid_BxK: {0,1}[B, K_pad] with K_pad above every step id.
+  """
+  step_id_BxT = np.asarray(step_id_BxT)
+  valid_BxK = np.asarray(step_valid_BxK)
+  if step_id_BxT.size and step_id_BxT.max() >= valid_BxK.shape[1]:
+    raise ValueError(
+      f"step id {int(step_id_BxT.max())} has no slot among "
+      f"{valid_BxK.shape[1]} step labels"
+    )
+  idx_BxT = np.clip(step_id_BxT, 0, None)
+  if valid_BxK.shape[1] == 0:
+    return np.zeros(step_id_BxT.shape, np.int32)
+  got_BxT = np.take_along_axis(valid_BxK, idx_BxT, axis=1)
+  return np.where(step_id_BxT >= 0, got_BxT, 0).astype(np.int32)

@@ -13,7 +13,7 @@ all cover that character). A token overlapping a step's span belongs to it
 (to the first one if it overlaps two).
 
 Host-side numpy. Shapes: B completions, T completion tokens, K steps of a
-completion, K_pad the padded step count of a batch.
+completion (its true count: steps are never merged or dropped).
 """
 
 from __future__ import annotations
@@ -21,14 +21,11 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import functools
-import logging
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s)")
 _LIST_NUMBER = re.compile(r"\(?\d{1,3}[.)]")
@@ -312,23 +309,23 @@ def step_ids_from_text(
 
 @dataclasses.dataclass
 class StepBatch:
-  """Steps of a batch of completions in fixed shapes.
+  """Steps of a batch of completions.
 
-  step_id_BxT: int32[B, T], -1 outside steps and on padding.
-  num_steps_B: int32[B], K per completion (at most K_pad).
+  step_id_BxT: int32[B, T], 0-based step index of each token (any K), -1
+    outside steps and on padding.
+  num_steps_B: int32[B], the true K of each completion.
   step_texts: B lists of K step texts.
   texts: the B decoded completion texts.
-  num_merged: completions whose steps past K_pad were merged into the last.
   """
 
   step_id_BxT: np.ndarray
   num_steps_B: np.ndarray
   step_texts: list[list[str]]
   texts: list[str]
-  num_merged: int = 0
 
   @property
   def max_steps(self) -> int:
+    """The largest K of the batch (0 for an empty batch)."""
     return int(self.num_steps_B.max(initial=0))
 
 
@@ -337,18 +334,18 @@ def batch_step_ids(
   lengths_B: Sequence[int],
   tokenizer: Any,
   think_tag: str = "think",
-  max_steps: int = 64,
 ) -> StepBatch:
   """`step_ids_from_tokens` over a padded batch of sampled completions.
+
+  Every step keeps its own index however many there are; arrays indexed
+  by step (labels, value logits) are sized by the caller from
+  `StepBatch.max_steps`.
 
   Args:
     token_ids_BxT: int[B, T] completion ids, right-padded.
     lengths_B: int[B] number of real tokens per row.
     tokenizer: see `decode_with_spans`.
     think_tag: "think" or "thinking".
-    max_steps: K_pad. A completion with more steps keeps K_pad, the extra
-      steps merged into the last one (counted in `num_merged`), so shapes
-      stay fixed for jit.
 
   Returns:
     A `StepBatch`.
@@ -357,23 +354,13 @@ def batch_step_ids(
   b, t = token_ids_BxT.shape
   step_id = np.full((b, t), -1, np.int32)
   num_steps = np.zeros(b, np.int32)
-  all_texts, texts, merged = [], [], 0
+  all_texts, texts = [], []
   for i in range(b):
     n = int(lengths_B[i])
     text, token_spans = decode_with_spans(token_ids_BxT[i, :n], tokenizer)
     spans = split_steps(text, think_tag)
-    if len(spans) > max_steps:
-      merged += 1
-      spans = [*spans[: max_steps - 1], (spans[max_steps - 1][0], spans[-1][1])]
     step_id[i, :n] = assign_tokens(token_spans, spans)
     num_steps[i] = len(spans)
     all_texts.append([text[s:e] for s, e in spans])
     texts.append(text)
-  if merged:
-    log.info(
-      "%d completions had more than %d steps; the rest were merged into "
-      "their last step (raise max_steps to keep them apart)",
-      merged,
-      max_steps,
-    )
-  return StepBatch(step_id, num_steps, all_texts, texts, merged)
+  return StepBatch(step_id, num_steps, all_texts, texts)

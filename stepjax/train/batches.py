@@ -81,6 +81,28 @@ def sft_batch(
   return out
 
 
+def rl_sequences(
+  batch: dict[str, Any],
+  completion_ids_BxC: np.ndarray,
+  completion_mask_BxC: np.ndarray,
+  cfg: config_lib.ModelConfig,
+  group_size: int,
+) -> dict[str, Any]:
+  """Model inputs of G sampled completions per prompt of a pipeline batch:
+  `sequences` (row p * G + g = prompt p, sample g) plus the P images."""
+  out = sequences(
+    batch["prompt_ids_BxT"],
+    batch["prompt_mask_BxT"],
+    completion_ids_BxC,
+    completion_mask_BxC,
+    batch["grid_thw_Bx3"],
+    cfg,
+    group_size,
+  )
+  out.update(vision_inputs(batch, cfg))
+  return out
+
+
 def pad_completion_arrays(
   arrays: dict[str, np.ndarray], prompt_len: int
 ) -> dict[str, np.ndarray]:

@@ -64,17 +64,44 @@ def tokenizer_path(config: Any) -> str:
 
 
 def process_source(config: Any) -> process.ProcessSource:
-  """The process-reward source named by `rl.process_source`."""
+  """The process-reward source named by `rl.process_source`.
+
+  `judge.simulate=verifier` stands the SynthMed verifier in for the LLM
+  judge (calls counted, no endpoint); `rl.label_noise` flips that share of
+  the verifier's or judge's step labels (a fallible judge, simulated).
+  """
   name = config.rl.process_source
   value_head = process.ValueHeadSource(config.rl.value_threshold)
-  if name == "verifier":
-    return process.VerifierSource(synthmed.verify_steps)
   if name == "value_head":
     return value_head
+  if name == "verifier":
+    labeler = process.VerifierSource(
+      synthmed.step_verifier(config.data.verifier)
+    )
+  elif config.judge.simulate == "verifier":
+    labeler = process.CountingSource(
+      process.VerifierSource(synthmed.step_verifier(config.data.verifier))
+    )
+  else:
+    labeler = process.JudgeSource(_judge_client(config.judge))
+  if config.rl.label_noise > 0:
+    labeler = process.NoisySource(
+      labeler, config.rl.label_noise, seed=config.seed
+    )
+  if name in ("verifier", "judge"):
+    return labeler
+  return process.HybridSource(
+    labeler,
+    value_head,
+    config.rl.hybrid_judge_fraction,
+    seed=config.seed,
+  )
+
+
+def _judge_client(j: Any) -> Any:
   from stepjax.rl import judge
 
-  j = config.judge
-  client = judge.JudgeClient(
+  return judge.JudgeClient(
     base_url=j.base_url,
     model=j.model,
     api_key_env=j.api_key_env,
@@ -84,12 +111,4 @@ def process_source(config: Any) -> process.ProcessSource:
     concurrency=j.concurrency,
     fallback=j.fallback,
     cache_path=j.cache_path,
-  )
-  if name == "judge":
-    return process.JudgeSource(client)
-  return process.HybridSource(
-    process.JudgeSource(client),
-    value_head,
-    config.rl.hybrid_judge_fraction,
-    seed=config.seed,
   )

@@ -43,7 +43,11 @@ def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
   rows = score_rows(trainer, params)
   report = report_lib.build_report(
     [{k: r[k] for k in report_lib.RECORD_KEYS} for r in rows],
-    meta={"eval": name, "algorithm": c.rl.algorithm},
+    meta={
+      "eval": name,
+      "algorithm": c.rl.algorithm,
+      "verifier": c.data.verifier,
+    },
   )
   if jax.process_index() == 0:
     out = epath.Path(trainer.workdir) / "eval" / name
@@ -55,7 +59,7 @@ def score_rows(trainer: Any, params: Any) -> list[dict[str, Any]]:
   """One row per decoded eval record (the `eval.report` record keys plus
   the raw completion)."""
   c = trainer.config
-  verifier = process.VerifierSource(synthmed.verify_steps)
+  verifier = process.VerifierSource(synthmed.step_verifier(c.data.verifier))
   rng = jax.random.key(c.seed + 7)
   rows = []
   for batch in eval_dataset(trainer):

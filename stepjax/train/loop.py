@@ -30,7 +30,7 @@ from stepjax import config_checks
 from stepjax.data import pipeline
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.models import hf_convert, step_value
-from stepjax.rl import losses, process
+from stepjax.rl import process
 from stepjax.train import (
   batches,
   checkpoint,
@@ -242,14 +242,14 @@ class Trainer:
     return self._jitted["logp"]
 
   def value_logits_fn(self):
-    """(params, value params, batch, step_id) -> step logits [B, K_PAD]."""
+    """(params, value params, batch) -> step-value logits [B, L] of every
+    token (steps are read from them on the host: no step axis under jit)."""
     if "value" not in self._jitted:
       g = self.config.sampling.group_size
 
-      def fn(params, value_params, batch, step_id_BxL):
+      def fn(params, value_params, batch):
         _, hidden = steps.forward(self.graphs, params, batch, g)
-        logits = step_value.apply(self.graphs.value, value_params, hidden)
-        return losses.step_logits(logits, step_id_BxL, rollout.K_PAD)
+        return step_value.apply(self.graphs.value, value_params, hidden)
 
       self._jitted["value"] = jax.jit(fn)
     return self._jitted["value"]
@@ -339,30 +339,15 @@ class Trainer:
       temperature=c.sampling.temperature,
     )
     t_sample = time.perf_counter() - t0
-    seq = batches.sequences(
-      batch["prompt_ids_BxT"],
-      batch["prompt_mask_BxT"],
-      out.tokens_BxR,
-      out.mask_BxR,
-      batch["grid_thw_Bx3"],
-      self.cfg,
-      g,
-    )
-    seq.update(batches.vision_inputs(batch, self.cfg))
+    seq = batches.rl_sequences(batch, out.tokens_BxR, out.mask_BxR, self.cfg, g)
     prompt_len = batch["prompt_ids_BxT"].shape[1]
-    value_fn = None
+    value_logits = None
     if c.rl.process_source in ("value_head", "hybrid"):
-
-      def value_fn(step_id_BxC):
-        step_ids = batches.pad_completion_arrays(
-          {"step_id": step_id_BxC}, prompt_len
-        )["step_id"]
-        return self.value_logits_fn()(
-          state.params, state.value_params, seq, step_ids
-        )
-
-    if isinstance(self.process_source, process.HybridSource):
-      self.process_source.calls = step  # the judge's share, by step
+      value_logits = self.value_logits_fn()(
+        state.params, state.value_params, seq
+      )
+      value_logits = np.asarray(value_logits)[:, prompt_len:]
+    process.reseed(self.process_source, step)  # draws depend on the step
     scored = rollout.score(
       out.tokens_BxR,
       out.lengths_B,
@@ -370,7 +355,7 @@ class Trainer:
       tokenizer=self.tokenizer,
       source=self.process_source,
       config=c,
-      value_logits_fn=value_fn,
+      value_logits_BxC=value_logits,
     )
     label_mask = scored.has_labels_B.astype(np.int32)
     if isinstance(self.process_source, process.HybridSource):
@@ -379,25 +364,18 @@ class Trainer:
       label_mask[self.process_source.last_judged] = 1
     elif c.rl.process_source == "value_head":
       label_mask = np.zeros_like(label_mask)
-    update = dict(seq)
-    update.update(
-      batches.pad_completion_arrays(
-        {
-          "adv_BxL": scored.adv_BxC.astype(np.float32),
-          "old_logp_BxL": np.asarray(out.logp_BxR, np.float32),
-          "step_id_BxL": scored.step_id_BxC.astype(np.int32),
-        },
-        prompt_len,
-      )
-    )
-    update["step_valid_BxK"] = scored.step_valid_BxK
-    update["label_mask_B"] = label_mask
+    update = rollout.update_batch(seq, scored, out.logp_BxR, label_mask)
     if c.rl.beta > 0:
       ref = self.logp_fn()(self.ref_params, self.place(update))
       update["ref_logp_BxL"] = np.concatenate(
         [np.zeros((ref.shape[0], 1), np.float32), np.asarray(ref)], axis=1
       )
-    m = rollout.metrics(scored, out)
+    m = rollout.metrics(scored, out, g)
+    if isinstance(self.process_source, process.HybridSource):
+      m["judge_completions"] = float(len(self.process_source.last_judged))
+      m["judge_share"] = len(self.process_source.last_judged) / len(
+        scored.texts
+      )
     m["sample_tokens_per_s"] = float(np.sum(out.lengths_B)) / max(
       t_sample, 1e-9
     )
@@ -412,9 +390,14 @@ class Trainer:
     return report
 
   def _enter_rl(self, state, info: dict):
-    """Evaluates the policy RL starts from, gives RL its own optimizer
-    state, and freezes the reference policy (a copy) when beta > 0."""
-    info["evals"]["before_rl"] = self.evaluate(state, "before_rl")
+    """Evaluates the policy RL starts from (unless train.eval_before_rl is
+    off), gives RL its own optimizer state, and freezes the reference
+    policy (a copy) when beta > 0."""
+    if self.config.train.eval_before_rl:
+      info["evals"]["before_rl"] = self.evaluate(state, "before_rl")
+    # Saved with the run info, so a resumed run does not enter RL twice
+    # (older checkpoints tell it by their "before_rl" eval).
+    info["entered_rl"] = True
     if self.config.sft.steps > 0:
       state = self.reset_optimizer(state, self.phase_at(info["done"]).tx)
     if self.config.rl.beta > 0:
@@ -430,7 +413,7 @@ class Trainer:
     sft_end = c.sft.steps
     while done < self.total_steps:
       info["done"] = done
-      if done == sft_end and "before_rl" not in info["evals"]:
+      if done == sft_end and not _entered_rl(info):
         state = self._enter_rl(state, info)
       phase = self.phase_at(done)
       if phase.name not in self._iterators:
@@ -480,6 +463,10 @@ class Trainer:
       has_ref=self.ref_params is not None,
     )
     self.checkpointer.save(done, state, iterator, info, self.ref_params)
+
+
+def _entered_rl(info: dict) -> bool:
+  return bool(info.get("entered_rl")) or "before_rl" in info["evals"]
 
 
 _PROMPT_KEYS = (

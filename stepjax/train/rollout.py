@@ -1,13 +1,17 @@
 """Host side of an RL step: score sampled completions and build the update.
 
 Shapes: P prompts, G samples per prompt, B = P * G completions, T prompt
-tokens, C completion tokens, L = T + C, K = K_pad step slots.
+tokens, C completion tokens, L = T + C, K steps of a completion (its true
+count), K_pad step slots of a batch (`step_slots`: its largest K rounded up
+to a multiple of STEP_SLOTS; storage only).
 
 Sampled token ids are decoded to text, split into steps (exact token spans
 from `rl.steps`), rewarded (`rl.rewards`), labelled by the process-reward
 source (`rl.process`), and turned into per-token advantages (`rl.advantages`)
 laid out over the full sequence so the update can use one array per
-quantity (see `train/steps.py`).
+quantity (`update_batch`, see `train/steps.py`). Steps are never merged:
+rewards, labels and the MRPO penalty schedule all see the true K, and the
+update batch carries per-token step labels, so it has no step axis.
 """
 
 from __future__ import annotations
@@ -21,20 +25,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from stepjax.eval import metrics as eval_metrics
-from stepjax.rl import advantages, process, rewards, steps
+from stepjax.rl import advantages, losses, process, rewards, steps
 from stepjax.sampling import sampler
+from stepjax.train import batches
 
-K_PAD = 16  # step slots per completion; more steps merge into the last
+STEP_SLOTS = 16  # step-indexed arrays are sized to a multiple of this
+
+
+def step_slots(max_steps: int) -> int:
+  """K_pad for a batch whose largest K is `max_steps`: rounded up to a
+  multiple of STEP_SLOTS (at least one multiple), so few shapes occur."""
+  return STEP_SLOTS * max(1, -(-int(max_steps) // STEP_SLOTS))
 
 
 @dataclasses.dataclass
 class Scored:
   """Everything learned from one batch of completions (host numpy).
 
-  texts: B decoded completions; step_texts: B lists of step strings.
-  step_id_BxC, num_steps_B, step_valid_BxK, has_labels_B: step layout and
-    process labels; rewards: `rl.rewards.Rewards`; adv_BxC: per-token
-    advantages over the completion tokens; labels: per-completion labels.
+  texts: B decoded completions; step_texts: B lists of K step strings.
+  step_id_BxC, num_steps_B (true K), step_valid_BxK (K_pad slots),
+    step_valid_BxC (the label of each token's step, 0 outside steps),
+    has_labels_B: step layout and process labels; rewards:
+    `rl.rewards.Rewards`; adv_BxC: per-token advantages over the completion
+    tokens; labels: per-completion labels.
   """
 
   texts: list[str]
@@ -42,6 +55,7 @@ class Scored:
   step_id_BxC: np.ndarray
   num_steps_B: np.ndarray
   step_valid_BxK: np.ndarray
+  step_valid_BxC: np.ndarray
   has_labels_B: np.ndarray
   labels: list[process.StepLabels]
   rewards: rewards.Rewards
@@ -84,9 +98,7 @@ def step_layout(
   tokens_BxC: np.ndarray, lengths_B: np.ndarray, tokenizer, think_tag: str
 ) -> steps.StepBatch:
   """Exact step spans of sampled completions (pads carry step id -1)."""
-  return steps.batch_step_ids(
-    tokens_BxC, lengths_B, tokenizer, think_tag, max_steps=K_PAD
-  )
+  return steps.batch_step_ids(tokens_BxC, lengths_B, tokenizer, think_tag)
 
 
 def step_requests(
@@ -126,7 +138,7 @@ def score(
   tokenizer: Any,
   source: process.ProcessSource,
   config: Any,
-  value_logits_fn=None,
+  value_logits_BxC: np.ndarray | None = None,
 ) -> Scored:
   """Rewards, labels and advantages of B = P * G sampled completions.
 
@@ -137,18 +149,24 @@ def score(
     tokenizer: the policy's tokenizer.
     source: the process-reward source (`rl.process_source`).
     config: the job config (rewards.*, rl.*, sampling.group_size).
-    value_logits_fn: (step_id_BxC) -> float[B, K_PAD] step-value logits,
-      needed by the value_head and hybrid sources.
+    value_logits_BxC: float[B, C] the step-value head's logit at every
+      completion token, needed by the value_head and hybrid sources (each
+      step's logit is read at its last token).
   """
   g = config.sampling.group_size
   think = config.tokenizer.think_tag
   layout = step_layout(tokens_BxC, lengths_B, tokenizer, think)
+  k_pad = step_slots(layout.max_steps)
   value_logits = None
-  if value_logits_fn is not None:
-    value_logits = np.asarray(value_logits_fn(layout.step_id_BxT))
+  if value_logits_BxC is not None:
+    value_logits = np.asarray(
+      losses.step_logits(
+        jnp.asarray(value_logits_BxC), jnp.asarray(layout.step_id_BxT), k_pad
+      )
+    )
   requests = step_requests(layout, examples, g, value_logits)
   labels = source.label_steps(requests)
-  valid_BxK, has_B, _ = process.pack_labels(labels, K_PAD)
+  valid_BxK, has_B, _ = process.pack_labels(labels, k_pad)
   refs = [examples[i // g]["answer"] for i in range(len(layout.texts))]
   r = config.rewards
   scored_rewards = rewards.compute_rewards(
@@ -179,6 +197,7 @@ def score(
     step_id_BxC=layout.step_id_BxT,
     num_steps_B=layout.num_steps_B,
     step_valid_BxK=valid_BxK,
+    step_valid_BxC=process.token_labels(layout.step_id_BxT, valid_BxK),
     has_labels_B=has_B,
     labels=labels,
     rewards=scored_rewards,
@@ -207,6 +226,11 @@ def token_advantages(
     scale_by_std=rl.scale_by_std,
   )
   num_tokens = layout.step_id_BxT.shape[1]
+  if layout.max_steps > valid_BxK.shape[1]:
+    raise ValueError(
+      f"{valid_BxK.shape[1]} step slots for completions of up to "
+      f"{layout.max_steps} steps (size them with step_slots)"
+    )
   if rl.algorithm == "mrpo":
     adv_BxC = advantages.mrpo_shape(
       adv_B,
@@ -223,11 +247,66 @@ def token_advantages(
   return np.asarray(adv_B), np.asarray(adv_BxC)
 
 
-def metrics(scored: Scored, out: Any) -> dict[str, float]:
-  """Scalars logged per RL step from the scored completions."""
+def update_batch(
+  seq: dict[str, Any],
+  scored: Scored,
+  old_logp_BxC: np.ndarray,
+  label_mask_B: np.ndarray,
+) -> dict[str, Any]:
+  """The update batch (`train/steps.py` layout) of scored completions.
+
+  Args:
+    seq: the full sequences of the B rows (`batches.sequences`: the prompt
+      left-padded to T columns, then the C completion columns) plus the
+      vision inputs (`batches.vision_inputs`).
+    scored: `score` of the same completions.
+    old_logp_BxC: float[B, C] the sampler's log-prob of each completion
+      token.
+    label_mask_B: {0,1}[B] completions whose step labels train the value
+      head.
+
+  Returns:
+    `seq`'s arrays plus adv_BxL, old_logp_BxL, step_id_BxL, step_valid_BxL
+    (completion token c at column T + c; the T prompt columns hold 0, step
+    id -1) and label_mask_B. ref_logp_BxL is the caller's (a forward pass).
+  """
+  b, c = scored.adv_BxC.shape
+  length = seq["ids_BxL"].shape[1]
+  if seq["ids_BxL"].shape[0] != b or length < c:
+    raise ValueError(
+      f"sequences of shape {seq['ids_BxL'].shape} cannot hold {b} "
+      f"completions of {c} tokens"
+    )
+  update = dict(seq)
+  update.update(
+    batches.pad_completion_arrays(
+      {
+        "adv_BxL": scored.adv_BxC.astype(np.float32),
+        "old_logp_BxL": np.asarray(old_logp_BxC, np.float32),
+        "step_id_BxL": scored.step_id_BxC.astype(np.int32),
+        "step_valid_BxL": scored.step_valid_BxC.astype(np.int32),
+      },
+      length - c,
+    )
+  )
+  update["label_mask_B"] = np.asarray(label_mask_B, np.int32)
+  return update
+
+
+def metrics(
+  scored: Scored, out: Any, group_size: int | None = None
+) -> dict[str, float]:
+  """Scalars logged per RL step from the scored completions.
+
+  With `group_size`, also `zero_std_groups`: the share of prompts whose G
+  completions all got the same total reward (no learning signal), and
+  `answer_zero_std_groups`, the same for the answer reward alone.
+  """
   comps = scored.rewards.components
+  # Step statistics over the labelled completions only (accuracy is over
+  # all of them, below).
   labels = [lab.labels for lab in scored.labels if not lab.skipped]
-  stats = eval_metrics.analyze(labels, list(scored.correct_B))
+  stats = eval_metrics.analyze(labels)
   m = {
     "reward": float(np.mean(scored.rewards.total)),
     "accuracy": float(np.mean(scored.correct_B)),
@@ -240,4 +319,14 @@ def metrics(scored: Scored, out: Any) -> dict[str, float]:
     m[f"reward_{name}"] = float(np.mean(value))
   for b in ("early", "mid", "late"):
     m[f"ffp_{b}"] = stats.ffp_shares[b]
+  if group_size:
+    m["zero_std_groups"] = _flat_group_share(scored.rewards.total, group_size)
+    m["answer_zero_std_groups"] = _flat_group_share(comps["answer"], group_size)
   return m
+
+
+def _flat_group_share(values_B: np.ndarray, group_size: int) -> float:
+  """Share of groups of `group_size` consecutive values that are all equal."""
+  v_NxG = np.asarray(values_B, np.float64).reshape(-1, group_size)
+  flat = np.ptp(v_NxG, axis=1) <= 1e-9
+  return float(np.mean(flat)) if flat.size else 0.0

@@ -1,8 +1,9 @@
 """The jitted update steps: pure functions of (state, batch).
 
 Shapes: B completions (P prompts x G samples) in this update, P prompts,
-L = T prompt tokens + C completion tokens, V vocab, K_pad step slots,
-I = P images, N patch rows per image, D hidden.
+L = T prompt tokens + C completion tokens, V vocab, I = P images, N patch
+rows per image, D hidden. Nothing in an update is indexed by step: step
+labels come per token, so a batch's step counts never change its shapes.
 
 Every per-token array is aligned with `ids_BxL`: entry t describes token t.
 The model's logits at t predict token t + 1, so losses use `[:, 1:]` of the
@@ -13,7 +14,8 @@ Update batch (a dict of arrays):
   pixels_IxNxP, vision_meta: the P images (encoded once, repeated G times).
   loss_mask_BxL: 1 on tokens the loss trains (completion / SFT target).
   RL only: adv_BxL, old_logp_BxL, ref_logp_BxL (when beta > 0),
-  step_id_BxL, step_valid_BxK, label_mask_B (1 where step labels exist).
+  step_id_BxL (-1 outside steps), step_valid_BxL (the label of each
+  token's step), label_mask_B (1 where step labels train the value head).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def _value_terms(graphs, value_params, hidden, batch):
   return losses.step_value_loss(
     value_logits,
     batch["step_id_BxL"],
-    batch["step_valid_BxK"],
+    batch["step_valid_BxL"],
     batch["label_mask_B"],
   )
 

@@ -330,3 +330,50 @@ def test_difficulty_lowers_contrast_but_lesions_stay_visible():
     organ = next(o.name for o in hard.organs if o.name in scene_lib.MIRROR)
     diff = _lesion_diff(hard, organ)
     assert diff.max() > 25  # gray levels
+
+
+def _scene_with_question(kind, start=0):
+  for i in range(start, start + 2000):
+    scene = synthmed.make_scene(0, i)
+    if scene.question.kind == kind:
+      return scene
+  raise AssertionError(f"no {kind} question in 2000 scenes")
+
+
+def test_aligned_verifier_accepts_gold_for_every_question_kind():
+  for kind in scene_lib.QUESTION_KINDS:
+    scene = _scene_with_question(kind)
+    gold = synthmed.gold_steps(scene)
+    assert synthmed.verify_steps_aligned(gold, scene) == [True] * len(gold)
+
+
+def test_aligned_verifier_rejects_true_claims_off_the_question():
+  # "Which kidney has the larger lesion?": true facts about the spleen or
+  # a lesion's side are not part of its reasoning; the truth verifier
+  # accepts them, the aligned one does not.
+  scene = _scene_with_question("larger_side")
+  assert scene.region == "abdomen" or scene.question.organ == "lung"
+  other = next(
+    o.name for o in scene.organs if scene.question.organ not in o.name
+  )
+  side = scene.organ(other).image_side
+  off_topic = f"The {other} is on the image's {side}."
+  assert synthmed.verify_steps([off_topic], scene) == [True]
+  assert synthmed.verify_steps_aligned([off_topic], scene) == [False]
+  # Both sides of the question's organ pair are on topic when true.
+  organ = scene.question.organ
+  for name in (f"left {organ}", f"right {organ}"):
+    claim = f"The {name} is on the image's {scene.organ(name).image_side}."
+    assert synthmed.verify_steps_aligned([claim], scene) == [True]
+  # Untrue claims stay invalid.
+  left = scene.organ(f"left {organ}").image_side
+  wrong = {"left": "right", "right": "left"}[left]
+  untrue = f"The left {organ} is on the image's {wrong}."
+  assert synthmed.verify_steps_aligned([untrue], scene) == [False]
+
+
+def test_step_verifier_by_name():
+  assert synthmed.step_verifier("aligned") is synthmed.verify_steps_aligned
+  assert synthmed.step_verifier("truth") is synthmed.verify_steps
+  with pytest.raises(ValueError, match="data.verifier"):
+    synthmed.step_verifier("judge")

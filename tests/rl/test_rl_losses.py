@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepjax.rl import bench, losses
+from stepjax.rl import bench, losses, process
 
 # ---------------------------------------------------------------------------
 # Independent numpy implementation (plain loops).
@@ -175,18 +175,26 @@ def test_step_value_loss():
     ends,
     [[0, 0, 1, 0, 1, 0, 1], [0, 1, 0, 0, 0, 0, 0]],
   )
-  loss, m = jax.jit(losses.step_value_loss)(x, step_id, valid)
+  valid_BxT = process.token_labels(step_id, valid)
+  loss, m = jax.jit(losses.step_value_loss)(x, step_id, valid_BxT)
   assert float(loss) == pytest.approx(np_step_bce(x, step_id, valid), rel=1e-6)
   assert float(m["num_labels"]) == 4
   # ends: 2.0 (y=1 ok), -1.0 (y=0 ok), 0.5 (y=1 ok), 3.0 (y=0 wrong).
   assert float(m["accuracy"]) == pytest.approx(0.75)
-  loss_masked, m2 = losses.step_value_loss(x, step_id, valid, np.array([1, 0]))
+  loss_masked, m2 = losses.step_value_loss(
+    x, step_id, valid_BxT, np.array([1, 0])
+  )
   assert float(m2["num_labels"]) == 3
   np.testing.assert_allclose(
     losses.step_logits(jnp.asarray(x), jnp.asarray(step_id), 4),
     [[2.0, -1.0, 0.5, 0.0], [3.0, 0.0, 0.0, 0.0]],
   )
-  g = jax.grad(lambda v: losses.step_value_loss(v, step_id, valid)[0])(x)
+  # Too few slots drop the steps past them; nothing folds into the last.
+  np.testing.assert_allclose(
+    losses.step_logits(jnp.asarray(x), jnp.asarray(step_id), 2),
+    [[2.0, -1.0], [3.0, 0.0]],
+  )
+  g = jax.grad(lambda v: losses.step_value_loss(v, step_id, valid_BxT)[0])(x)
   assert np.all(np.asarray(g)[~np.asarray(ends)] == 0)
 
 

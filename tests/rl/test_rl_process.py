@@ -99,9 +99,37 @@ def test_pack_labels():
     process.StepLabels((1, 1, 0, 1, 1)),
     process.StepLabels(()),
   ]
-  valid, has, proc = process.pack_labels(labels, k_pad=4)
+  valid, has, proc = process.pack_labels(labels, k_pad=6)
   np.testing.assert_array_equal(
-    valid, [[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0]]
+    valid,
+    [
+      [1, 0, 1, 0, 0, 0],
+      [0, 0, 0, 0, 0, 0],
+      [1, 1, 0, 1, 1, 0],
+      [0, 0, 0, 0, 0, 0],
+    ],
   )
   np.testing.assert_array_equal(has, [1, 0, 1, 1])
   np.testing.assert_allclose(proc, [2 / 3, 0, 0.8, 0])
+  # Labels are never merged into fewer slots.
+  with pytest.raises(ValueError, match="5 step labels but only 4"):
+    process.pack_labels(labels, k_pad=4)
+
+
+def test_pack_labels_counts_every_step():
+  """R_proc of a 20-step completion is over all 20 steps."""
+  lab = process.StepLabels(tuple([1] * 16 + [0] * 4))
+  valid, has, proc = process.pack_labels([lab], k_pad=32)
+  assert valid[0].tolist() == [1] * 16 + [0] * 4 + [0] * 12
+  assert float(proc[0]) == pytest.approx(16 / 20)
+
+
+def test_token_labels():
+  step_id = np.array([[-1, 0, 0, 1, 2, -1], [0, -1, -1, -1, -1, -1]])
+  valid = np.array([[1, 0, 1, 0], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(
+    process.token_labels(step_id, valid),
+    [[0, 1, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0]],
+  )
+  with pytest.raises(ValueError, match="no slot"):
+    process.token_labels(step_id, valid[:, :2])

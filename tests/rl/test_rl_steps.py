@@ -168,14 +168,28 @@ def test_batch(bpe):
   ids = np.zeros((3, t), np.int32)
   for i, r in enumerate(rows):
     ids[i, : len(r)] = r
-  batch = steps.batch_step_ids(ids, [len(r) for r in rows], bpe, max_steps=3)
+  batch = steps.batch_step_ids(ids, [len(r) for r in rows], bpe)
   assert batch.step_id_BxT.shape == (3, t)
-  assert list(batch.num_steps_B) == [2, 3, 3]
-  assert batch.num_merged == 1  # row 1 has 4 steps, the last two merged
-  assert batch.step_texts[1][-1] == "Is it right-sided? Yes."
+  assert list(batch.num_steps_B) == [2, 4, 3]
+  assert batch.max_steps == 4
+  assert batch.step_texts[1][-2:] == ["Is it right-sided?", "Yes."]
   assert np.all(batch.step_id_BxT[:, -3:] == -1)
-  assert batch.step_id_BxT.max() == 2
+  assert batch.step_id_BxT.max() == 3
   assert batch.texts[0] == TEXTS[0]
+
+
+def test_batch_keeps_every_step(bpe):
+  """Steps are never merged: a 20-sentence completion has K = 20."""
+  text = (
+    "<think>"
+    + " ".join(f"Step {i} holds." for i in range(20))
+    + "</think><answer>ok</answer>"
+  )
+  ids = np.asarray([bpe.encode(text, add_special_tokens=False)], np.int32)
+  batch = steps.batch_step_ids(ids, [ids.shape[1]], bpe)
+  assert list(batch.num_steps_B) == [20]
+  assert batch.step_texts[0][-1] == "Step 19 holds."
+  assert sorted(set(batch.step_id_BxT[0].tolist()) - {-1}) == list(range(20))
 
 
 def test_synthmed_tokenizer():

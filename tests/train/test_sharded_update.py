@@ -72,6 +72,20 @@ def test_update_is_not_trivial(reference):
   assert np.isfinite(metrics["loss"])
 
 
+def test_rollout_aligns_sampler_and_teacher_forced_logp(reference):
+  """Trainer.rollout puts the sampler's log-prob of completion token c at
+  the column where the teacher-forced reference log-prob of that token
+  sits (the reference policy is the sampling one here)."""
+  update = reference[0]
+  mask = update["loss_mask_BxL"] > 0
+  assert mask.sum() > 0 and not mask[:, 0].any()
+  old, ref = update["old_logp_BxL"], update["ref_logp_BxL"]
+  np.testing.assert_allclose(old[mask], ref[mask], atol=2e-4)
+  assert np.all(old[~mask] == 0)
+  # Step ids live on completion tokens only.
+  assert np.all(update["step_id_BxL"][~mask] == -1)
+
+
 def test_eight_device_mesh_equals_one_device(reference, tmp_path):
   update, _, after_1, metrics_1 = reference
   trainer = _rl_trainer(tmp_path, (2, 2, 2))
