@@ -89,6 +89,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   )
   _one_of(config.judge.simulate, ("", "verifier"), "judge.simulate")
   _one_of(data.verifier, ("aligned", "truth"), "data.verifier")
+  _one_of(data.eval_verifier, ("aligned", "truth"), "data.eval_verifier")
   _require(
     0.0 <= rl.label_noise <= 0.5,
     "rl.label_noise",

@@ -125,6 +125,9 @@ def default_config() -> ml_collections.ConfigDict:
   # scene AND part of the question's reasoning (the spec's criterion);
   # truth = any true claim (rewards true but irrelevant steps).
   c.data.verifier = "aligned"
+  # The verifier that labels evaluation steps (fixed across runs, so runs
+  # trained on different labels are measured alike).
+  c.data.eval_verifier = "aligned"
   c.data.min_pixels = 56 * 56
   c.data.max_pixels = 112 * 112
   c.data.token_buckets = (96, 128)  # padded prompt lengths

@@ -46,7 +46,7 @@ def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
     meta={
       "eval": name,
       "algorithm": c.rl.algorithm,
-      "verifier": c.data.verifier,
+      "verifier": c.data.eval_verifier,
     },
   )
   if jax.process_index() == 0:
@@ -59,7 +59,9 @@ def score_rows(trainer: Any, params: Any) -> list[dict[str, Any]]:
   """One row per decoded eval record (the `eval.report` record keys plus
   the raw completion)."""
   c = trainer.config
-  verifier = process.VerifierSource(synthmed.step_verifier(c.data.verifier))
+  verifier = process.VerifierSource(
+    synthmed.step_verifier(c.data.eval_verifier)
+  )
   rng = jax.random.key(c.seed + 7)
   rows = []
   for batch in eval_dataset(trainer):
