@@ -65,6 +65,7 @@ def check(config: ml_collections.ConfigDict) -> None:
       f"is {buckets}; list the buckets in increasing order",
     )
   _require(data.batch_size >= 1, "data.batch_size", "must be >= 1")
+  _require(data.eval_batch_size >= 0, "data.eval_batch_size", "must be >= 0")
   _require(
     data.min_pixels <= data.max_pixels,
     "data.min_pixels",

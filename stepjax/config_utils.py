@@ -133,6 +133,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.token_buckets = (96, 128)  # padded prompt lengths
   c.data.patch_buckets = (64,)  # padded vision patch counts per image
   c.data.batch_size = 4  # prompts per batch (global)
+  # Prompts per evaluation batch (greedy decoding is far faster in larger
+  # batches); 0 = data.batch_size.
+  c.data.eval_batch_size = 0
   c.data.shuffle = True
   c.data.num_workers = 0
   c.data.on_bad_record = "fail"  # fail | skip

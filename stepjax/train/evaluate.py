@@ -23,7 +23,11 @@ from stepjax.train import batches, rollout
 def eval_dataset(trainer: Any):
   c = trainer.config
   opts = pipeline.PipelineOptions.from_config(
-    c, shuffle=False, num_epochs=1, drop_remainder=False
+    c,
+    shuffle=False,
+    num_epochs=1,
+    drop_remainder=False,
+    batch_size=int(c.data.eval_batch_size or c.data.batch_size),
   )
   return pipeline.make_dataset(
     trainer.eval_source,
