@@ -4,6 +4,8 @@ r"""The `stepjax` command line: parses flags, then hands over to one function.
       --config.rl.algorithm=grpo
   stepjax synthmed --out=runs/samples --num=16
   stepjax bench sampler|train|rl
+  stepjax experiment --config=configs/experiments/example.py:test \
+      --workdir=runs/grid
   stepjax data build-mrpo --out=... --vqa_rad=... --slake=... --pathvqa=...
 
 No logic lives here: each subcommand's module is imported lazily (so
@@ -61,6 +63,11 @@ _COMMANDS = {
   "synthmed": ("stepjax.data.synthmed_cli", "main", "Write SynthMed samples."),
   "data": ("stepjax.data.cli", "main", "Dataset tools (build-mrpo, ...)."),
   "bench": ("stepjax.bench", "main", "Benchmarks: sampler | train | rl."),
+  "experiment": (
+    "stepjax.experiment.cli",
+    "main",
+    "Grid of runs x seeds: results with CIs, plots.",
+  ),
 }
 
 

@@ -5,6 +5,9 @@
   Failure Point is early / mid / late; the no-failure share is printed under
   each group's name.
 - `plot_far`: Failure Accumulation Rate against FFP bin, one line per run.
+  Both take optional (low, high) intervals drawn as error bars.
+- `plot_bands`: lines with shaded bands (mean over seeds and its spread),
+  one panel per metric, one colour per run (experiment grids).
 - `plot_curves`: scalar metrics from `metrics.jsonl` over training steps,
   one panel per metric, phases (sft / rl / eval ...) told apart by colour
   for a single run, and by line style when several runs are overlaid (runs
@@ -58,12 +61,18 @@ def _check_reports(reports: Mapping[str, Mapping[str, Any]], what: str):
     raise ValueError(f"{what}: no reports given; pass at least one run")
 
 
-def plot_ffp(reports: Mapping[str, Mapping[str, Any]], path: str) -> str:
+def plot_ffp(
+  reports: Mapping[str, Mapping[str, Any]],
+  path: str,
+  errors: Mapping[str, Mapping[str, Sequence[float] | None]] | None = None,
+) -> str:
   """Grouped bars of FFP shares (% of failing completions) per run.
 
   Args:
     reports: run name -> report dict (uses "ffp" and "ffp_counts").
     path: output PNG path (local or gs://).
+    errors: optional run name -> {bin: (low, high) share} intervals, drawn
+      as error bars (e.g. bootstrap CIs of a mean over seeds).
   """
   _check_reports(reports, "plot_ffp")
   names = list(reports)
@@ -76,6 +85,15 @@ def plot_ffp(reports: Mapping[str, Mapping[str, Any]], path: str) -> str:
   ax = fig.subplots()
   for j, (label, color) in enumerate(zip(BIN_LABELS, BIN_COLORS)):
     values = 100 * shares_RxB[:, j]
+    yerr = None
+    if errors:
+      yerr = 100 * np.stack(
+        [
+          _error_bar(v, (errors.get(n) or {}).get(BINS[j]))
+          for v, n in zip(shares_RxB[:, j], names)
+        ],
+        axis=1,
+      )
     bars = ax.bar(
       x_R + (j - 1) * width,
       np.nan_to_num(values),
@@ -84,12 +102,16 @@ def plot_ffp(reports: Mapping[str, Mapping[str, Any]], path: str) -> str:
       color=color,
       edgecolor="black",
       linewidth=0.5,
+      yerr=yerr,
+      capsize=3 if yerr is not None else 0,
+      error_kw={"elinewidth": 0.8, "ecolor": "#333333"},
     )
-    for bar, v in zip(bars, values):
+    tops = np.nan_to_num(values) + (0 if yerr is None else yerr[1])
+    for bar, v, top in zip(bars, values, tops):
       if not math.isnan(v):
         ax.annotate(
           f"{v:.1f}",
-          (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+          (bar.get_x() + bar.get_width() / 2, top),
           ha="center",
           va="bottom",
           fontsize=8,
@@ -113,23 +135,46 @@ def plot_ffp(reports: Mapping[str, Mapping[str, Any]], path: str) -> str:
   return _save(fig, path)
 
 
-def plot_far(reports: Mapping[str, Mapping[str, Any]], path: str) -> str:
+def plot_far(
+  reports: Mapping[str, Mapping[str, Any]],
+  path: str,
+  errors: Mapping[str, Mapping[str, Sequence[float] | None]] | None = None,
+) -> str:
   """FAR (% of invalid steps after the first failure) per FFP bin and run.
 
   Args:
     reports: run name -> report dict (uses "far_by_ffp"; "far_counts" goes
       into the legend as n=early/mid/late).
     path: output PNG path.
+    errors: optional run name -> {bin: (low, high) FAR} intervals, drawn as
+      error bars (runs then shift sideways a little so bars stay apart).
   """
   _check_reports(reports, "plot_far")
   fig = _figure(6.0, 4.0)
   ax = fig.subplots()
   x_B = np.arange(len(BINS))
-  for name, report in reports.items():
+  for i, (name, report) in enumerate(reports.items()):
     far_B = np.array([_nan(report["far_by_ffp"].get(b)) for b in BINS])
     counts = report.get("far_counts", {})
     n = "/".join(str(counts.get(b, "?")) for b in BINS)
-    ax.plot(x_B, 100 * far_B, marker="o", linewidth=2, label=f"{name} (n={n})")
+    label = f"{name} (n={n})"
+    if not errors:
+      ax.plot(x_B, 100 * far_B, marker="o", linewidth=2, label=label)
+      continue
+    intervals = errors.get(name) or {}
+    yerr_2xB = 100 * np.stack(
+      [_error_bar(v, intervals.get(b)) for v, b in zip(far_B, BINS)], axis=1
+    )
+    shift = 0.06 * (i - (len(reports) - 1) / 2)
+    ax.errorbar(
+      x_B + shift,
+      100 * far_B,
+      yerr=yerr_2xB,
+      marker="o",
+      linewidth=2,
+      capsize=3,
+      label=label,
+    )
   ax.set_xticks(x_B, BIN_LABELS)
   ax.set_xlim(-0.3, len(BINS) - 0.7)
   ax.set_ylim(0, 105)
@@ -204,6 +249,77 @@ def plot_curves(
   title = next(iter(runs)) if single else "comparison: " + ", ".join(runs)
   axes[0, 0].set_title(f"Training curves ({title})")
   return _save(fig, path)
+
+
+def plot_bands(
+  panels: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
+  path: str,
+  xlabel: str = "step",
+  title: str = "",
+) -> str:
+  """Lines with shaded bands: one panel per metric, one colour per run.
+
+  Args:
+    panels: metric -> run name -> {"x", "mean", "low", "high"} sequences of
+      one length (e.g. the mean over seeds and its min-max band). Runs keep
+      their colour in every panel (by first appearance).
+    path: output PNG path.
+  """
+  if not panels:
+    raise ValueError("plot_bands: no panels given; pass at least one metric")
+  runs: list[str] = []
+  for series in panels.values():
+    runs += [name for name in series if name not in runs]
+  colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+  color = {name: colors[i % len(colors)] for i, name in enumerate(runs)}
+  cols = 2 if len(panels) > 4 else 1  # many metrics: two columns
+  rows = math.ceil(len(panels) / cols)
+  fig = _figure(6.0 * cols, 2.4 * rows)
+  fig.set_layout_engine("constrained")  # keeps the suptitle close
+  axes = fig.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+  for ax in axes[len(panels) :]:
+    ax.set_visible(False)
+  for i, (ax, (metric, series)) in enumerate(zip(axes, panels.items())):
+    for name, s in series.items():
+      x = np.asarray(s["x"], float)
+      mean = np.asarray(s["mean"], float)
+      ax.plot(
+        x,
+        mean,
+        color=color[name],
+        linewidth=1.6,
+        label=name,
+        marker="o" if len(x) <= 12 else None,
+        markersize=3,
+      )
+      ax.fill_between(
+        x,
+        np.asarray(s["low"], float),
+        np.asarray(s["high"], float),
+        color=color[name],
+        alpha=0.2,
+        linewidth=0,
+      )
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if i == 0:
+      ax.legend(fontsize=7, loc="best")
+    if i >= len(panels) - cols:
+      ax.set_xlabel(xlabel)
+      ax.xaxis.set_tick_params(labelbottom=True)
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+def _error_bar(value: float, interval: Sequence[float] | None) -> np.ndarray:
+  """[below, above] distances of a (low, high) interval from `value` for
+  matplotlib's `yerr`; zeros without an interval."""
+  if interval is None or math.isnan(value):
+    return np.zeros(2)
+  return np.array(
+    [max(value - interval[0], 0.0), max(interval[1] - value, 0.0)]
+  )
 
 
 def render_all(
