@@ -39,16 +39,16 @@ def test_example_loads_and_derives_job_configs(tmp_path):
     "runs/mrpo/seed_0",
     "runs/mrpo/seed_1",
   ]
-  sft, run = jobs[1].config, jobs[3].config
+  sft, run = jobs[1].config, jobs[4].config
   assert (sft.seed, sft.train.steps, sft.sft.steps) == (1, 0, 2)
   assert (run.seed, run.sft.steps, run.train.steps) == (0, 0, 2)
   assert run.rl.algorithm == "mrpo" and jobs[2].config.rl.algorithm == "grpo"
   assert run.init_from == str(tmp_path / "sft" / "seed_0" / "checkpoints")
   assert run.train.eval_every == 1 and run.train.eval_before_rl is False
-  assert jobs[3].log == str(tmp_path / "logs" / "mrpo_seed0.log")
+  assert jobs[4].log == str(tmp_path / "logs" / "mrpo_seed0.log")
   # config.json round-trips exactly (the worker trains what it reads).
-  config_io.write(run, jobs[3].dir)
-  again = config_io.read(jobs[3].dir)
+  config_io.write(run, jobs[4].dir)
+  again = config_io.read(jobs[4].dir)
   assert again.to_dict() == run.to_dict()
   assert isinstance(again.data.token_buckets, tuple)
   assert config_io.differences(run, again) == []
