@@ -339,3 +339,63 @@ def render_all(
     if logged & set(DEFAULT_CURVE_METRICS):
       paths.append(plot_curves(runs, str(out / "curves.png")))
   return paths
+
+
+RL_CURVE_METRICS = (
+  "reward",
+  "reward_answer",
+  "reward_process",
+  "accuracy",
+  "step_validity",
+  "ffp_early",
+  "kl",
+  "entropy",
+)
+
+
+def plot_smoothed_curves(
+  records: Sequence[Mapping[str, Any]],
+  path: str,
+  phase: str = "rl",
+  metrics: Sequence[str] = RL_CURVE_METRICS,
+  window: int = 10,
+) -> str:
+  """One run's per-step metrics of `phase`, smoothed: a trailing moving
+  average over `window` steps with a band of +-1 moving std."""
+  panels = {}
+  for metric in metrics:
+    pts = sorted(
+      (r["step"], r[metric])
+      for r in records
+      if r.get("phase") == phase and r.get(metric) is not None
+    )
+    if not pts:
+      continue
+    x, v = (np.asarray(a, float) for a in zip(*pts))
+    mean, std = _moving_stats(v, window)
+    x = x - x[0] + 1
+    panels[metric] = {
+      phase: {"x": x, "mean": mean, "low": mean - std, "high": mean + std}
+    }
+  if not panels:
+    raise ValueError(
+      f"plot_smoothed_curves: no {phase} records with any of {list(metrics)}"
+    )
+  return plot_bands(
+    panels,
+    path,
+    xlabel=f"{phase} step",
+    title=f"{phase} curves (moving average over {window} steps, +-1 std)",
+  )
+
+
+def _moving_stats(v: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+  """Trailing moving mean and std over up to `window` values."""
+  mean = np.empty_like(v)
+  std = np.empty_like(v)
+  for i in range(len(v)):
+    chunk = v[max(0, i - window + 1) : i + 1]
+    chunk = chunk[~np.isnan(chunk)]
+    mean[i] = chunk.mean() if chunk.size else np.nan
+    std[i] = chunk.std() if chunk.size else np.nan
+  return mean, std

@@ -15,9 +15,11 @@ import jax
 from etils import epath
 
 from stepjax.data import pipeline, synthmed
+from stepjax.eval import plots
 from stepjax.eval import report as report_lib
 from stepjax.rl import process, rewards
 from stepjax.train import batches, rollout
+from stepjax.train import metrics as metrics_lib
 
 
 def eval_dataset(trainer: Any):
@@ -119,6 +121,23 @@ def _external_labeler(trainer: Any):
   if isinstance(source, process.JudgeSource):
     return source
   return None
+
+
+def write_plots(workdir: str, reports: dict[str, dict[str, Any]]) -> list[str]:
+  """The run's figures in `workdir/eval/plots/`: FFP shares and FAR of its
+  evaluations (before RL vs final, and any periodic ones) and its smoothed
+  RL curves (from metrics.jsonl)."""
+  out = epath.Path(workdir) / "eval" / "plots"
+  paths = []
+  if reports:
+    paths.append(plots.plot_ffp(reports, str(out / "ffp.png")))
+    paths.append(plots.plot_far(reports, str(out / "far.png")))
+  records = metrics_lib.read_metrics(workdir)
+  if any(r.get("phase") == "rl" for r in records):
+    paths.append(
+      plots.plot_smoothed_curves(records, str(out / "rl_curves.png"))
+    )
+  return paths
 
 
 def summary_line(r: dict[str, Any]) -> str:

@@ -450,6 +450,7 @@ class Trainer:
     self.final_state = state
     if jax.process_index() == 0:
       print(evaluate.table(info["evals"]), flush=True)
+      evaluate.write_plots(self.workdir, info["evals"])
     return info["evals"]
 
   def save(self, state, done: int, info: dict) -> None:

@@ -1,8 +1,10 @@
 """Tests for stepjax.eval.report (JSON report, compare) and eval.plots."""
 
 import json
+import pathlib
 import struct
 
+import numpy as np
 import pytest
 
 from stepjax.eval import plots, report
@@ -216,3 +218,17 @@ def test_plot_errors(tmp_path):
       {"a": [{"step": 0, "phase": "sft", "loss": 1.0}]},
       str(tmp_path / "x.png"),
     )
+
+
+def test_smoothed_curves_average_over_the_window(tmp_path):
+  mean, std = plots._moving_stats(np.array([0.0, 2.0, 4.0, np.nan, 8.0]), 2)
+  np.testing.assert_allclose(mean, [0.0, 1.0, 3.0, 4.0, 8.0])
+  np.testing.assert_allclose(std, [0.0, 1.0, 1.0, 0.0, 0.0])
+  records = [
+    {"step": s, "phase": "rl" if s >= 3 else "sft", "reward": float(s)}
+    for s in range(10)
+  ]
+  path = plots.plot_smoothed_curves(records, str(tmp_path / "c.png"))
+  assert pathlib.Path(path).read_bytes()[:4] == b"\x89PNG"
+  with pytest.raises(ValueError, match="no rl records"):
+    plots.plot_smoothed_curves(records[:3], str(tmp_path / "d.png"))

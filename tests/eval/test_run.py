@@ -110,3 +110,10 @@ def test_report_json_is_valid(evaluated):
   saved = json.loads((out / "report.json").read_text())
   assert saved["accuracy"] == report["accuracy"]
   assert saved["meta"]["checkpoint"] == report["meta"]["checkpoint"]
+
+
+def test_train_writes_its_plots(run_dir):
+  plots_dir = pathlib.Path(run_dir) / "eval" / "plots"
+  for name in ("ffp.png", "far.png", "rl_curves.png"):
+    png = plots_dir / name
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
