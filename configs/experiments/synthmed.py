@@ -26,8 +26,9 @@ Runs:
   (penalty "none", shaping off with the same rewards, is the grpo run.)
 
 Variants (comma-separated): parallel=N (runs trained at once), seeds=N
-(the first N of 0, 1, 2, ...), core (grpo, gdpo and mrpo only), test (the
-tiny model, seconds per run).
+(the first N of 0, 1, 2, ...), core (grpo, gdpo and mrpo only),
+only=NAME+NAME+... (these runs only: e.g. the results of the runs a grid
+stopped early has finished), test (the tiny model, seconds per run).
 """
 
 import pathlib
@@ -57,7 +58,7 @@ RUNS = (
 
 def get_config(arg=None):
   args = config_utils.parse_arg(
-    arg, parallel=1, seeds=3, core=False, test=False
+    arg, parallel=1, seeds=3, core=False, test=False, only=""
   )
   c = ml_collections.ConfigDict()
   c.base = config_utils.load_config_file(
@@ -72,6 +73,15 @@ def get_config(arg=None):
   runs = RUNS
   if args.core:
     runs = tuple(r for r in RUNS if r[0] in ("grpo", "gdpo", "mrpo"))
+  if args.only:
+    wanted = args.only.split("+")
+    unknown = sorted(set(wanted) - {name for name, _ in RUNS})
+    if unknown:
+      raise ValueError(
+        f"only={args.only}: unknown runs {unknown}; runs: "
+        f"{[name for name, _ in RUNS]}"
+      )
+    runs = tuple(r for r in runs if r[0] in wanted)
   c.baseline = "grpo"
   pairs = (
     ("mrpo", "grpo"),
