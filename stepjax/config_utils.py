@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -79,6 +80,22 @@ def load_config_file(
   if not hasattr(module, "get_config"):
     raise ValueError(f"config file {path} defines no get_config(arg=None)")
   return module.get_config(arg)
+
+
+def with_updates(
+  config: ml_collections.ConfigDict, updates: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+  """A copy of `config` (locked or not, kept so) with dotted keys
+  ("rl.algorithm") set to the given values."""
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    for key, value in updates.items():
+      *parents, last = key.split(".")
+      node = out
+      for name in parents:
+        node = node[name]
+      node[last] = value
+  return out
 
 
 def default_config() -> ml_collections.ConfigDict:

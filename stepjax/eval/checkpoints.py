@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from stepjax import config_utils
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert
@@ -92,15 +93,7 @@ def locate(path: str, flag: str = "--checkpoint") -> Location:
 
 def with_updates(config: Any, **updates: Any) -> Any:
   """A copy of the (locked) job config with dotted keys set."""
-  out = config.copy_and_resolve_references()
-  with out.unlocked():
-    for key, value in updates.items():
-      node = out
-      *parents, last = key.split(".")
-      for name in parents:
-        node = node[name]
-      node[last] = value
-  return out
+  return config_utils.with_updates(config, updates)
 
 
 def has_tokenizer(directory: str) -> bool:

@@ -68,6 +68,8 @@ from typing import Any
 
 import ml_collections
 
+from stepjax import config_utils
+
 _REQUIRED = (
   "base",
   "seeds",
@@ -252,14 +254,8 @@ def apply_overrides(
   base: ml_collections.ConfigDict, overrides: Mapping[str, Any]
 ) -> ml_collections.ConfigDict:
   """An unlocked copy of `base` with dotted-key `overrides` set."""
-  config = base.copy_and_resolve_references()
+  config = config_utils.with_updates(base, overrides)
   config.unlock()
-  for key, value in overrides.items():
-    *parents, last = key.split(".")
-    node = config
-    for name in parents:
-      node = node[name]
-    node[last] = value
   return config
 
 

@@ -6,6 +6,8 @@ import pathlib
 import jax
 import numpy as np
 
+from stepjax import config_utils
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -16,15 +18,7 @@ def test_config(**overrides):
   )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config("test")
-  with config.unlocked():
-    for key, value in overrides.items():
-      node = config
-      *parents, last = key.split(".")
-      for name in parents:
-        node = node[name]
-      node[last] = value
-  return config
+  return config_utils.with_updates(module.get_config("test"), overrides)
 
 
 def flat_params(params) -> dict[str, np.ndarray]:
