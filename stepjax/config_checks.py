@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import ml_collections
 
+from stepjax.errors import UserError
+
 ALGORITHMS = ("grpo", "gdpo", "mrpo")
 PROCESS_SOURCES = ("verifier", "judge", "value_head", "hybrid")
 LOSS_AGGREGATIONS = ("seq_mean", "token_mean", "constant")
 PENALTIES = ("exp", "exp_rounded", "linear")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A config value that cannot work; the message names the flag."""
 
 

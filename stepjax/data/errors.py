@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from stepjax.errors import UserError
 
-class BadRecordError(ValueError):
+
+class BadRecordError(UserError, ValueError):
   """A record (or the file holding it) cannot be used.
 
   Carries where the problem is so that `data.on_bad_record = "skip"` can

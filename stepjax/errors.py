@@ -1,0 +1,15 @@
+"""The one base class for errors the user can fix.
+
+`stepjax.main` catches `UserError` around every subcommand and prints one
+line, `error: <message>`, with exit code 2 (the stack only with
+`--log_level=debug`). Anything else is a bug and keeps its stack. Raise a
+subclass where the message names what is wrong (the file, record or flag)
+and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+  """Bad input, a bad flag or a bad file: the message says what to fix."""
+
