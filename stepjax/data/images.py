@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import math
-import posixpath
 import warnings
 from collections import abc
 
@@ -39,6 +38,7 @@ import PIL.ImageOps
 from etils import epath
 
 from stepjax.data import errors, records
+from stepjax.data.readers import paths
 
 PATCH_SIZE = 14
 MERGE_SIZE = 2
@@ -59,27 +59,25 @@ def _bad(reason: str, ref_desc: str, record_id: str) -> errors.BadRecordError:
   return errors.BadRecordError(reason, file=ref_desc, record=record_id)
 
 
-def resolve_path(path: str, root: str = "", record_id: str = "") -> str:
-  """Joins a relative image `path` to `root`, refusing to leave `root`.
+def resolve_path(
+  path: str, root: str = "", record_id: str = "", *, origin: str = ""
+) -> str:
+  """`path` checked against `root` by the one path policy, as a string.
 
-  Absolute and gs:// paths are returned unchanged. A relative path whose
-  normalised form climbs out of `root` ("../x.png", "a/../../x.png") raises
-  `BadRecordError`: a data file should not reach files outside its data
-  directory. The check is on the path string; symlinks are not resolved.
+  With a `root`, `path` (relative to it, or absolute) must resolve, through
+  symlinks and `..`, under it (`readers.paths.inside_root`); otherwise it
+  raises `PathOutsideRootError` naming `origin` (the data file and row;
+  else the path) and the record. Without a root the path is used as given:
+  the readers have already checked the paths of their records.
   """
   if not path:
-    raise _bad("empty image path", "<empty>", record_id)
-  if "://" in path or posixpath.isabs(path) or not root:
+    raise _bad("empty image path", origin or "<empty>", record_id)
+  if not root:
     return path
-  norm = posixpath.normpath(path)
-  if norm == ".." or norm.startswith("../"):
-    raise _bad(
-      f"image path escapes the data root {root!r}; move the image under "
-      "the root or point the source's image root at a common parent",
-      path,
-      record_id,
-    )
-  return str(epath.Path(root) / norm)
+  resolved = paths.inside_root(
+    root, path, file=origin or path, record=record_id
+  )
+  return str(resolved)
 
 
 def _read_bytes(path: str, record_id: str) -> bytes:
@@ -268,21 +266,27 @@ def decode_image(
   record_id: str = "",
   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
   window: tuple[float, float] | None = None,
+  origin: str = "",
 ) -> np.ndarray:
   """Decodes `ref` into a uint8 HxWx3 RGB array.
 
   Args:
-    ref: the image; a relative `ref.path` is joined to `root` and must not
-      escape it. Paths may be local or gs:// (read through etils.epath).
-    root: directory relative paths are resolved against ("" = as given).
+    ref: the image; with a `root`, `ref.path` (relative to it, or
+      absolute) must resolve under it, symlinks included
+      (`resolve_path`). Paths may be local or gs:// (read through
+      etils.epath).
+    root: the data root paths are resolved against ("" = as given).
     record_id: named in errors together with the file.
     max_image_pixels: refuse images with more decoded pixels than this
       (0 = no limit), checked from the header before decoding.
     window: (center, width) for DICOM / 16-bit images; overrides the file.
+    origin: the data file and row of the record, named when its path
+      leaves `root`.
 
   Raises:
-    BadRecordError: missing, unreadable, corrupt, non-image, too large, or a
-      path escaping `root`; the message names the file and record.
+    BadRecordError: missing, unreadable, corrupt, non-image or too large;
+      `PathOutsideRootError` (a subclass) for a path leaving `root`. The
+      message names the file and record.
   """
   if ref.array is not None:
     desc = ref.describe()
@@ -292,7 +296,7 @@ def decode_image(
     _check_pixels(h * w, max_image_pixels, desc, record_id)
     return _array_to_rgb(ref.array, desc, record_id)
   if ref.path is not None:
-    path = resolve_path(ref.path, root, record_id)
+    path = resolve_path(ref.path, root, record_id, origin=origin)
     desc = path
     data = _read_bytes(path, record_id)
     force_dicom = path.lower().endswith(_DICOM_SUFFIXES)

@@ -86,7 +86,7 @@ class PipelineOptions:
   read_threads: int = 2  # threads reading ahead in this process
   max_image_pixels: int = images.DEFAULT_MAX_IMAGE_PIXELS
   target_len: int = 0  # >0: add SFT targets of this many tokens
-  image_root: str = ""  # relative image paths resolve under this
+  image_root: str = ""  # image paths must resolve under this ("" = as given)
 
   @classmethod
   def from_config(
@@ -153,6 +153,7 @@ class _Prepare:
       o.image_root,
       record_id=record.id,
       max_image_pixels=o.max_image_pixels,
+      origin=record.origin,
     )
     try:
       pixels_NxP, grid_thw = images.preprocess(

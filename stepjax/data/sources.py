@@ -29,7 +29,8 @@ from typing import Any
 from absl import logging
 from etils import epath
 
-from stepjax.data import errors, images, records
+from stepjax.data import errors, records
+from stepjax.data.readers import paths
 
 ON_BAD_RECORD = ("fail", "skip")
 _MRPO_KEYS = ("image", "problem", "solution", "id", "rationale")
@@ -138,14 +139,16 @@ def _answer_text(value: Any) -> str | None:
 class MrpoJsonSource:
   """The MRPO json format: a list of {"image", "problem", "solution"}.
 
-  `image` is an absolute (or gs://) path, or a path relative to
-  `image_root` (default: the json file's directory) that must not climb out
-  of it. `problem` is the question and `solution` the reference answer,
-  both non-empty; a numeric answer (e.g. 3 or 2.5) is accepted and
-  converted with `str()`, other non-string answers are bad records.
-  Optional keys: "id" (string or integer; default "<file name>#<index>"),
-  "rationale" (gold reasoning text); any other key is kept in
-  `Record.meta`. Duplicate ids are bad records.
+  `image` is a path relative to `image_root` (default: the json file's
+  directory) or an absolute (or gs://) path; either way it must resolve,
+  symlinks and `..` included, under `image_root`
+  (`readers.paths.inside_root`), else the record is a bad record
+  (`PathOutsideRootError`). `problem` is the question and `solution` the
+  reference answer, both non-empty; a numeric answer (e.g. 3 or 2.5) is
+  accepted and converted with `str()`, other non-string answers are bad
+  records. Optional keys: "id" (string or integer; default "<file
+  name>#<index>"), "rationale" (gold reasoning text); any other key is kept
+  in `Record.meta`. Duplicate ids are bad records.
   """
 
   def __init__(
@@ -159,9 +162,7 @@ class MrpoJsonSource:
     check_on_bad_record(on_bad_record)
     self.path = str(path)
     self.dataset = dataset
-    self.image_root = (
-      str(epath.Path(self.path).parent) if image_root is None else image_root
-    )
+    self.image_root = image_root or str(epath.Path(self.path).parent)
     self.skipped: list[errors.BadRecordError] = []
     try:
       text = epath.Path(self.path).read_text()
@@ -243,10 +244,9 @@ class MrpoJsonSource:
     rationale = row.get("rationale", "")
     if not isinstance(rationale, str):
       raise bad(f"'rationale' must be a string, got {type(rationale).__name__}")
-    try:
-      image_path = images.resolve_path(image, self.image_root, where)
-    except errors.BadRecordError as e:
-      raise bad(f"image {image!r}: {e.reason}") from None
+    image_path = str(
+      paths.inside_root(self.image_root, image, file=self.path, record=where)
+    )
     return records.Record(
       id=record_id,
       question=question.strip(),

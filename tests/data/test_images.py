@@ -284,7 +284,10 @@ def test_path_escaping_root(tmp_path):
   root.mkdir()
   (tmp_path / "secret.png").write_bytes(b"x")
   for bad in ("../secret.png", "a/../../secret.png", ".."):
-    e = _expect_bad(records.ImageRef(path=bad), "escapes", root=str(root))
+    e = _expect_bad(
+      records.ImageRef(path=bad), "outside the data root", root=str(root)
+    )
+    assert isinstance(e, errors.PathOutsideRootError)
     assert bad in str(e)
   ok = root / "sub" / "x.png"
   ok.parent.mkdir()

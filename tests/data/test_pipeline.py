@@ -265,7 +265,7 @@ def _bad_cases(tmp_path):
     "corrupt": (rec("c1", str(corrupt)), "corrupt or truncated", "image"),
     "not_image": (rec("n1", str(text)), "not an image", "image"),
     "bomb": (rec("b1", big), "decompression", "image"),
-    "escape": (rec("e1", "../secret.png"), "escapes", "image"),
+    "escape": (rec("e1", "../secret.png"), "outside the data root", "image"),
     "patches": (
       rec("p1", _png(root / "wide.png", size=(112, 224))),
       "data.patch_buckets",
@@ -285,7 +285,7 @@ def _bad_dataset(tokenizer, tmp_path, bad, mode, read_threads=0):
       id=f"g{i}",
       question="Which organ?",
       answer="liver",
-      image=records.ImageRef(path=_png(tmp_path / f"g{i}.png")),
+      image=records.ImageRef(path=_png(tmp_path / "root" / f"g{i}.png")),
     )
     for i in range(3)
   ]
@@ -316,8 +316,11 @@ def test_bad_record_fail(tokenizer, tmp_path, case):
     list(dataset)
   assert info.value.record == bad.id and bad.id in str(info.value)
   assert info.value.file and info.value.file in str(info.value)
-  if case in ("missing", "corrupt", "not_image", "bomb", "escape"):
+  if case in ("missing", "corrupt", "not_image", "bomb"):
     assert bad.image.path in info.value.file
+  if case == "escape":  # names the data file and row, and the path
+    assert info.value.file == bad.origin
+    assert bad.image.path in str(info.value)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -4,7 +4,10 @@ A reader parses its files once, upfront, into `Row`s (the text fields, cheap
 to keep for a whole split) and builds the `records.Record` on `__getitem__`.
 Images stay undecoded: an `ImageRef(path=...)` for image folders, the
 encoded bytes for parquet and ArrayRecord, fetched only when a record is
-read.
+read. An image path a record names goes through `image_ref`, the one path
+policy (`paths.inside_root`): it must resolve, symlinks and `..` included,
+under the reader's image folder, else the record is bad
+(`PathOutsideRootError`).
 
 Bad input follows `on_bad_record`: "fail" raises `errors.BadRecordError`
 naming the file and record; "skip" drops the record and appends
@@ -20,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 from absl import logging
+from etils import epath
 
 from stepjax.data import errors, records
 from stepjax.data.readers import paths
@@ -124,6 +128,9 @@ class RecordSource:
   """
 
   dataset = ""
+  # The data root of the image paths records name (image folders); None
+  # for sources whose images are bytes (parquet).
+  image_dir: epath.Path | None = None
 
   def __init__(self, *, on_bad_record: OnBadRecord = "fail"):
     self._policy = BadRecordPolicy(on_bad_record)
@@ -168,6 +175,17 @@ class RecordSource:
     return (
       f"{type(self).__name__}({len(self)} records, {len(self.skipped)} skipped)"
     )
+
+  def image_ref(self, name: str, *, file: str, record: str) -> records.ImageRef:
+    """The ImageRef of an image a record names, checked by the path policy.
+
+    `name` (relative to `self.image_dir`, or absolute) must resolve under
+    `self.image_dir`, symlinks and `..` included; otherwise
+    `paths.inside_root` raises `PathOutsideRootError` naming `file` and
+    `record`, which `on_bad_record` handles.
+    """
+    resolved = paths.inside_root(self.image_dir, name, file=file, record=record)
+    return records.ImageRef(path=str(resolved))
 
   def row_image(self, row: Row) -> records.ImageRef:
     """Fetches the image of a row parsed without one (lazy sources)."""

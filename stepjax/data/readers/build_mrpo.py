@@ -23,6 +23,12 @@ VQA-RAD parquet copy) store images as bytes: they are written as
 `<sha1 prefix>.<ext>`, which keeps train and test `img_1.jpg` apart and
 writes a shared image once. `images="reference"` instead points at the
 source files (relative paths when both are local); bytes are still written.
+
+Paths follow the one path policy (`paths.inside_root`): an image a record
+names is read only if it resolves (symlinks, `..` and absolute paths
+included) inside its reader's image folder, and every file is written only
+if it resolves inside `out`; otherwise `PathOutsideRootError` names the
+record, and `on_bad_record="skip"` drops and counts it.
 """
 
 from __future__ import annotations
@@ -84,35 +90,52 @@ class _ImageWriter:
 
   def place(self, source: base.RecordSource, row: base.Row) -> str:
     if row.image is not None and row.image.path is not None:
-      return self._place_file(row)
+      return self._place_file(source, row)
     data = source.row_image(row).data
     name = paths.content_name(data, paths.image_suffix(data))
-    return self._write(f"images/{row.dataset}/{name}", data, key=name)
+    return self._write(f"images/{row.dataset}/{name}", data, key=name, row=row)
 
-  def _place_file(self, row: base.Row) -> str:
-    src = row.image.path
+  def _place_file(self, source: base.RecordSource, row: base.Row) -> str:
+    # The reader checked the path; check again right before reading, in
+    # case the tree changed since (the path policy, paths.inside_root).
+    src_path = paths.inside_root(
+      source.image_dir, row.image.path, file=row.file, record=row.id
+    )
+    src = str(src_path)
     if src in self._placed:
       return self._placed[src]
     if self.mode == "reference":
       self._placed[src] = paths.relative_to_dir(src, self.out)
       return self._placed[src]
-    src_path = paths.as_path(src)
     if not src_path.exists():
       raise errors.BadRecordError(
         f"image {src} does not exist", file=row.file, record=row.id
       )
-    name = str(row.meta.get("image_key") or src_path.name)
+    try:
+      data = src_path.read_bytes()
+    except OSError as e:
+      raise errors.BadRecordError(
+        f"cannot read image {src}: {e}", file=row.file, record=row.id
+      ) from None
+    name = posixpath.basename(str(row.meta.get("image_key") or ""))
+    if name in ("", ".", ".."):
+      name = src_path.name
     relative = f"images/{row.dataset}/{name}"
     if relative in self._taken:  # another source file with the same name
       stem, suffix = posixpath.splitext(name)
       unique = paths.content_name(src.encode(), suffix)
       relative = f"images/{row.dataset}/{stem}_{unique}"
-    self._placed[src] = self._write(relative, src_path.read_bytes(), key=src)
+    self._placed[src] = self._write(relative, data, key=src, row=row)
     return self._placed[src]
 
-  def _write(self, relative: str, data: bytes, *, key: str) -> str:
+  def _write(
+    self, relative: str, data: bytes, *, key: str, row: base.Row
+  ) -> str:
     if key not in self._placed:
-      target = self.out / relative
+      # Never write outside `out`, even through a symlinked folder in it.
+      target = paths.inside_root(
+        self.out, relative, file=row.file, record=row.id, what="output path"
+      )
       target.parent.mkdir(parents=True, exist_ok=True)
       target.write_bytes(data)
       self._taken.add(relative)
@@ -218,9 +241,9 @@ def build(
   counts["total"] = {split: len(entries[split]) for split in entries}
   counts["skipped"] = len(policy.skipped)
   for split, rows in entries.items():
-    paths.write_json(out / f"{split}.json", rows)
+    paths.write_json(_output(out, f"{split}.json"), rows)
   paths.write_json(
-    out / "rationales.json",
+    _output(out, "rationales.json"),
     {
       e["id"]: e["rationale"]
       for s in entries
@@ -228,10 +251,16 @@ def build(
       if e["rationale"]
     },
   )
-  paths.write_json(out / "counts.json", counts)
-  medthink.write_report(reports, out / "alignment.json")
-  paths.write_json(out / "skipped.json", [list(s) for s in policy.skipped])
+  paths.write_json(_output(out, "counts.json"), counts)
+  medthink.write_report(reports, _output(out, "alignment.json"))
+  skipped = [list(s) for s in policy.skipped]
+  paths.write_json(_output(out, "skipped.json"), skipped)
   return counts
+
+
+def _output(out: epath.Path, name: str) -> epath.Path:
+  """`out / name`, refused if it is a symlink leading out of `out`."""
+  return paths.inside_root(out, name, file=str(out), what="output file")
 
 
 def format_counts(counts: Mapping[str, Any]) -> str:

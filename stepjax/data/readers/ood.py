@@ -18,7 +18,7 @@ import json
 
 from etils import epath
 
-from stepjax.data import errors, records
+from stepjax.data import errors
 from stepjax.data.readers import base, paths
 
 PMC_VQA_SPLITS = ("train", "test", "test_clean")
@@ -88,7 +88,7 @@ class PmcVqaSource(base.RecordSource):
         "choices": choices,
         "answer_label": (item.get("Answer_label") or "").strip(),
       },
-      image=records.ImageRef(path=str(self.image_dir / figure)),
+      image=self.image_ref(figure, file=file, record=record_id),
     )
 
 
@@ -202,7 +202,7 @@ class VqaMed2019Source(base.RecordSource):
         "category": category.strip(),
         "answers": answers,
       },
-      image=records.ImageRef(path=str(self.image_dir / f"{image_id}.jpg")),
+      image=self.image_ref(f"{image_id}.jpg", file=file, record=record_id),
     )
 
 
@@ -271,7 +271,7 @@ class QuiltVqaSource(base.RecordSource):
       file=file,
       origin=f"{file}[{i}]",
       meta=meta,
-      image=records.ImageRef(path=str(self.image_dir / image)),
+      image=self.image_ref(image, file=file, record=record_id),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,93 @@ from stepjax.data import errors
 def as_path(path: epath.PathLike) -> epath.Path:
   """Returns `path` (str, os.PathLike or gs:// string) as an epath.Path."""
   return epath.Path(path)
+
+
+def is_remote(path: epath.PathLike) -> bool:
+  """True for gs:// (or any other scheme://) paths."""
+  return "://" in str(path)
+
+
+def inside_root(
+  root: epath.PathLike,
+  path: epath.PathLike,
+  *,
+  file: str = "",
+  record: str = "",
+  what: str = "image path",
+) -> epath.Path:
+  """The path policy: `path`, named by a record, resolved inside `root`.
+
+  Every reader, the MRPO json source, the decode step (given a root) and
+  `stepjax data build-mrpo` (reading and writing) call this before a path
+  taken from a data record is read, copied or written.
+
+  Local paths: `path` is joined to `root` (an absolute `path` stands
+  alone), then symlinks and `..` are resolved (`os.path.realpath`) for the
+  path and for the root; the result must be the root or lie under it. A
+  root that is itself a symlink (`imgs -> /mnt/disk/imgs`) is fine: the
+  root is compared after resolving too. Remote (gs://) paths have no
+  symlinks: they are normalised (`..`, `.`, `//`) as strings, without I/O,
+  and must stay under a root of the same scheme.
+
+  Args:
+    root: the data root (a reader's image folder, the MRPO json's
+      directory, build-mrpo's output directory), local or gs://.
+    path: relative to `root`, or absolute, as the record gives it.
+    file, record: the data file and record, named in errors.
+    what: what the path is, for messages ("image path").
+
+  Returns:
+    The resolved path (the real path, for local files).
+
+  Raises:
+    errors.PathOutsideRootError: the path resolves outside `root`.
+    errors.BadRecordError: the path is empty or cannot be resolved.
+  """
+  if root is None or not str(root):
+    raise ValueError(f"no data root to check the {what} {path!r} against")
+  path, root = str(path), str(root)
+  if not path.strip():
+    raise errors.BadRecordError(f"empty {what}", file=file, record=record)
+  if is_remote(root) or is_remote(path):
+    resolved, real_root, inside = _remote_inside(root, path)
+  else:
+    try:
+      real_root = os.path.realpath(root)
+      resolved = os.path.realpath(os.path.join(root, path))
+    except (OSError, ValueError) as e:
+      raise errors.BadRecordError(
+        f"{what} {path!r} cannot be resolved: {e}", file=file, record=record
+      ) from None
+    inside = os.path.commonpath([resolved, real_root]) == real_root
+  if not inside:
+    raise errors.PathOutsideRootError(
+      path, resolved, real_root, file=file, record=record, what=what
+    )
+  return epath.Path(resolved)
+
+
+def _remote_parts(path: str) -> tuple[str, str]:
+  """(scheme, normalised rest): gs://b/x/../y -> ("gs", "/b/y")."""
+  scheme, sep, rest = path.partition("://")
+  if not sep:
+    return "", posixpath.normpath(path)
+  # The leading "/" keeps ".." from climbing above the bucket.
+  return scheme, posixpath.normpath("/" + rest)
+
+
+def _remote_inside(root: str, path: str) -> tuple[str, str, bool]:
+  """(resolved path, normalised root, inside?) without touching storage."""
+  if not is_remote(path) and not posixpath.isabs(path):
+    path = root.rstrip("/") + "/" + path
+  scheme, rest = _remote_parts(path)
+  root_scheme, root_rest = _remote_parts(root)
+  resolved = f"{scheme}:/{rest}" if scheme else rest
+  normal_root = f"{root_scheme}:/{root_rest}" if root_scheme else root_rest
+  inside = scheme == root_scheme and (
+    rest == root_rest or rest.startswith(root_rest.rstrip("/") + "/")
+  )
+  return resolved, normal_root, inside
 
 
 def first_existing(root: epath.Path, names: Sequence[str]) -> epath.Path:

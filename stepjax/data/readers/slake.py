@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from etils import epath
 
-from stepjax.data import records
 from stepjax.data.readers import base, paths
 
 SPLITS = ("train", "validation", "test")
@@ -87,5 +86,5 @@ class SlakeSource(base.RecordSource):
       file=file,
       origin=f"{file}[{i}]",
       meta=meta,
-      image=records.ImageRef(path=str(self.image_dir / img_name)),
+      image=self.image_ref(img_name, file=file, record=record_id),
     )

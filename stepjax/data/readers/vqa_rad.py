@@ -16,7 +16,6 @@ import posixpath
 
 from etils import epath
 
-from stepjax.data import records
 from stepjax.data.readers import base, parquet, paths
 
 JSON_NAMES = ("VQA_RAD Dataset Public.json", "VQA_RAD_Dataset_Public.json")
@@ -64,17 +63,24 @@ class VqaRadJsonSource(base.RecordSource):
     items = paths.read_json_list(self.json_path)
     for i, item in enumerate(items):
       row = self._policy.guard(lambda i=i, item=item: self._row(file, i, item))
-      if row is not None and row.meta["split"] == split:
+      if row is not None:
         self._rows.append(row)
     self._finish(check_images)
 
-  def _row(self, file: str, i: int, item) -> base.Row:
+  def _row(self, file: str, i: int, item) -> base.Row | None:
+    """The row of item `i`, or None when it belongs to the other split.
+
+    Once the split is known, only this split's items are checked further,
+    so a bad item is reported (and counted as skipped) by one split only.
+    """
     where = f"[{i}]"
     qid = base.text_field(item, "qid", file=file, record=where)
     phrase_type = base.text_field(
       item, "phrase_type", file=file, record=f"qid {qid}"
     )
     split = _split_of(phrase_type)
+    if split != self.split:
+      return None
     record_id = f"vqa_rad/{split}/{qid}"
     image_name = base.text_field(
       item, "image_name", file=file, record=record_id
@@ -96,7 +102,7 @@ class VqaRadJsonSource(base.RecordSource):
       file=file,
       origin=f"{file}{where}",
       meta=meta,
-      image=records.ImageRef(path=str(self.image_dir / image_name)),
+      image=self.image_ref(image_name, file=file, record=record_id),
     )
 
 
