@@ -7,8 +7,12 @@ make no sense together, naming the flag to change.
 
 from __future__ import annotations
 
+import difflib
+import math
+
 import ml_collections
 
+from stepjax import config_utils
 from stepjax.errors import UserError
 
 ALGORITHMS = ("grpo", "gdpo", "mrpo")
@@ -30,8 +34,12 @@ def _one_of(value, choices, flag: str) -> None:
   _require(value in choices, flag, f"got {value!r}, expected one of {choices}")
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError for the first inconsistent setting found."""
+def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
+  """Raises ConfigError for the first inconsistent setting found.
+
+  training=False (eval, generate, export, plan) skips what only the RL
+  phase uses: the process-label source and the judge endpoint.
+  """
   rl, data, sampling = config.rl, config.data, config.sampling
   _one_of(rl.algorithm, ALGORITHMS, "rl.algorithm")
   _one_of(rl.process_source, PROCESS_SOURCES, "rl.process_source")
@@ -83,8 +91,11 @@ def check(config: ml_collections.ConfigDict) -> None:
     "rewards.k_min",
     f"({config.rewards.k_min}) exceeds rewards.k_max ({config.rewards.k_max})",
   )
+  _check_dataset(data)
+  _check_numbers(config)
   _require(
-    rl.process_source != "verifier"
+    not training
+    or rl.process_source != "verifier"
     or data.dataset in ("synthmed", "mrpo_json"),
     "rl.process_source",
     f"'verifier' checks SynthMed scenes; data.dataset={data.dataset!r} "
@@ -105,7 +116,11 @@ def check(config: ml_collections.ConfigDict) -> None:
     f"'verifier' checks SynthMed scenes; data.dataset={data.dataset!r} "
     "has none: set judge.base_url and judge.model for a real judge",
   )
-  if rl.process_source in ("judge", "hybrid") and not config.judge.simulate:
+  if (
+    training
+    and rl.process_source in ("judge", "hybrid")
+    and not config.judge.simulate
+  ):
     _require(
       bool(config.judge.base_url) and bool(config.judge.model),
       "judge.base_url",
@@ -123,3 +138,80 @@ def check(config: ml_collections.ConfigDict) -> None:
     "mesh",
     "at most one mesh axis may be -1 (the rest of the devices)",
   )
+
+
+def _check_dataset(data: ml_collections.ConfigDict) -> None:
+  from stepjax.data import sources  # the registry of data.dataset names
+
+  known = sources.source_names()
+  if data.dataset not in known:
+    close = difflib.get_close_matches(data.dataset, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    _require(
+      False,
+      "data.dataset",
+      f"{data.dataset!r} is not a dataset{hint}; known: {known}",
+    )
+
+
+def _check_numbers(config: ml_collections.ConfigDict) -> None:
+  """Counts, rates and sizes: finite and in range, before any work starts."""
+  for flag in config_utils.dotted_keys(config):
+    value = _get(config, flag)
+    if isinstance(value, float):
+      _require(math.isfinite(value), flag, f"is {value}; give a finite number")
+  positive = (
+    "optim.learning_rate",
+    "sft.learning_rate",
+    "sft.batch_size",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+    "data.image_size",
+    "optim.grad_clip",
+  )
+  for flag in positive:
+    value = _get(config, flag)
+    _require(value > 0, flag, f"is {value}; must be > 0")
+  non_negative = (
+    "seed",
+    "optim.warmup_steps",
+    "optim.weight_decay",
+    "sft.steps",
+    "train.steps",
+    "train.eval_every",
+    "data.num_workers",
+    "rewards.k_min",
+    "rewards.answer_weight",
+    "rewards.process_weight",
+    "rewards.length_weight",
+    "rewards.format_weight",
+    "rl.value_loss_weight",
+    "judge.timeout_s",
+    "judge.max_retries",
+  )
+  for flag in non_negative:
+    value = _get(config, flag)
+    _require(value >= 0, flag, f"is {value}; must be >= 0")
+  for flag in ("optim.b1", "optim.b2"):
+    value = _get(config, flag)
+    _require(0.0 <= value < 1.0, flag, f"is {value}; must be in [0, 1)")
+  for flag in (
+    "data.difficulty",
+    "data.cascade_rate",
+    "rl.hybrid_judge_fraction",
+  ):
+    value = _get(config, flag)
+    _require(0.0 <= value <= 1.0, flag, f"is {value}; must be in [0, 1]")
+  _require(config.judge.concurrency >= 1, "judge.concurrency", "must be >= 1")
+  if config.data.dataset == "synthmed":
+    for flag in ("data.num_train", "data.num_eval"):
+      value = _get(config, flag)
+      _require(value >= 1, flag, f"is {value}; SynthMed needs >= 1 record")
+
+
+def _get(config: ml_collections.ConfigDict, flag: str):
+  node = config
+  for name in flag.split("."):
+    node = node[name]
+  return node

@@ -10,12 +10,15 @@ types and failing with a message that names the unknown or malformed key.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+
+from stepjax.errors import InputError
 
 
 def _convert(key: str, raw: str, default: Any) -> Any:
@@ -25,19 +28,19 @@ def _convert(key: str, raw: str, default: Any) -> Any:
       return True
     if lowered in ("false", "0", "no"):
       return False
-    raise ValueError(f"config arg {key}={raw!r}: expected a boolean")
+    raise InputError(f"config arg {key}={raw!r}: expected a boolean")
   if isinstance(default, int):
     try:
       return int(raw)
     except ValueError:
-      raise ValueError(
+      raise InputError(
         f"config arg {key}={raw!r}: expected an integer"
       ) from None
   if isinstance(default, float):
     try:
       return float(raw)
     except ValueError:
-      raise ValueError(f"config arg {key}={raw!r}: expected a number") from None
+      raise InputError(f"config arg {key}={raw!r}: expected a number") from None
   return raw
 
 
@@ -57,11 +60,11 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ValueError(
+      raise InputError(
         f"unknown config arg {key!r}; valid args: {sorted(defaults)}"
       )
     if not sep and not isinstance(defaults[key], bool):
-      raise ValueError(f"config arg {key!r} needs a value ({key}=...)")
+      raise InputError(f"config arg {key!r} needs a value ({key}=...)")
     result[key] = _convert(key, raw.strip(), defaults[key])
   return result
 
@@ -72,14 +75,45 @@ def load_config_file(
   """`get_config(arg)` of the config file at `path` (what --config=path:arg
   loads), for configs built on other configs (experiment grids)."""
   path = pathlib.Path(path)
+  if not path.is_file():
+    raise InputError(f"config file {path} not found; give a configs/*.py path")
   spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
-  if not path.is_file() or spec is None or spec.loader is None:
-    raise ValueError(f"config file {path} not found; give a configs/*.py path")
+  if spec is None or spec.loader is None:
+    raise InputError(f"config file {path} is not a Python file (configs/*.py)")
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001 - the user's file, any error
+    raise InputError(
+      f"config file {path} does not load: {type(e).__name__}: {e}"
+    ) from e
   if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {path} defines no get_config(arg=None)")
+    raise InputError(f"config file {path} defines no get_config(arg=None)")
   return module.get_config(arg)
+
+
+def dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list:
+  """Every leaf key of `config` as a dotted path ("rl.algorithm")."""
+  out = []
+  for name, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out += dotted_keys(value, f"{prefix}{name}.")
+    else:
+      out.append(prefix + name)
+  return out
+
+
+def unknown_key(config: ml_collections.ConfigDict, key: str) -> str | None:
+  """None if dotted `key` is a leaf of `config`; else a message naming the
+  closest known key ("did you mean ...?")."""
+  node: Any = config
+  for name in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      close = difflib.get_close_matches(key, dotted_keys(config), n=1)
+      hint = f" (did you mean {close[0]}?)" if close else ""
+      return f"unknown config key {key!r}{hint}"
+    node = node[name]
+  return None
 
 
 def with_updates(

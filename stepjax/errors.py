@@ -13,3 +13,10 @@ from __future__ import annotations
 class UserError(Exception):
   """Bad input, a bad flag or a bad file: the message says what to fix."""
 
+
+class InputError(UserError, ValueError):
+  """A flag, config value or input file holds a value that cannot work."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+  """A file or directory the user named does not exist."""

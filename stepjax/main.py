@@ -12,6 +12,12 @@ No logic lives here: each subcommand's module is imported lazily (so
 `stepjax --help` is fast) and its `main(argv, config, flag_values)` is called
 with the rest of the positional args, the parsed --config and absl's flag
 values. Every flag is defined here, so subcommand modules never import main.
+
+This is also the one error boundary: a `stepjax.errors.UserError` (bad input,
+flag, config value or file), a usage error or a flag that does not parse
+prints one line, `error: ...`, and exits with code 2; `--log_level=debug`
+(or `--config.log_level=debug`) shows the stack instead. Any other exception
+is a bug and keeps its stack.
 """
 
 from __future__ import annotations
@@ -23,15 +29,23 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from stepjax import config_checks, config_utils, errors
+
 _REPO_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 _DEFAULT_CONFIG = str(_REPO_CONFIGS / "synthmed_tiny.py")
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config",
-  _DEFAULT_CONFIG,
-  "Job config file, optionally with a variant: path/to/config.py:arg.",
-  lock_config=True,
-)
+try:
+  _CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    _DEFAULT_CONFIG,
+    "Job config file, optionally with a variant: path/to/config.py:arg.",
+    lock_config=True,
+  )
+  _CONFIG_PROBLEM = None
+except Exception as e:  # noqa: BLE001 - the user's config file, any error
+  # ml_collections loads --config (and applies --config.* overrides) from
+  # sys.argv as soon as the flag is defined; cli() reports what failed.
+  _CONFIG, _CONFIG_PROBLEM = None, e
 _WORKDIR = flags.DEFINE_string(
   "workdir", "runs/default", "Run directory (local or gs://)."
 )
@@ -48,6 +62,13 @@ flags.DEFINE_float(
 )
 flags.DEFINE_float(
   "window_width", None, "DICOM window width (generate; default: file)."
+)
+_LOG_LEVEL = flags.DEFINE_enum(
+  "log_level",
+  None,
+  ["debug", "info", "warning", "error"],
+  "Log verbosity (overrides --config.log_level); debug also shows the stack "
+  "of user errors.",
 )
 flags.DEFINE_string(
   "chip", "", "TPU chip for `plan`: v5e | v5p | v4 | v6e (default: --config)."
@@ -71,6 +92,10 @@ _COMMANDS = {
 }
 
 
+# Subcommands that take a job config (checked before any work starts).
+_JOB_COMMANDS = ("train", "eval", "generate", "export", "plan")
+
+
 def _usage() -> str:
   lines = ["usage: stepjax <command> [--flags]", "", "commands:"]
   lines += [f"  {name:10s} {cmd[2]}" for name, cmd in _COMMANDS.items()]
@@ -80,14 +105,64 @@ def _usage() -> str:
 def _main(argv: list[str]) -> None:
   if len(argv) < 2 or argv[1] not in _COMMANDS:
     given = argv[1] if len(argv) > 1 else "(none)"
-    raise app.UsageError(f"unknown command {given!r}\n{_usage()}")
+    _fail(f"unknown command {given!r}; commands: {', '.join(_COMMANDS)}")
   module_name, fn_name, _ = _COMMANDS[argv[1]]
-  module = importlib.import_module(module_name)
-  getattr(module, fn_name)(argv[2:], _CONFIG.value, flags.FLAGS)
+  config = _CONFIG.value
+  try:
+    config.keys()  # a config file that failed to load raises only when used
+  except (AttributeError, OSError, ValueError) as e:
+    if _LOG_LEVEL.value == "debug":
+      raise
+    _fail(_flag_problem(sys.argv) or f"--config: {e}")
+  if argv[1] != "experiment" and "base" in config:
+    _fail(
+      "--config is an experiment config (configs/experiments/); "
+      f"`stepjax {argv[1]}` takes a job config such as {_DEFAULT_CONFIG}"
+    )
+  _apply_log_level(config)
+  try:
+    if argv[1] in _JOB_COMMANDS:
+      config_checks.check(config, training=argv[1] == "train")
+    module = importlib.import_module(module_name)
+    getattr(module, fn_name)(argv[2:], config, flags.FLAGS)
+  except (errors.UserError, app.UsageError) as e:
+    if _debug(config):
+      raise
+    _fail(str(e))
+
+
+def _apply_log_level(config) -> None:
+  """--log_level wins over the config's log_level (job or experiment base)."""
+  if _LOG_LEVEL.value is None:
+    return
+  for target in (config, config.get("base")):
+    if target is not None and "log_level" in target:
+      with target.unlocked():
+        target.log_level = _LOG_LEVEL.value
+
+
+def _debug(config) -> bool:
+  levels = {_LOG_LEVEL.value, config.get("log_level")}
+  if config.get("base") is not None:
+    levels.add(config.base.get("log_level"))
+  return "debug" in levels
+
+
+def _fail(message: str) -> None:
+  """Prints `error: message` on one line and exits with code 2."""
+  line = "; ".join(
+    part.strip() for part in message.splitlines() if part.strip()
+  )
+  print(f"error: {line}", file=sys.stderr)
+  sys.exit(2)
 
 
 def cli() -> None:
   """Console-script entry point."""
+  if _CONFIG_PROBLEM is not None:
+    if "--log_level=debug" in sys.argv:
+      raise _CONFIG_PROBLEM
+    _fail(_flag_problem(sys.argv) or f"flags: {_CONFIG_PROBLEM}")
   if (
     len(sys.argv) > 1
     and sys.argv[1] in ("help", "-h", "--help")
@@ -102,6 +177,36 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """Parses stepjax's flags; unknown `--x` flags after a `data` subcommand
   pass through to its own parser (e.g. `stepjax data build-mrpo --slake=..`).
   """
-  if len(argv) > 1 and argv[1] == "data":
-    return flags.FLAGS(argv, known_only=True)
-  return flags.FLAGS(argv)
+  try:
+    if len(argv) > 1 and argv[1] == "data":
+      return flags.FLAGS(argv, known_only=True)
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 - a flag or the user's config file
+    # Besides flags.Error, ml_collections raises whatever a config file that
+    # does not load raised, or KeyError for an override of a missing key.
+    if "--log_level=debug" in argv:
+      raise
+    _fail(_flag_problem(argv) or f"flags: {e}")
+
+
+def _flag_problem(argv: list[str]) -> str | None:
+  """Names the --config file or --config.KEY override that failed to parse."""
+  config_arg, overrides = _DEFAULT_CONFIG, []
+  for arg in argv[2:]:
+    name, _, value = arg.partition("=")
+    if name == "--config":
+      config_arg = value
+    elif name.startswith("--config."):
+      overrides.append(name[len("--config.") :])
+  path, _, variant = config_arg.partition(":")
+  try:
+    config = config_utils.load_config_file(path, variant or None)
+  except errors.UserError as e:
+    return f"--config={config_arg}: {e}"
+  except Exception as e:  # the config file's own error, whatever it is
+    return f"--config={config_arg}: cannot load it ({type(e).__name__}: {e})"
+  for key in overrides:
+    problem = config_utils.unknown_key(config, key)
+    if problem:
+      return f"--config.{key}: {problem}"
+  return None

@@ -62,6 +62,7 @@ import numpy as np
 from absl import flags
 
 from stepjax.data import batching, errors, images, records, sources
+from stepjax.errors import InputError
 
 PromptFn = Callable[[str, int], str]  # (question, num_image_tokens) -> text
 CompletionFn = Callable[[list[str], str], str]  # (steps, answer) -> text
@@ -263,16 +264,16 @@ def make_dataset(
   sources.check_on_bad_record(opts.on_bad_record)
   index, count = _process_shard(shard_index, shard_count)
   if opts.batch_size % count:
-    raise ValueError(
+    raise InputError(
       f"data.batch_size={opts.batch_size} is not divisible by the "
       f"{count} JAX processes"
     )
   if not opts.token_buckets or not opts.patch_buckets:
-    raise ValueError("data.token_buckets and data.patch_buckets must be set")
+    raise InputError("data.token_buckets and data.patch_buckets must be set")
   if len(source) == 0:
-    raise ValueError(f"data source {source!r} has no records")
+    raise InputError(f"data source {source!r} has no records")
   if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
-    raise ValueError("the tokenizer needs a pad and an eos token")
+    raise InputError("the tokenizer needs a pad and an eos token")
   prompt_fn = prompt_fn or _default_prompt_fn(think_tag)
   if opts.target_len and completion_fn is None:
     completion_fn = _default_completion_fn(think_tag)

@@ -31,6 +31,7 @@ from etils import epath
 
 from stepjax.data import errors, records
 from stepjax.data.readers import paths
+from stepjax.errors import InputError
 
 ON_BAD_RECORD = ("fail", "skip")
 _MRPO_KEYS = ("image", "problem", "solution", "id", "rationale")
@@ -39,7 +40,7 @@ _MRPO_KEYS = ("image", "problem", "solution", "id", "rationale")
 def check_on_bad_record(value: str) -> str:
   """Validates a `data.on_bad_record` value."""
   if value not in ON_BAD_RECORD:
-    raise ValueError(
+    raise InputError(
       f"data.on_bad_record={value!r}; expected one of {ON_BAD_RECORD}"
     )
   return value
@@ -305,7 +306,7 @@ def _resolve(name: str, entry: _Entry) -> Callable[..., Any]:
     module = importlib.import_module(module_name)
     return getattr(module, attr)
   except (ImportError, AttributeError) as e:
-    raise ValueError(
+    raise InputError(
       f"data.dataset={name!r} needs {entry.target}, which cannot be loaded: {e}"
     ) from e
 
@@ -318,14 +319,14 @@ def make_source(name: str, path: str = "", **kwargs: Any) -> Any:
   (e.g. on_bad_record, or SynthMed's num_records, seed, image_size).
   """
   if name not in _REGISTRY:
-    raise ValueError(
+    raise InputError(
       f"data.dataset={name!r} is not a known source; known: {source_names()}"
     )
   entry = _REGISTRY[name]
   if entry.takes_path and not path:
-    raise ValueError(f"data.dataset={name!r} needs data.path to be set")
+    raise InputError(f"data.dataset={name!r} needs data.path to be set")
   if not entry.takes_path and path:
-    raise ValueError(
+    raise InputError(
       f"data.dataset={name!r} generates its data; leave data.path empty "
       f"(got {path!r})"
     )

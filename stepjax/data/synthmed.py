@@ -40,6 +40,7 @@ from stepjax.data import synthmed_corrupt as corrupt_lib
 from stepjax.data import synthmed_render as render_lib
 from stepjax.data import synthmed_scene as scene_lib
 from stepjax.data import synthmed_text as text_lib
+from stepjax.errors import InputError
 
 DATASET = "synthmed"
 Scene = scene_lib.Scene
@@ -78,7 +79,7 @@ VERIFIERS = {"aligned": verify_steps_aligned, "truth": verify_steps}
 def step_verifier(name: str):
   """The step verifier `data.verifier` names: aligned | truth."""
   if name not in VERIFIERS:
-    raise ValueError(
+    raise InputError(
       f"--config.data.verifier={name!r}: expected one of {sorted(VERIFIERS)}"
     )
   return VERIFIERS[name]
@@ -121,7 +122,7 @@ def make_record(
 ) -> records_lib.Record:
   """Record `index` of the SynthMed set `seed`: a pure function of both."""
   if not 0.0 <= cascade_rate <= 1.0:
-    raise ValueError(
+    raise InputError(
       "SynthMed cascade_rate must be in [0, 1] (data.cascade_rate); got "
       f"{cascade_rate}"
     )

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from stepjax.data import records as records_lib
 from stepjax.data import synthmed
+from stepjax.errors import InputError
 
 DEFAULT_OUT = "runs/synthmed_samples"
 _TILE = 224  # displayed image size in the contact sheet
@@ -35,7 +36,7 @@ def contact_sheet(
 ) -> str:
   """Draws records (image, question, gold steps, answer) into one PNG."""
   if not records:
-    raise ValueError("contact_sheet needs at least one record (--num >= 1)")
+    raise InputError("contact_sheet needs at least one record (--num >= 1)")
   font = ImageFont.load_default()
   cell_w, cell_h = _TILE + _TEXT_W, _TILE + 8
   rows = -(-len(records) // columns)

@@ -29,6 +29,7 @@ from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 from stepjax.data import synthmed_corrupt as corrupt_lib
 from stepjax.data import synthmed_scene as scene_lib
 from stepjax.data import synthmed_text as text_lib
+from stepjax.errors import InputError, MissingInputError
 
 _ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 ASSET_DIR = os.path.join(_ASSETS, "synthmed_tokenizer")
@@ -69,7 +70,7 @@ _SPLIT_PATTERN = (
 def instruction(think_tag: str = "think") -> str:
   """The instruction appended to every question (tag: think | thinking)."""
   if think_tag not in THINK_TAGS:
-    raise ValueError(
+    raise InputError(
       f"tokenizer.think_tag must be one of {THINK_TAGS}; got {think_tag!r}"
     )
   return (
@@ -103,7 +104,7 @@ def format_completion(
 ) -> str:
   """The SFT target text: <think>s1 s2 ...</think><answer>a</answer>."""
   if think_tag not in THINK_TAGS:
-    raise ValueError(
+    raise InputError(
       f"tokenizer.think_tag must be one of {THINK_TAGS}; got {think_tag!r}"
     )
   body = " ".join(s.strip() for s in steps)
@@ -188,24 +189,24 @@ def load_tokenizer(path: str = "") -> transformers.PreTrainedTokenizerFast:
   where = path or ASSET_DIR
   flag = "tokenizer.path" if path else "the shipped SynthMed tokenizer"
   if not os.path.isdir(where):
-    raise FileNotFoundError(
+    raise MissingInputError(
       f"tokenizer directory {where} ({flag}) does not exist; set "
       "tokenizer.path to an HF tokenizer directory or '' for SynthMed"
     )
   try:
     tok = transformers.AutoTokenizer.from_pretrained(where)
   except (OSError, ValueError, TypeError) as e:
-    raise ValueError(
+    raise InputError(
       f"cannot load an HF tokenizer from {where} ({flag}): {e}"
     ) from e
   if not getattr(tok, "is_fast", False):
-    raise ValueError(
+    raise InputError(
       f"tokenizer in {where} ({flag}) is not a fast tokenizer; stepjax "
       "needs tokenizer.json (offsets are used to map steps to tokens)"
     )
   missing = [t for t in REQUIRED_TOKENS if not _is_single(tok, t)]
   if missing:
-    raise ValueError(
+    raise InputError(
       f"tokenizer in {where} ({flag}) lacks the special tokens {missing} "
       "as single ids; stepjax needs the Qwen2.5-VL chat and vision tokens"
     )

@@ -27,6 +27,7 @@ from etils import epath
 
 from stepjax import config_utils
 from stepjax.data import tokenizer as tokenizer_lib
+from stepjax.errors import InputError, MissingInputError
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert
 from stepjax.train import checkpoint as checkpoint_lib
@@ -76,11 +77,11 @@ class Location:
 def locate(path: str, flag: str = "--checkpoint") -> Location:
   """Classifies `path` (see the module docstring); errors name `flag`."""
   if not path:
-    raise ValueError(f"{flag} is required: a run directory or HF directory")
+    raise InputError(f"{flag} is required: a run directory or HF directory")
   path = checkpoint_lib.absolute(path)
   p = epath.Path(path)
   if not p.exists():
-    raise FileNotFoundError(f"{flag}={path}: no such file or directory")
+    raise MissingInputError(f"{flag}={path}: no such file or directory")
   if policy.is_hf_dir(path):
     return Location("hf")
   if (p / "checkpoints").is_dir():
@@ -149,7 +150,7 @@ def _restore_orbax(
       )
       step = manager.latest_step()
       if step is None:
-        raise FileNotFoundError(
+        raise MissingInputError(
           f"--checkpoint={checkpoint}: no Orbax checkpoint found (expected "
           "a run directory, its checkpoints/ folder, a step folder holding "
           "`state`, or an HF directory with config.json)"
@@ -158,7 +159,7 @@ def _restore_orbax(
         "state"
       ]
   except (ValueError, KeyError) as e:
-    raise ValueError(
+    raise InputError(
       f"--checkpoint={checkpoint}: its parameters do not fit the model of "
       "--config (use the config the run was trained with: model.preset, "
       f"tokenizer.path, init_from, model.step_value_hidden): {e}"

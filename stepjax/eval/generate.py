@@ -51,6 +51,7 @@ from flax import nnx
 
 from stepjax.data import batching, images, pipeline, records
 from stepjax.data import tokenizer as tokenizer_lib
+from stepjax.errors import InputError, MissingInputError
 from stepjax.eval import checkpoints
 from stepjax.models import language, qwen25vl, rope_index
 from stepjax.rl import rewards
@@ -103,10 +104,10 @@ def dicom_window(
     return None
   if center is not None and width is not None:
     if width <= 0:
-      raise ValueError(f"--window_width={width}: must be positive")
+      raise InputError(f"--window_width={width}: must be positive")
     return float(center), float(width)
   if not path:
-    raise ValueError(
+    raise InputError(
       "--window_center and --window_width must be given together in "
       "--input mode (there is no single file to take the other from)"
     )
@@ -129,7 +130,7 @@ def file_window(path: str) -> tuple[float, float]:
       return _first(ds.WindowCenter), _first(ds.WindowWidth)
     values = pixels.apply_rescale(ds.pixel_array, ds).astype(np.float64)
   except Exception as e:  # pydicom raises many types for bad files.
-    raise ValueError(
+    raise InputError(
       f"--image={path}: cannot read a DICOM window from it ({e}); give "
       "both --window_center and --window_width"
     ) from None
@@ -155,7 +156,7 @@ def prepare_example(
   """Decodes, preprocesses and tokenizes one (image, question) pair into
   the example dict `data.batching.collate` pads."""
   if not question.strip():
-    raise ValueError(f"empty question for image {image_path}")
+    raise InputError(f"empty question for image {image_path}")
   d = config.data
   rgb = images.decode_image(
     records.ImageRef(path=image_path), record_id=image_path, window=window
@@ -369,15 +370,15 @@ def read_input_list(path: str) -> list[dict[str, str]]:
   try:
     entries = json.loads(p.read_text())
   except FileNotFoundError:
-    raise FileNotFoundError(f"--input={path}: no such file") from None
+    raise MissingInputError(f"--input={path}: no such file") from None
   except json.JSONDecodeError as e:
-    raise ValueError(f"--input={path}: not valid JSON ({e})") from None
+    raise InputError(f"--input={path}: not valid JSON ({e})") from None
   if not isinstance(entries, list):
-    raise ValueError(f"--input={path}: expected a JSON list of objects")
+    raise InputError(f"--input={path}: expected a JSON list of objects")
   out = []
   for i, e in enumerate(entries):
     if not isinstance(e, dict) or not {"image", "question"} <= set(e):
-      raise ValueError(
+      raise InputError(
         f"--input={path}: entry {i} must be an object with 'image' and "
         f"'question', got {e!r}"
       )

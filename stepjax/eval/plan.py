@@ -59,6 +59,7 @@ from absl import app
 from ml_collections import config_flags
 
 from stepjax.data import tokenizer as tokenizer_lib
+from stepjax.errors import InputError
 from stepjax.models import config as config_lib
 from stepjax.models import vision_index
 from stepjax.train import components, optim, policy, sharding
@@ -199,7 +200,7 @@ def _split(n: int, ways: int) -> float:
 def plan(config: Any, chip: str = "") -> Plan:
   """The memory plan of `config` (see the module docstring)."""
   if chip and chip not in HBM_GIB:
-    raise ValueError(f"--chip={chip!r}: expected one of {sorted(HBM_GIB)}")
+    raise InputError(f"--chip={chip!r}: expected one of {sorted(HBM_GIB)}")
   sizes = mesh_shape(config)
   mesh = abstract_mesh(sizes)
   cfg = model_config(config)

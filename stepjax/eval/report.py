@@ -21,6 +21,7 @@ from typing import Any
 
 from etils import epath
 
+from stepjax.errors import InputError, MissingInputError
 from stepjax.eval import metrics
 
 SCHEMA_VERSION = 1
@@ -45,20 +46,20 @@ def check_record(record: Mapping[str, Any], index: int) -> None:
   rid = record.get("id", "?") if isinstance(record, Mapping) else "?"
   where = f"record {index} (id={rid!r})"
   if not isinstance(record, Mapping):
-    raise ValueError(f"{where}: expected a dict, got {type(record).__name__}")
+    raise InputError(f"{where}: expected a dict, got {type(record).__name__}")
   missing = [k for k in RECORD_KEYS if k not in record]
   if missing:
-    raise ValueError(f"{where}: missing keys {missing}; need {RECORD_KEYS}")
+    raise InputError(f"{where}: missing keys {missing}; need {RECORD_KEYS}")
   for key, types in _RECORD_TYPES.items():
     if not isinstance(record[key], types):
-      raise ValueError(
+      raise InputError(
         f"{where}: {key!r} must be {types}, got {type(record[key]).__name__}"
       )
   labels = record["step_labels"]
   if any(lab not in (0, 1) or isinstance(lab, float) for lab in labels):
-    raise ValueError(f"{where}: step_labels must be 0/1 integers: {labels}")
+    raise InputError(f"{where}: step_labels must be 0/1 integers: {labels}")
   if len(record["steps"]) != len(labels):
-    raise ValueError(
+    raise InputError(
       f"{where}: {len(record['steps'])} steps but {len(labels)} "
       "step_labels; give one label per step"
     )
@@ -136,13 +137,13 @@ def load_report(path: str) -> dict[str, Any]:
   if p.is_dir():
     p = p / REPORT_FILE
   if not p.exists():
-    raise FileNotFoundError(
+    raise MissingInputError(
       f"no evaluation report at {p}; run `stepjax eval` with that workdir first"
     )
   report = json.loads(p.read_text())
   version = report.get("schema_version")
   if version != SCHEMA_VERSION:
-    raise ValueError(
+    raise InputError(
       f"{p}: report schema_version {version!r}, this stepjax reads "
       f"{SCHEMA_VERSION}; regenerate it with `stepjax eval`"
     )
@@ -161,7 +162,7 @@ def load_records(path: str) -> list[dict[str, Any]]:
     try:
       out.append(json.loads(line))
     except json.JSONDecodeError as e:
-      raise ValueError(f"{p}:{n}: not a JSON object ({e.msg})") from None
+      raise InputError(f"{p}:{n}: not a JSON object ({e.msg})") from None
   return out
 
 
@@ -205,7 +206,7 @@ def compare(
     The table as text; missing values print as "-".
   """
   if fmt not in ("markdown", "plain"):
-    raise ValueError(f"compare: fmt must be 'markdown' or 'plain', not {fmt!r}")
+    raise InputError(f"compare: fmt must be 'markdown' or 'plain', not {fmt!r}")
   columns = list(_COLUMNS)
   if per_dataset:
     names = sorted({d for r in reports.values() for d in r["per_dataset"]})

@@ -33,6 +33,7 @@ import jax
 from absl import app, logging
 from etils import epath
 
+from stepjax.errors import InputError, MissingInputError
 from stepjax.eval import checkpoints, plots
 from stepjax.eval import report as report_lib
 from stepjax.train import components, evaluate, rollout
@@ -78,7 +79,7 @@ def main(argv: list[str], config: Any, flag_values: Any) -> None:
 def eval_source(config: Any, split: str = "eval") -> Any:
   """The records of `split` (eval | train), as the trainer reads them."""
   if split not in SPLITS:
-    raise ValueError(f"--split={split!r}: expected one of {SPLITS}")
+    raise InputError(f"--split={split!r}: expected one of {SPLITS}")
   return components.make_source(config, split)
 
 
@@ -163,7 +164,7 @@ def run(
   """Evaluates `checkpoint` on `split`; writes report, records and plots
   into `workdir`; returns the report dict."""
   if num_samples < 1:
-    raise ValueError(f"--num={num_samples}: expected at least 1 sample")
+    raise InputError(f"--num={num_samples}: expected at least 1 sample")
   loaded = checkpoints.load(config, checkpoint)
   config = loaded.config
   source = eval_source(config, split)
@@ -219,7 +220,7 @@ def find_report(path: str) -> str:
       return str(candidate / report_lib.REPORT_FILE)
   if p.name == report_lib.REPORT_FILE and p.exists():
     return str(p)
-  raise FileNotFoundError(
+  raise MissingInputError(
     f"--compare entry {path}: neither {p}/report.json nor "
     f"{p}/eval/final/report.json exists; pass `stepjax eval` outputs or "
     "training run directories"

@@ -14,6 +14,8 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from stepjax.errors import InputError
+
 CONFIG_FILE = "config.json"
 
 
@@ -38,7 +40,7 @@ def write(config: ml_collections.ConfigDict, run_dir: str) -> str:
 def read(run_dir: str) -> ml_collections.ConfigDict:
   path = epath.Path(run_dir) / CONFIG_FILE
   if not path.exists():
-    raise ValueError(
+    raise InputError(
       f"no {CONFIG_FILE} in {run_dir}; `stepjax experiment` writes it "
       "before a run starts: run that instead"
     )

@@ -19,6 +19,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from stepjax.errors import InputError
 from stepjax.experiment import config_io, spec
 from stepjax.train import checkpoint
 
@@ -139,7 +140,7 @@ def check_resumable(job: Job) -> None:
     config_io.read(job.dir), job.config, ignore=("init_from",)
   )
   if changed:
-    raise ValueError(
+    raise InputError(
       f"{job.dir} was trained with another config (differs in "
       f"{', '.join(changed[:5])}); delete that directory to retrain it, or "
       "use a new --workdir"
@@ -150,7 +151,7 @@ def check_sft_checkpoint(workdir: str, seed: int) -> None:
   """ValueError when seed's SFT is marked done but its checkpoint is gone."""
   directory = sft_dir(workdir, seed)
   if is_done(directory) and latest_checkpoint(directory) is None:
-    raise ValueError(
+    raise InputError(
       f"missing SFT checkpoint {checkpoint_dir(directory)} (its runs start "
       f"from it): delete {directory} and run the experiment again to "
       "retrain it"

@@ -23,6 +23,7 @@ import sys
 
 from etils import epath
 
+from stepjax.errors import InputError
 from stepjax.experiment import figures, results
 
 RESULTS_MD = "results.md"
@@ -36,18 +37,18 @@ def publish(
   source = epath.Path(results_dir)
   readme_path = epath.Path(readme)
   if not readme_path.exists():
-    raise ValueError(f"publish: README {readme} not found")
+    raise InputError(f"publish: README {readme} not found")
   start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
   text = readme_path.read_text()
   i, j = text.find(start), text.find(end)
   if i < 0 or j < 0 or j < i:
-    raise ValueError(
+    raise InputError(
       f"publish: {readme} lacks the markers {start} ... {end} (in that "
       "order); add them where the results belong"
     )
   for name in (RESULTS_MD, results.RESULTS_FILE):
     if not (source / name).exists():
-      raise ValueError(
+      raise InputError(
         f"publish: no {name} in {results_dir}; run `stepjax experiment` "
         "with that --workdir first"
       )

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -69,6 +68,7 @@ from typing import Any
 import ml_collections
 
 from stepjax import config_utils
+from stepjax.errors import InputError
 
 _REQUIRED = (
   "base",
@@ -142,30 +142,30 @@ class Experiment:
 def from_config(config: Any) -> Experiment:
   """Validates an experiment ConfigDict; ValueError names what to fix."""
   if not isinstance(config, ml_collections.ConfigDict):
-    raise ValueError(
+    raise InputError(
       f"experiment config must be a ConfigDict, got {type(config).__name__}; "
       + _FORMAT_HINT
     )
   keys = set(config.keys())
   if {"rl", "model"} <= keys and "base" not in keys:
-    raise ValueError(
+    raise InputError(
       "--config is a job config, not an experiment config: pass "
       "--config=configs/experiments/NAME.py (" + _FORMAT_HINT + ")"
     )
   missing = [k for k in _REQUIRED if k not in keys]
   if missing:
-    raise ValueError(f"experiment config lacks {missing}; " + _FORMAT_HINT)
+    raise InputError(f"experiment config lacks {missing}; " + _FORMAT_HINT)
   unknown = sorted(keys - set(_REQUIRED) - set(_OPTIONAL))
   if unknown:
-    raise ValueError(
+    raise InputError(
       f"experiment config has unknown keys {unknown}; valid keys: "
       f"{list(_REQUIRED) + list(_OPTIONAL)}"
     )
   base = config.base
   if not isinstance(base, ml_collections.ConfigDict) or "sft" not in base:
-    raise ValueError("experiment `base` must be a job config; " + _FORMAT_HINT)
+    raise InputError("experiment `base` must be a job config; " + _FORMAT_HINT)
   if base.sft.steps <= 0:
-    raise ValueError(
+    raise InputError(
       f"experiment base.sft.steps is {base.sft.steps}: the grid trains one "
       "SFT warm start per seed; set base.sft.steps > 0"
     )
@@ -174,7 +174,7 @@ def from_config(config: Any) -> Experiment:
   runs = {name: parse_overrides(text, base, name) for name, text in specs}
   baseline = config.baseline
   if baseline not in runs:
-    raise ValueError(
+    raise InputError(
       f"experiment baseline {baseline!r} is not a run; runs: {list(runs)}"
     )
   compare = _pairs(config.compare, runs)
@@ -212,7 +212,7 @@ def check_equal_compute(exp: Experiment) -> None:
     name: completions_sampled(exp.run_config(name)) for name in exp.runs
   }
   if len(set(counts.values())) > 1:
-    raise ValueError(
+    raise InputError(
       f"runs sample different numbers of completions {counts}; the grid "
       "compares at equal sampling compute: make train.steps x "
       "data.batch_size x sampling.group_size equal in every run"
@@ -231,7 +231,7 @@ def parse_overrides(
   not in base, a key the grid owns, or a value of the wrong type.
   """
   if not isinstance(text, str):
-    raise ValueError(
+    raise InputError(
       f"run {run!r}: overrides must be a string like 'rl.algorithm=grpo', "
       f"got {type(text).__name__}"
     )
@@ -240,7 +240,7 @@ def parse_overrides(
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
-      raise ValueError(
+      raise InputError(
         f"run {run!r}: override {item!r} is not key=value; write e.g. "
         "rl.algorithm=grpo"
       )
@@ -279,32 +279,21 @@ def _split_items(text: str) -> list[str]:
 
 
 def _lookup(base: ml_collections.ConfigDict, key: str, run: str) -> Any:
+  problem = config_utils.unknown_key(base, key)
+  if problem:
+    raise InputError(
+      f"run {run!r}: {problem}; overrides are dotted keys into the "
+      "experiment's base config"
+    )
   node: Any = base
   for name in key.split("."):
-    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-      close = difflib.get_close_matches(key, _dotted_keys(base), n=1)
-      hint = f" (did you mean {close[0]}?)" if close else ""
-      raise ValueError(
-        f"run {run!r}: unknown config key {key!r}{hint}; overrides are "
-        "dotted keys into the experiment's base config"
-      )
     node = node[name]
   if isinstance(node, ml_collections.ConfigDict):
-    raise ValueError(
+    raise InputError(
       f"run {run!r}: {key!r} is a group of keys; override one of its keys "
       f"(e.g. {key}.{sorted(node.keys())[0]}=...)"
     )
   return node
-
-
-def _dotted_keys(config: ml_collections.ConfigDict, prefix: str = ""):
-  out = []
-  for name, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      out += _dotted_keys(value, f"{prefix}{name}.")
-    else:
-      out.append(prefix + name)
-  return out
 
 
 def _matches(key: str, patterns: tuple[str, ...]) -> bool:
@@ -315,12 +304,12 @@ def _matches(key: str, patterns: tuple[str, ...]) -> bool:
 
 def _check_allowed(key: str, run: str) -> None:
   if _matches(key, GRID_KEYS):
-    raise ValueError(
+    raise InputError(
       f"run {run!r}: {key!r} is set by the grid for every run; change it "
       "in the experiment (seeds, eval_every, base.sft.*) instead"
     )
   if _matches(key, SHARED_KEYS):
-    raise ValueError(
+    raise InputError(
       f"run {run!r}: {key!r} must be the same in every run (runs share "
       "their seed's SFT checkpoint and eval set); change it in base"
     )
@@ -333,14 +322,14 @@ def _convert(raw: str, default: Any, where: str) -> Any:
       return True
     if lowered in ("false", "0", "no"):
       return False
-    raise ValueError(f"{where}={raw!r}: expected true or false")
+    raise InputError(f"{where}={raw!r}: expected true or false")
   if isinstance(default, int | float):
     kind = type(default)
     try:
       return kind(raw)
     except ValueError:
       what = "an integer" if kind is int else "a number"
-      raise ValueError(f"{where}={raw!r}: expected {what}") from None
+      raise InputError(f"{where}={raw!r}: expected {what}") from None
   if isinstance(default, str):
     if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
       return raw[1:-1]
@@ -351,7 +340,7 @@ def _convert(raw: str, default: Any, where: str) -> Any:
     except (ValueError, SyntaxError):
       value = None
     if not isinstance(value, tuple | list):
-      raise ValueError(
+      raise InputError(
         f"{where}={raw!r}: expected a tuple literal like (96, 128)"
       )
     return tuple(value)
@@ -360,7 +349,7 @@ def _convert(raw: str, default: Any, where: str) -> Any:
       return ast.literal_eval(raw)
     except (ValueError, SyntaxError):
       return raw
-  raise ValueError(
+  raise InputError(
     f"{where}: values of type {type(default).__name__} cannot be overridden "
     "from a run's override string; set it in base"
   )
@@ -377,22 +366,22 @@ def _run_specs(runs: Any) -> list[tuple[str, str]]:
   ):
     specs = [(str(name), text) for name, text in runs]
   else:
-    raise ValueError(
+    raise InputError(
       "experiment `runs` must be a tuple of (name, overrides) pairs, e.g. "
       "(('grpo', 'rl.algorithm=grpo'),)"
     )
   if not specs:
-    raise ValueError("experiment `runs` is empty; give at least one run")
+    raise InputError("experiment `runs` is empty; give at least one run")
   names = [name for name, _ in specs]
   for name in names:
     if not _NAME.match(name) or name == "sft":
-      raise ValueError(
+      raise InputError(
         f"run name {name!r}: use letters, digits, '_', '-' or '.' (and not "
         "'sft', the warm-start runs' name)"
       )
   dupes = sorted({n for n in names if names.count(n) > 1})
   if dupes:
-    raise ValueError(f"experiment `runs` names {dupes} more than once")
+    raise InputError(f"experiment `runs` names {dupes} more than once")
   return specs
 
 
@@ -400,18 +389,18 @@ def _pairs(compare: Any, runs: Mapping[str, Any]) -> tuple[tuple[str, str]]:
   pairs = []
   for pair in compare or ():
     if not isinstance(pair, tuple | list) or len(pair) != 2:
-      raise ValueError(
+      raise InputError(
         f"experiment `compare` entry {pair!r} is not a (run_a, run_b) pair"
       )
     a, b = pair
     for name in (a, b):
       if name not in runs:
-        raise ValueError(
+        raise InputError(
           f"experiment `compare` pair {tuple(pair)} names {name!r}, which "
           f"is not a run; runs: {list(runs)}"
         )
     if a == b:
-      raise ValueError(f"experiment `compare` pairs {a!r} with itself")
+      raise InputError(f"experiment `compare` pairs {a!r} with itself")
     pairs.append((a, b))
   return tuple(pairs)
 
@@ -420,17 +409,17 @@ def _int_tuple(values: Any, name: str) -> tuple[int, ...]:
   if isinstance(values, int):
     values = (values,)
   if not isinstance(values, tuple | list) or not values:
-    raise ValueError(f"experiment `{name}` must be a tuple of ints, e.g. (0,)")
+    raise InputError(f"experiment `{name}` must be a tuple of ints, e.g. (0,)")
   if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-    raise ValueError(f"experiment `{name}` must hold ints, got {values}")
+    raise InputError(f"experiment `{name}` must hold ints, got {values}")
   if len(set(values)) != len(values):
-    raise ValueError(f"experiment `{name}` repeats a value: {tuple(values)}")
+    raise InputError(f"experiment `{name}` repeats a value: {tuple(values)}")
   return tuple(int(v) for v in values)
 
 
 def _count(value: Any, name: str, minimum: int) -> int:
   if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-    raise ValueError(
+    raise InputError(
       f"experiment `{name}` is {value!r}; must be an int >= {minimum}"
     )
   return int(value)

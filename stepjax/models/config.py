@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from stepjax.errors import InputError
+
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -130,7 +132,7 @@ class ModelConfig:
     if any(not 0 <= i < t.vocab_size for i in ids):
       problems.append(f"special token ids {ids} must be < vocab {t.vocab_size}")
     if problems:
-      raise ValueError("Invalid ModelConfig: " + "; ".join(problems))
+      raise InputError("Invalid ModelConfig: " + "; ".join(problems))
 
   def replace(self, **overrides: Any) -> ModelConfig:
     """Copy with overrides; `vision=`/`text=` may be dicts of field values."""
@@ -301,7 +303,7 @@ class ModelConfig:
     """Builds a config from a transformers Qwen2.5-VL `config.json` dict."""
     model_type = hf.get("model_type")
     if model_type != "qwen2_5_vl":
-      raise ValueError(
+      raise InputError(
         f"Unsupported model_type {model_type!r}: only 'qwen2_5_vl' "
         "(Qwen2.5-VL) checkpoints can be converted."
       )
@@ -315,14 +317,14 @@ class ModelConfig:
       "default",
       "mrope",
     ):
-      raise ValueError(f"Unsupported rope scaling {rope!r} in config.json")
+      raise InputError(f"Unsupported rope scaling {rope!r} in config.json")
     if text.get("use_sliding_window"):
-      raise ValueError("Sliding-window attention is not supported.")
+      raise InputError("Sliding-window attention is not supported.")
     if (
       vis.get("hidden_act", "silu") != "silu"
       or text.get("hidden_act", "silu") != "silu"
     ):
-      raise ValueError("Only hidden_act='silu' is supported.")
+      raise InputError("Only hidden_act='silu' is supported.")
     d = VisionConfig()
     vrope = vis.get("rope_parameters") or {}
     vision = VisionConfig(

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from stepjax.errors import InputError
+
 Fn = Callable[..., Any]
 
 
@@ -39,7 +41,7 @@ class Registry:
       return self._fns[name]
     except KeyError:
       where = f" (config key {self.config_key})" if self.config_key else ""
-      raise ValueError(
+      raise InputError(
         f"unknown {self.kind} {name!r}{where}; choose one of {self.names()}"
       ) from None
 

@@ -20,6 +20,8 @@ import numpy as np
 from nltk.translate import bleu_score
 from rouge_score import rouge_scorer
 
+from stepjax.errors import InputError
+
 log = logging.getLogger(__name__)
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
@@ -111,7 +113,7 @@ class BertScorer:
       self._tok = transformers.AutoTokenizer.from_pretrained(model_dir)
       self._model = transformers.AutoModel.from_pretrained(model_dir)
     except OSError as e:
-      raise ValueError(
+      raise InputError(
         f"rewards.bertscore_model={model_dir!r} is not a loadable HF "
         f"encoder directory ({e}); point it at a local dir with config, "
         "weights and tokenizer, or set it to '' to turn BERTScore off"

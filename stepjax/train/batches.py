@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from stepjax.data import records
+from stepjax.errors import InputError
 from stepjax.models import config as config_lib
 from stepjax.models import rope_index, vision_index
 
@@ -174,7 +175,7 @@ def micro_batches(update: dict, num: int, group_size: int):
     return
   b = update["ids_BxL"].shape[0]
   if b % (num * group_size):
-    raise ValueError(
+    raise InputError(
       f"--config.optim.grad_accum={num}: {b} completions cannot be split "
       f"into {num} micro-batches of whole groups of {group_size}"
     )

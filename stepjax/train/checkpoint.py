@@ -23,6 +23,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from stepjax.errors import MissingInputError
+
 
 def absolute(path: str) -> str:
   """Orbax needs absolute paths: local relative paths are made absolute,
@@ -125,7 +127,7 @@ def restore_state_only(directory: str, abstract_state: Any) -> Any:
     )
     step = manager.latest_step()
     if step is None:
-      raise FileNotFoundError(
+      raise MissingInputError(
         f"--config.init_from={directory}: no Orbax checkpoint found (and "
         "no config.json: it is not an HF directory either)"
       )

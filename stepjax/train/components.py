@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from stepjax.data import sources, synthmed
+from stepjax.errors import InputError
 from stepjax.rl import process
 from stepjax.train import policy
 
@@ -25,7 +26,7 @@ def make_source(config: Any, split: str) -> Any:
   files hold several splits) with `data.train_split` / `data.eval_split`.
   """
   if split not in SPLITS:
-    raise ValueError(f"split {split!r}: expected one of {SPLITS}")
+    raise InputError(f"split {split!r}: expected one of {SPLITS}")
   d = config.data
   if d.dataset == "synthmed":
     common = dict(image_size=d.image_size, difficulty=d.difficulty)
@@ -38,12 +39,12 @@ def make_source(config: Any, split: str) -> Any:
     )
   path = d.path if split == "train" else (d.eval_path or d.path)
   if not path:
-    raise ValueError(
+    raise InputError(
       f"--config.data.dataset={d.dataset!r} reads from disk: set "
       "--config.data.path (and --config.data.eval_path for evaluation)"
     )
   if split == "eval" and d.dataset == "mrpo_json" and not d.eval_path:
-    raise ValueError(
+    raise InputError(
       "--config.data.dataset=mrpo_json: set --config.data.eval_path to the "
       "evaluation file (evaluating on the training file hides overfitting)"
     )

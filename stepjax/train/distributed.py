@@ -14,6 +14,8 @@ from typing import Any
 import jax
 from absl import logging
 
+from stepjax.errors import InputError
+
 _TPU_POD_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
 
 
@@ -26,7 +28,7 @@ def maybe_initialize(dist: Any) -> bool:
   """Initializes jax.distributed per `config.distributed`; True if it did."""
   mode = dist.initialize
   if mode not in ("auto", "yes", "no"):
-    raise ValueError(
+    raise InputError(
       f"--config.distributed.initialize={mode!r}: expected auto, yes or no"
     )
   explicit = bool(dist.coordinator_address)
@@ -40,7 +42,7 @@ def maybe_initialize(dist: Any) -> bool:
       process_id=int(dist.process_id),
     )
     if kwargs["num_processes"] < 1 or kwargs["process_id"] < 0:
-      raise ValueError(
+      raise InputError(
         "--config.distributed.coordinator_address is set: also set "
         "distributed.num_processes and distributed.process_id"
       )

@@ -23,6 +23,7 @@ import jax
 from absl import app, logging
 from etils import epath
 
+from stepjax.errors import InputError
 from stepjax.eval import checkpoints
 from stepjax.models import hf_convert
 
@@ -43,7 +44,7 @@ def export(config: Any, checkpoint: str, out_dir: str) -> str:
   """Writes the policy of `checkpoint` and its tokenizer to `out_dir`."""
   out = epath.Path(out_dir)
   if checkpoint and out.resolve() == epath.Path(checkpoint).resolve():
-    raise ValueError(f"--out={out_dir} is --checkpoint itself; pick a new dir")
+    raise InputError(f"--out={out_dir} is --checkpoint itself; pick a new dir")
   loaded = checkpoints.load(config, checkpoint)
   if jax.process_index() != 0:
     return str(out)

@@ -6,6 +6,8 @@ from typing import Any
 
 import optax
 
+from stepjax.errors import InputError
+
 
 def learning_rate_schedule(
   peak: float, warmup_steps: int, total_steps: int, kind: str
@@ -20,7 +22,7 @@ def learning_rate_schedule(
   elif kind == "linear":
     after = optax.linear_schedule(peak, peak * 0.1, decay_steps)
   else:
-    raise ValueError(
+    raise InputError(
       f"--config.optim.schedule={kind!r}: expected cosine, linear or constant"
     )
   if warmup_steps == 0:

@@ -15,6 +15,7 @@ import jax
 from etils import epath
 from flax import nnx
 
+from stepjax.errors import InputError
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert, qwen25vl, step_value
 from stepjax.train import sharding
@@ -52,12 +53,12 @@ def model_config(config: Any, tok_info: Any) -> config_lib.ModelConfig:
     elif preset in _LARGE_PRESETS:
       cfg = getattr(config_lib.ModelConfig, preset)()
     else:
-      raise ValueError(
+      raise InputError(
         f"--config.model.preset={preset!r}: expected one of "
         f"{_SMALL_PRESETS + _LARGE_PRESETS}"
       )
   if tok_info.vocab_size > cfg.text.vocab_size:
-    raise ValueError(
+    raise InputError(
       f"the tokenizer has {tok_info.vocab_size} tokens but the model's "
       f"vocabulary is {cfg.text.vocab_size}; use the checkpoint's own "
       "tokenizer (--config.tokenizer.path)"
@@ -81,7 +82,7 @@ def attention_impl(config: Any) -> str:
   not split over devices, else the dense batched einsum."""
   choice = config.model.attention
   if choice not in ("auto", "dense", "rows"):
-    raise ValueError(
+    raise InputError(
       f"--config.model.attention={choice!r}: expected auto, dense or rows"
     )
   if choice != "auto":

@@ -21,6 +21,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from stepjax.errors import InputError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -36,7 +38,7 @@ def resolve_mesh_shape(
     size = sizes[axis]
     if size == -1:
       if num_devices % product:
-        raise ValueError(
+        raise InputError(
           f"--config.mesh: {num_devices} devices cannot be split with "
           f"{dict(sizes)}; the fixed axes' product {product} must divide "
           "the device count"
@@ -46,7 +48,7 @@ def resolve_mesh_shape(
   if -1 not in sizes.values() and math.prod(shape) < num_devices:
     return tuple(shape)  # an explicit smaller mesh uses the first devices
   if math.prod(shape) != num_devices:
-    raise ValueError(
+    raise InputError(
       f"--config.mesh: axes {dict(zip(MESH_AXES, shape))} use "
       f"{math.prod(shape)} devices but {num_devices} are available; set "
       "one axis to -1 or make the product match"
@@ -61,7 +63,7 @@ def make_mesh(mesh_config: Any, devices: Sequence[Any] | None = None) -> Mesh:
   shape = resolve_mesh_shape(sizes, len(devices))
   if math.prod(shape) < len(devices):
     if jax.process_count() > 1:
-      raise ValueError(
+      raise InputError(
         f"--config.mesh {dict(zip(MESH_AXES, shape))} uses fewer than the "
         f"{len(devices)} devices of this multi-process run; use them all"
       )
