@@ -5,13 +5,18 @@ completion valid (1) or invalid (0) with our prompt of the spec's criteria
 (a step is valid when aligned with the gold rationale at its position in
 the chain OR it directly contributes to the reference answer; meta
 commentary, empty or repeated steps are invalid), and never raises for a
-failed call: after `max_retries` retries (timeouts, 429, 5xx, replies that
-are not the JSON asked for) it applies the configured fallback (invalid,
-valid or skip) and counts it in `stats`.
+failed call: after `max_retries` retries (timeouts, connection errors, 408,
+429, 5xx, replies that are not the JSON asked for) it applies the
+configured fallback (invalid, valid or skip) and counts it in `stats`, by
+cause (`process.FALLBACK_CAUSES`). `take_totals()` returns the counts since
+its last call: the trainer calls it once per RL step for `metrics.jsonl`.
 
-The API key is read at call time from the environment variable whose NAME
-is configured (`judge.api_key_env`); it is kept in no attribute, and log and
-error text is redacted of it. Standard library HTTP only (urllib).
+HTTP is one pooled `httpx.Client` (connections reused across calls and
+threads); retries are a `tenacity` loop with seeded, jittered exponential
+backoff that honours Retry-After. The API key is read at call time from
+the environment variable whose NAME is configured (`judge.api_key_env`);
+it is kept in no attribute and sent per request (never set on the pooled
+client), and log and error text is redacted of it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import base64
 import collections
 import concurrent.futures
+import datetime
+import email.utils
 import hashlib
 import json
 import logging
@@ -27,10 +34,11 @@ import random
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import httpx
+import tenacity
 
 from stepjax.rl import process
 
@@ -70,7 +78,8 @@ class InvalidReply(ValueError):
 
 
 class _Retryable(Exception):
-  """A failed call worth retrying (timeout, 429, 5xx, invalid reply)."""
+  """A failed call worth retrying (timeout, connection, 408, 429, 5xx,
+  invalid reply)."""
 
   def __init__(self, kind: str, detail: str, retry_after: float | None = None):
     super().__init__(f"{kind}: {detail}")
@@ -79,7 +88,7 @@ class _Retryable(Exception):
 
 
 class _Fatal(Exception):
-  """A failed call not worth retrying (400, 401, 403, 404 ...)."""
+  """A failed call not worth retrying (400, 401, 403, 404, 3xx ...)."""
 
   def __init__(self, kind: str, detail: str):
     super().__init__(f"{kind}: {detail}")
@@ -176,6 +185,39 @@ def cache_key(record_id: str, step_texts: Sequence[str]) -> str:
   return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def fallback_cause(kind: str) -> str:
+  """The `process.FALLBACK_CAUSES` entry of an error kind ("timeout",
+  "connection", "invalid_reply" or "http_<status>")."""
+  if kind in ("timeout", "http_408"):
+    return "timeout"
+  if kind in ("connection", "invalid_reply"):
+    return kind
+  if kind == "http_429":
+    return "rate_limited"
+  if kind.startswith("http_5"):
+    return "server_error"
+  return "http_error"
+
+
+def retry_after_s(value: str | None) -> float | None:
+  """Seconds to wait from a Retry-After header: delta seconds or an HTTP
+  date; None when absent or unreadable."""
+  if not value:
+    return None
+  try:
+    return max(0.0, float(value))
+  except ValueError:
+    pass
+  try:
+    when = email.utils.parsedate_to_datetime(value)
+  except (TypeError, ValueError):
+    return None
+  if when.tzinfo is None:
+    when = when.replace(tzinfo=datetime.UTC)
+  now = datetime.datetime.now(datetime.UTC)
+  return max(0.0, (when - now).total_seconds())
+
+
 class JudgeClient:
   """Labels steps with an LLM behind a chat-completions endpoint.
 
@@ -186,17 +228,23 @@ class JudgeClient:
     api_key_env: NAME of the environment variable holding the API key
       (unset: no Authorization header, for local servers).
     send_image: attach the record image as a data URL.
-    timeout_s: socket timeout per HTTP request.
+    timeout_s: limit for each network operation of a request (connect,
+      send, each read); waiting for a free pooled connection is not
+      limited (the pool holds `concurrency` connections).
     max_retries: retries after the first attempt.
-    concurrency: parallel requests (thread pool size).
+    concurrency: parallel requests (thread pool and connection pool size).
     fallback: "invalid" (all steps 0), "valid" (all 1) or "skip" (no
       process reward for the completion) when every attempt failed.
     cache_path: JSONL file caching labels by (record id, step texts);
       "" keeps the cache in memory only.
     backoff_s, backoff_max_s: exponential backoff base and cap; each delay
-      is scaled by a jitter in [0.5, 1.5) from a `seed`ed rng.
+      is scaled by a jitter in [0.5, 1.5) from a `seed`ed rng, and is at
+      least the server's Retry-After (capped at backoff_max_s).
     extra_body: extra request fields (e.g. {"temperature": 0}).
     sleep: the sleep function (tests replace it).
+
+  Call `close()` (or use it as a context manager) to release the pooled
+  connections.
   """
 
   def __init__(
@@ -242,8 +290,18 @@ class JudgeClient:
     self._rng = random.Random(seed)
     self._lock = threading.Lock()
     self.stats: collections.Counter[str] = collections.Counter()
+    self._taken: dict[str, int] = {}  # stats at the last take_totals()
+    self._warned_causes: set[str] = set()  # since the last take_totals()
     self._cache: dict[str, tuple[int, ...]] = {}
     self._warned_no_key = False
+    self._http = httpx.Client(
+      timeout=httpx.Timeout(timeout_s, pool=None),
+      limits=httpx.Limits(
+        max_connections=self.concurrency,
+        max_keepalive_connections=self.concurrency,
+      ),
+    )
+    _quiet_request_logs()
     if cache_path and os.path.exists(cache_path):
       self._load_cache()
 
@@ -252,6 +310,16 @@ class JudgeClient:
       f"JudgeClient(url={self.url!r}, model={self.model!r}, "
       f"api_key_env={self.api_key_env!r}, fallback={self.fallback!r})"
     )
+
+  def close(self) -> None:
+    """Closes the pooled connections."""
+    self._http.close()
+
+  def __enter__(self) -> JudgeClient:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
   # -- cache ---------------------------------------------------------------
 
@@ -283,48 +351,40 @@ class JudgeClient:
     key = os.environ.get(self.api_key_env, "")
     return text.replace(key, "***") if key else text
 
-  def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-    headers = {"Content-Type": "application/json"}
+  def _headers(self) -> dict[str, str]:
+    """Per-request headers: the key is read now and never stored."""
     key = os.environ.get(self.api_key_env, "")
     if key:
-      headers["Authorization"] = "Bearer " + key
-    elif not self._warned_no_key:
-      with self._lock:
-        first, self._warned_no_key = not self._warned_no_key, True
-      if first:
-        log.warning(
-          "environment variable %s (judge.api_key_env) is not set; calling "
-          "%s without an API key",
-          self.api_key_env,
-          self.url,
-        )
-    request = urllib.request.Request(
-      self.url, data=json.dumps(payload).encode(), headers=headers
-    )
+      return {"Authorization": "Bearer " + key}
+    with self._lock:
+      first, self._warned_no_key = not self._warned_no_key, True
+    if first:
+      log.warning(
+        "environment variable %s (judge.api_key_env) is not set; calling "
+        "%s without an API key",
+        self.api_key_env,
+        self.url,
+      )
+    return {}
+
+  def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+    """One POST; raises `_Retryable` or `_Fatal` (redacted) on failure."""
     try:
-      with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
-        raw = resp.read()
-    except urllib.error.HTTPError as e:
-      detail = e.read(300).decode("utf-8", "replace") if e.fp else ""
-      detail = f"HTTP {e.code} {self._redact(detail)}"
-      if e.code == 429 or e.code == 408 or e.code >= 500:
-        retry_after = None
-        try:
-          retry_after = float(e.headers.get("Retry-After", ""))
-        except (TypeError, ValueError):
-          pass
-        raise _Retryable(f"http_{e.code}", detail, retry_after) from None
-      raise _Fatal(f"http_{e.code}", detail) from None
-    except TimeoutError:
+      resp = self._http.post(self.url, json=payload, headers=self._headers())
+    except httpx.TimeoutException:
       raise _Retryable("timeout", f"no reply in {self.timeout_s}s") from None
-    except urllib.error.URLError as e:
-      reason = e.reason
-      kind = "timeout" if isinstance(reason, TimeoutError) else "connection"
-      raise _Retryable(kind, self._redact(str(reason))) from None
-    except (ConnectionError, OSError) as e:
-      raise _Retryable("connection", self._redact(str(e))) from None
+    except httpx.TransportError as e:
+      detail = self._redact(f"{type(e).__name__}: {e}")
+      raise _Retryable("connection", detail) from None
+    status = resp.status_code
+    if not resp.is_success:
+      detail = f"HTTP {status} {self._redact(resp.text[:300])}"
+      if status in (408, 429) or status >= 500:
+        wait = retry_after_s(resp.headers.get("Retry-After"))
+        raise _Retryable(f"http_{status}", detail, wait)
+      raise _Fatal(f"http_{status}", detail)
     try:
-      return json.loads(raw)
+      return resp.json()
     except ValueError:
       raise _Retryable("invalid_reply", "body is not JSON") from None
 
@@ -336,14 +396,67 @@ class JudgeClient:
       delay = max(delay, min(retry_after, self.backoff_max_s))
     return delay
 
+  def _wait(self, state: tenacity.RetryCallState) -> float:
+    """tenacity wait strategy: `_delay` of the attempt that just failed."""
+    error = state.outcome.exception() if state.outcome else None
+    retry_after = getattr(error, "retry_after", None)
+    return self._delay(state.attempt_number - 1, retry_after)
+
+  def _retrying(self) -> tenacity.Retrying:
+    """Retries `_Retryable` failures; `_Fatal` ones and the last failure
+    are re-raised as they are."""
+    return tenacity.Retrying(
+      stop=tenacity.stop_after_attempt(self.max_retries + 1),
+      wait=self._wait,
+      retry=tenacity.retry_if_exception_type(_Retryable),
+      sleep=self._sleep,
+      before_sleep=lambda state: self._count("retries"),
+      reraise=True,
+    )
+
   def _count(self, name: str, n: int = 1):
     with self._lock:
       self.stats[name] += n
 
   # -- judging -------------------------------------------------------------
 
-  def _fallback(self, req: process.StepRequest) -> process.StepLabels:
-    self._count("fallbacks")
+  def _attempt(self, req: process.StepRequest, payload: dict, n: int):
+    """One call and its parsed labels; counts it and its error."""
+    self._count("calls")
+    try:
+      body = self._post(payload)
+      try:
+        return parse_reply(_reply_text(body), len(req.step_texts))
+      except InvalidReply as e:
+        raise _Retryable("invalid_reply", self._redact(str(e))) from None
+    except (_Retryable, _Fatal) as e:
+      self._count(f"error_{e.kind}")
+      log.debug("judge record %s attempt %d: %s", req.record_id, n, e)
+      raise
+
+  def _fallback(
+    self, req: process.StepRequest, error: _Retryable | _Fatal, attempts: int
+  ) -> process.StepLabels:
+    """The configured fallback labels, counted by cause; the first failure
+    of each cause between two `take_totals` is a warning, the rest debug."""
+    cause = fallback_cause(error.kind)
+    with self._lock:
+      for name in ("failures", "fallbacks", f"fallbacks_{cause}"):
+        self.stats[name] += 1
+      first = cause not in self._warned_causes
+      self._warned_causes.add(cause)
+    log.log(
+      logging.WARNING if first else logging.DEBUG,
+      "judge failed for record %s after %d attempt(s) (last: %s); using "
+      "fallback %r%s",
+      req.record_id,
+      attempts,
+      self._redact(str(error)),
+      self.fallback,
+      f"; further {cause} failures until the next totals are debug logs"
+      if first
+      else "",
+    )
     k = len(req.step_texts)
     value = 1 if self.fallback == "valid" else 0
     return process.StepLabels(
@@ -353,15 +466,7 @@ class JudgeClient:
       skipped=self.fallback == "skip",
     )
 
-  def judge_one(self, req: process.StepRequest) -> process.StepLabels:
-    """Labels one completion; never raises for a failed call."""
-    self._count("requests")
-    if not req.step_texts:
-      return process.StepLabels((), source="judge")
-    cached = self._cache.get(cache_key(req.record_id, req.step_texts))
-    if cached is not None:
-      self._count("cache_hits")
-      return process.StepLabels(cached, source="judge")
+  def _payload(self, req: process.StepRequest) -> dict[str, Any]:
     try:
       messages = build_messages(req, self.send_image)
     except OSError as e:
@@ -372,42 +477,29 @@ class JudgeClient:
       )
       self._count("image_errors")
       messages = build_messages(req, send_image=False)
-    payload = {"model": self.model, "messages": messages, **self.extra_body}
-    last = ""
-    for attempt in range(self.max_retries + 1):
-      if attempt:
-        self._count("retries")
-      self._count("calls")
-      try:
-        body = self._post(payload)
-        try:
-          labels = parse_reply(_reply_text(body), len(req.step_texts))
-        except InvalidReply as e:
-          raise _Retryable("invalid_reply", str(e)) from None
-      except _Retryable as e:
-        self._count(f"error_{e.kind}")
-        last = str(e)
-        log.debug("judge record %s attempt %d: %s", req.record_id, attempt, e)
-        if attempt < self.max_retries:
-          self._sleep(self._delay(attempt, e.retry_after))
-        continue
-      except _Fatal as e:
-        self._count(f"error_{e.kind}")
-        last = str(e)
-        break
-      self._count("successes")
-      self._store(req, labels)
-      return process.StepLabels(labels, source="judge")
-    self._count("failures")
-    log.warning(
-      "judge failed for record %s after %d attempt(s) (last: %s); using "
-      "fallback %r",
-      req.record_id,
-      attempt + 1,
-      self._redact(last),
-      self.fallback,
-    )
-    return self._fallback(req)
+    return {"model": self.model, "messages": messages, **self.extra_body}
+
+  def judge_one(self, req: process.StepRequest) -> process.StepLabels:
+    """Labels one completion; never raises for a failed call."""
+    self._count("requests")
+    if not req.step_texts:
+      return process.StepLabels((), source="judge")
+    cached = self._cache.get(cache_key(req.record_id, req.step_texts))
+    if cached is not None:
+      self._count("cache_hits")
+      return process.StepLabels(cached, source="judge")
+    payload = self._payload(req)
+    n = 0
+    try:
+      for attempt in self._retrying():
+        with attempt:
+          n = attempt.retry_state.attempt_number
+          labels = self._attempt(req, payload, n)
+    except (_Retryable, _Fatal) as e:
+      return self._fallback(req, e, n)
+    self._count("successes")
+    self._store(req, labels)
+    return process.StepLabels(labels, source="judge")
 
   def judge(
     self, requests: Sequence[process.StepRequest]
@@ -424,3 +516,35 @@ class JudgeClient:
   ) -> list[process.StepLabels]:
     """The process-source interface: same as `judge`."""
     return self.judge(requests)
+
+  def take_totals(self) -> dict[str, int]:
+    """Counts (`process.JUDGE_TOTALS`) since the last call, e.g. one RL
+    step; warns once with the fallbacks by cause when there were any."""
+    with self._lock:
+      now = {k: self.stats[k] for k in process.JUDGE_TOTALS}
+      totals = {k: now[k] - self._taken.get(k, 0) for k in now}
+      self._taken = now
+      self._warned_causes.clear()
+    if totals["fallbacks"]:
+      by_cause = ", ".join(
+        f"{c}={totals[f'fallbacks_{c}']}"
+        for c in process.FALLBACK_CAUSES
+        if totals[f"fallbacks_{c}"]
+      )
+      log.warning(
+        "judge: %d of %d completions fell back to %r since the last "
+        "totals (%s)",
+        totals["fallbacks"],
+        totals["requests"],
+        self.fallback,
+        by_cause,
+      )
+    return totals
+
+
+def _quiet_request_logs() -> None:
+  """httpx logs every request at INFO; at a judge call per completion that
+  floods the training log, so keep it to warnings unless a level is set."""
+  logger = logging.getLogger("httpx")
+  if logger.level == logging.NOTSET:
+    logger.setLevel(logging.WARNING)

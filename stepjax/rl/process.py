@@ -9,6 +9,8 @@ One interface, `label_steps(requests) -> list[StepLabels]`, four sources
   value_head  the policy's step-value logits: valid when sigmoid >= thr;
   hybrid      the judge for a seeded random fraction of completions, the
               value head for the rest (and where the judge fell back).
+`judge_totals` collects the judge's per-step counts (calls, cache hits,
+retries, fallbacks by cause) from whichever source in a chain counts them.
 `pack_labels` turns the labels into the fixed-shape arrays the advantage
 shaping takes, `token_labels` into the per-token labels the value loss
 takes. Shapes: B completions, T tokens, K steps of a completion (its true
@@ -17,12 +19,36 @@ count), K_pad step slots of a batch (at least its largest K).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+
+# Why a judge call fell back: a timeout (incl. HTTP 408), a connection
+# error, HTTP 429, HTTP 5xx, another HTTP status (not retried: 4xx, 3xx) or
+# a reply that is not the JSON asked for.
+FALLBACK_CAUSES = (
+  "timeout",
+  "connection",
+  "rate_limited",
+  "server_error",
+  "http_error",
+  "invalid_reply",
+)
+# Judge counts reported per RL step (`take_totals` of a judge source):
+# completions asked, HTTP calls (retries included), cache hits, retries,
+# fallbacks (all, then by cause).
+JUDGE_TOTALS = (
+  "requests",
+  "calls",
+  "cache_hits",
+  "retries",
+  "fallbacks",
+  *(f"fallbacks_{c}" for c in FALLBACK_CAUSES),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,21 +213,32 @@ class CountingSource:
   """A source whose calls are counted: completions and steps labelled.
 
   Wraps a simulated judge (e.g. the SynthMed verifier standing in for an
-  LLM judge) so the hybrid source's judge usage can be reported.
+  LLM judge) so the hybrid source's judge usage can be reported; like a
+  `JudgeClient` it reports `take_totals()` (one call per completion with
+  steps; no cache, retries or fallbacks).
   """
 
   def __init__(self, inner: ProcessSource):
     self.inner = inner
     self.completions = 0
     self.steps = 0
+    self._window: collections.Counter[str] = collections.Counter()
 
   def label_steps(self, requests: Sequence[StepRequest]) -> list[StepLabels]:
     self.completions += len(requests)
     self.steps += sum(len(r.step_texts) for r in requests)
+    self._window["requests"] += len(requests)
+    self._window["calls"] += sum(1 for r in requests if r.step_texts)
     return [
       dataclasses.replace(lab, source="judge")
       for lab in self.inner.label_steps(requests)
     ]
+
+  def take_totals(self) -> dict[str, int]:
+    """Counts (`JUDGE_TOTALS`) since the last call."""
+    totals = {k: self._window[k] for k in JUDGE_TOTALS}
+    self._window.clear()
+    return totals
 
 
 class NoisySource:
@@ -247,6 +284,35 @@ def reseed(source: ProcessSource, call_number: int) -> None:
     inner = getattr(source, name, None)
     if inner is not None:
       reseed(inner, call_number)
+
+
+def _chain(source: Any):
+  """`source` and every source or client it wraps."""
+  yield source
+  for name in ("inner", "judge", "client"):
+    inner = getattr(source, name, None)
+    if inner is not None:
+      yield from _chain(inner)
+
+
+def judge_totals(source: ProcessSource) -> dict[str, float]:
+  """The judge counts since the last call, as metrics: judge_requests,
+  judge_calls, judge_cache_hits, judge_retries, judge_fallbacks and
+  judge_fallbacks_<cause> for every `FALLBACK_CAUSES` entry.
+
+  Read from each source in the chain with `take_totals()` (a `JudgeClient`,
+  a `CountingSource`); {} when none has it (no judge: nothing to report).
+  """
+  counts: collections.Counter[str] = collections.Counter()
+  found = False
+  for s in _chain(source):
+    take = getattr(s, "take_totals", None)
+    if callable(take):
+      counts.update(take())
+      found = True
+  if not found:
+    return {}
+  return {f"judge_{k}": float(counts[k]) for k in JUDGE_TOTALS}
 
 
 def pack_labels(

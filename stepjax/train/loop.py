@@ -348,6 +348,8 @@ class Trainer:
       )
       value_logits = np.asarray(value_logits)[:, prompt_len:]
     process.reseed(self.process_source, step)  # draws depend on the step
+    # Judge totals count this step's scoring only, not evaluation's calls.
+    process.judge_totals(self.process_source)
     scored = rollout.score(
       out.tokens_BxR,
       out.lengths_B,
@@ -376,6 +378,7 @@ class Trainer:
       m["judge_share"] = len(self.process_source.last_judged) / len(
         scored.texts
       )
+    m.update(process.judge_totals(self.process_source))
     m["sample_tokens_per_s"] = float(np.sum(out.lengths_B)) / max(
       t_sample, 1e-9
     )

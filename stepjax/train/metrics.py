@@ -2,8 +2,9 @@
 
 Only process 0 writes. `metrics.jsonl` holds one JSON object per logged
 step (`{"step": ..., "phase": ..., <name>: <float>}`); TensorBoard scalars
-go under `tb/`. On a TTY a tqdm bar shows the key numbers; otherwise a
-plain log line is printed every `log_every` steps.
+go under `tb/`. On a TTY a tqdm bar shows the key numbers (and the step's
+judge totals, when a judge labels steps); otherwise a plain log line is
+printed every `log_every` steps.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from absl import logging
 from etils import epath
 
 KEY_METRICS = ("reward", "accuracy", "step_validity", "loss", "kl")
+# (shown as, metric judge_<key>): judge totals of the step, when it has any.
+JUDGE_SUMMARY = (
+  ("calls", "calls"),
+  ("cached", "cache_hits"),
+  ("retries", "retries"),
+  ("fallbacks", "fallbacks"),
+)
 
 
 def _to_float(value: Any) -> float | None:
@@ -27,6 +35,24 @@ def _to_float(value: Any) -> float | None:
   except (TypeError, ValueError):
     return None
   return out if math.isfinite(out) else None
+
+
+def _judge_summary(scalars: dict[str, float]) -> str:
+  """The step's judge totals for the progress line ("" without a judge)."""
+  if "judge_calls" not in scalars:
+    return ""
+  parts = [
+    f"{name}={int(scalars.get(f'judge_{key}', 0))}"
+    for name, key in JUDGE_SUMMARY
+  ]
+  causes = [
+    f"{k[len('judge_fallbacks_') :]}={int(v)}"
+    for k, v in scalars.items()
+    if k.startswith("judge_fallbacks_") and v
+  ]
+  if causes:
+    parts[-1] += f" ({' '.join(causes)})"
+  return " judge " + " ".join(parts)
 
 
 class MetricsWriter:
@@ -76,6 +102,7 @@ class MetricsWriter:
       for name, value in clean.items():
         self._tb.add_scalar(f"{phase}/{name}", value, step)
     summary = " ".join(f"{k}={clean[k]:.3f}" for k in KEY_METRICS if k in clean)
+    summary += _judge_summary(clean)
     if self._bar is not None:
       self._bar.set_description(f"{phase} {summary}")
       self._bar.n = int(step)

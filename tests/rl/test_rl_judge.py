@@ -1,9 +1,12 @@
 """LLM judge client against a scripted local chat-completions server."""
 
 import collections
+import email.utils
 import http.server
+import importlib.util
 import json
 import logging
+import pathlib
 import re
 import threading
 import time
@@ -21,8 +24,11 @@ class ScriptedServer:
 
   def __init__(self):
     self.calls = collections.Counter()
+    self.replies = collections.Counter()  # by the behaviour used
+    self.force = None  # a mode for every request, whatever the question
     self.auth = []
     self.bodies = []
+    self.clients = []  # closed with the server
     self.active = 0
     self.max_active = 0
     self.lock = threading.Lock()
@@ -57,7 +63,7 @@ class ScriptedServer:
 
   def respond(self, h, body):
     text = body["messages"][1]["content"][-1]["text"]
-    mode = re.search(r"Question: (\S+)", text).group(1)
+    mode = self.force or re.search(r"Question: (\S+)", text).group(1)
     k = int(re.search(r"has (\d+) steps", text).group(1))
     with self.lock:
       self.calls[mode] += 1
@@ -78,6 +84,12 @@ class ScriptedServer:
         self.active -= 1
     if behaviour == "flaky" and n <= 2:
       behaviour = "500"
+    if behaviour == "mixed":  # calls 1, 5, 9 ...: 500; 2, 6, 10 ...: garbage
+      behaviour = {1: "500", 2: "garbage"}.get(n % 4, "ok")
+    with self.lock:
+      self.replies[behaviour] += 1
+    if behaviour == "drop":  # close the connection without a reply
+      return
     status, content, raw = 200, good, None
     if behaviour == "fence":
       content = f"Here you go:\n```json\n{good}\n```"
@@ -116,6 +128,8 @@ class ScriptedServer:
     h.wfile.write(raw)
 
   def close(self):
+    for client in self.clients:
+      client.close()
     self.httpd.shutdown()
     self.httpd.server_close()
 
@@ -142,7 +156,9 @@ def make_client(server, **kw):
     concurrency=8,
   )
   args.update(kw)
-  return judge.JudgeClient(server.url, "judge-model", **args)
+  client = judge.JudgeClient(server.url, "judge-model", **args)
+  server.clients.append(client)
+  return client
 
 
 def req(mode, k=3, image=None, rid=None):
@@ -299,3 +315,176 @@ def test_no_key_warns_once(server, monkeypatch, caplog):
 def test_judge_source_wraps_client(server):
   src = process.JudgeSource(make_client(server))
   assert src.label_steps([req("ok")])[0].labels == GOOD
+
+
+def _zero_totals(**counts):
+  out = dict.fromkeys(process.JUDGE_TOTALS, 0)
+  out.update(counts)
+  return out
+
+
+def test_totals_count_calls_retries_cache_and_each_fallback_cause(server):
+  client = make_client(server)
+  modes = [
+    "ok", "flaky", "timeout", "429", "500", "garbage", "401", "drop",
+  ]  # fmt: skip
+  client.judge([req(m) for m in modes] + [req("none", k=0)])
+  client.judge([req("ok")])  # labelled above: from the cache
+  # 3 attempts for each retried failure, 1 for 401, 3 for flaky (2 x 500).
+  assert client.take_totals() == _zero_totals(
+    requests=10,
+    calls=1 + 3 + 3 * 5 + 1,
+    cache_hits=1,
+    retries=2 + 2 * 5,
+    fallbacks=6,
+    fallbacks_timeout=1,
+    fallbacks_rate_limited=1,
+    fallbacks_server_error=1,
+    fallbacks_invalid_reply=1,
+    fallbacks_http_error=1,
+    fallbacks_connection=1,
+  )
+  assert server.replies["drop"] == 3
+  # Totals are per window: nothing new since the last call.
+  assert client.take_totals() == _zero_totals()
+  client.judge([req("ok"), req("500-again")])
+  assert client.take_totals() == _zero_totals(
+    requests=2, calls=3, cache_hits=1, retries=2, fallbacks=1,
+    fallbacks_server_error=1,
+  )  # fmt: skip
+  # The cumulative stats keep counting.
+  assert client.stats["fallbacks"] == 7 and client.stats["cache_hits"] == 2
+
+
+def test_fallbacks_warn_once_per_cause_per_window(server, caplog):
+  client = make_client(server, max_retries=0)
+  with caplog.at_level(logging.WARNING, logger="stepjax.rl.judge"):
+    client.judge([req(f"500-{i}") for i in range(4)] + [req("garbage")])
+    failed = [m for m in caplog.messages if "judge failed" in m]
+    assert len(failed) == 2  # one server_error, one invalid_reply
+    caplog.clear()
+    client.take_totals()
+    (total,) = caplog.messages
+    assert "5 of 5 completions" in total
+    assert "server_error=4" in total and "invalid_reply=1" in total
+    caplog.clear()
+    client.judge([req("500-4")])  # a new window warns again
+    assert sum("judge failed" in m for m in caplog.messages) == 1
+
+
+def test_key_redacted_everywhere(server, tmp_path, caplog):
+  """No log record of any logger (httpx and httpcore at DEBUG included),
+  error, repr or cache file holds the key, whatever the server echoes."""
+  cache = tmp_path / "cache.jsonl"
+  client = make_client(server, cache_path=str(cache), max_retries=1)
+  caplog.set_level(logging.DEBUG)
+  for name in ("httpx", "httpcore", "stepjax.rl.judge"):
+    caplog.set_level(logging.DEBUG, logger=name)
+  modes = ["ok", "401", "500", "429", "garbage", "drop", "timeout"]
+  client.judge([req(m) for m in modes])
+  client.take_totals()
+  assert set(server.auth) == {"Bearer " + SECRET}
+  assert "***" in caplog.text and SECRET not in caplog.text
+  assert any(r.name.startswith("httpcore") for r in caplog.records)
+  assert SECRET not in cache.read_text()
+  assert SECRET not in repr(client) and SECRET not in str(vars(client))
+  assert SECRET not in str(vars(client._http))
+
+
+def test_retry_after_header_forms():
+  assert judge.retry_after_s("2.5") == 2.5
+  assert judge.retry_after_s(None) is None
+  assert judge.retry_after_s("soon") is None
+  assert judge.retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+  later = email.utils.formatdate(time.time() + 30, usegmt=True)
+  assert 25 < judge.retry_after_s(later) <= 30
+
+
+def test_connection_refused_is_a_connection_fallback(server):
+  """Nothing listens on the port: a connection error, retried."""
+  client = make_client(server)
+  client.url = "http://127.0.0.1:9/v1/chat/completions"  # discard port
+  out = client.judge([req("ok")])
+  assert out[0].fallback_used
+  totals = client.take_totals()
+  assert totals["fallbacks_connection"] == 1 and totals["retries"] == 2
+
+
+class _AllValid:
+  def label_steps(self, requests):
+    return [
+      process.StepLabels((1,) * len(r.step_texts), source="verifier")
+      for r in requests
+    ]
+
+
+def test_judge_totals_walk_the_source_chain(server):
+  client = make_client(server)
+  src = process.NoisySource(process.JudgeSource(client), 0.1)
+  src.label_steps([req("ok"), req("500")])
+  m = process.judge_totals(src)
+  assert m["judge_requests"] == 2 and m["judge_fallbacks_server_error"] == 1
+  assert set(m) == {f"judge_{k}" for k in process.JUDGE_TOTALS}
+  assert process.judge_totals(src)["judge_calls"] == 0
+  # A simulated judge: one call per completion with steps.
+  counting = process.CountingSource(_AllValid())
+  hybrid = process.HybridSource(counting, process.ValueHeadSource(), 1.0)
+  hybrid.label_steps([req("a"), req("b", k=0)])
+  m = process.judge_totals(hybrid)
+  assert m["judge_requests"] == 2 and m["judge_calls"] == 1
+  assert m["judge_fallbacks"] == m["judge_retries"] == 0
+  assert process.judge_totals(process.ValueHeadSource()) == {}
+
+
+def _trainer_utils():
+  path = pathlib.Path(__file__).parents[1] / "train" / "trainer_utils.py"
+  spec = importlib.util.spec_from_file_location("trainer_utils", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_run_writes_judge_totals_per_step(server, tmp_path, capsys):
+  """Two RL steps judged over HTTP: each step's metrics.jsonl record and
+  progress line hold its totals, and they add up to what the server saw."""
+  from stepjax.train import loop, metrics
+
+  server.force = "mixed"
+  config = _trainer_utils().test_config(
+    **{
+      "mesh.data": 1,
+      "data.num_eval": 4,
+      "sft.steps": 0,
+      "train.steps": 2,
+      "train.eval_before_rl": False,
+      "rl.process_source": "judge",
+      "judge.base_url": server.url,
+      "judge.model": "judge-model",
+      "judge.api_key_env": KEY_ENV,
+      "judge.max_retries": 0,
+    }
+  )
+  loop.run(config, str(tmp_path))
+  records = metrics.read_metrics(str(tmp_path))
+  assert [r["phase"] for r in records] == ["rl", "rl"]
+  for r in records:
+    for k in process.JUDGE_TOTALS:
+      assert f"judge_{k}" in r, k
+    assert r["judge_requests"] == 4  # 2 prompts x 2 samples
+    assert r["judge_retries"] == 0
+  calls = sum(r["judge_calls"] for r in records)
+  assert calls == sum(server.replies.values()) > 0
+  assert (
+    sum(r["judge_fallbacks_server_error"] for r in records)
+    == (server.replies["500"])
+  )
+  assert (
+    sum(r["judge_fallbacks_invalid_reply"] for r in records)
+    == (server.replies["garbage"])
+  )
+  assert sum(r["judge_fallbacks"] for r in records) == (
+    server.replies["500"] + server.replies["garbage"]
+  )
+  assert server.replies["500"] >= 1
+  out = capsys.readouterr().out
+  assert out.count(" judge calls=") == 2
