@@ -10,22 +10,34 @@
   copy: same layout (token embedding).
 Older checkpoints (`visual.*`, `model.layers.*`, as on the Hub) are renamed
 to the transformers v5 layout first (`LEGACY_RENAMES`). `save_hf` writes the
-v5 layout. Safetensors are read tensor by tensor through a memory map, so a
-7B checkpoint is never fully resident on the host.
+v5 layout. Safetensors go through the `safetensors` library: read tensor by
+tensor (`safe_open`, memory-mapped), each placed on its devices before the
+next is read, so a 7B checkpoint is never fully resident on the host. A file
+that is not readable safetensors raises `CheckpointFileError` (a
+`UserError`) naming it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from typing import Any
 
 import jax
-import ml_dtypes
+
+# Registers numpy's "bfloat16" dtype name, which safetensors' numpy framework
+# looks up for BF16 tensors: without it reading fails with "data type
+# 'bfloat16' not understood". (jax imports it as well; this makes the need
+# explicit.)
+import ml_dtypes  # noqa: F401
 import numpy as np
+import safetensors
+import safetensors.numpy
 from flax import nnx
 
+from stepjax import errors
 from stepjax.models import config as config_lib
 from stepjax.models import qwen25vl
 
@@ -81,20 +93,6 @@ LEGACY_RENAMES = (
   (r"^visual\.", "model.visual."),
   (r"^model\.(?!visual\.|language_model\.)", "model.language_model."),
 )
-
-_ST_DTYPES = {
-  "F64": np.float64,
-  "F32": np.float32,
-  "F16": np.float16,
-  "BF16": ml_dtypes.bfloat16,
-  "I64": np.int64,
-  "I32": np.int32,
-  "I16": np.int16,
-  "I8": np.int8,
-  "U8": np.uint8,
-  "BOOL": np.bool_,
-}
-_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 
 
 def _pattern(template: str) -> re.Pattern:
@@ -160,65 +158,78 @@ def _to_hf(x: np.ndarray, tf: str, cfg: config_lib.ModelConfig) -> np.ndarray:
 # ------------------------------------------------------------ safetensors
 
 
-def _read_header(path: str) -> tuple[dict, int]:
-  with open(path, "rb") as f:
-    raw = f.read(8)
-    if len(raw) != 8:
-      raise ValueError(f"{path}: not a safetensors file (too short)")
-    n = int.from_bytes(raw, "little")
-    header = json.loads(f.read(n))
-  header.pop("__metadata__", None)
-  return header, 8 + n
+class CheckpointFileError(errors.InputError):
+  """A checkpoint file that cannot be read; the message names the file."""
 
 
-def _read_tensor(path: str, info: dict, base: int, name: str) -> np.ndarray:
-  if info["dtype"] not in _ST_DTYPES:
-    raise ValueError(f"{path}: tensor {name} has unsupported {info['dtype']}")
-  start, end = info["data_offsets"]
-  raw = np.memmap(
-    path, np.uint8, "r", offset=base + start, shape=(end - start,)
+def _unreadable(path: str, why: Any) -> CheckpointFileError:
+  return CheckpointFileError(
+    f"{path}: not a readable safetensors file ({why}); it is probably "
+    "truncated or not a checkpoint: copy or download it again, or point "
+    "at a complete HF model directory"
   )
-  return raw.view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+
+def _open(path: str):
+  """`safe_open` (numpy framework) whose header errors name the file."""
+  try:
+    return safetensors.safe_open(path, framework="numpy")
+  except safetensors.SafetensorError as e:
+    raise _unreadable(path, e) from None
+
+
+def _read_tensor(f, path: str, name: str) -> np.ndarray:
+  """One tensor of an open file; BF16 comes back as ml_dtypes.bfloat16."""
+  try:
+    return f.get_tensor(name)
+  except (safetensors.SafetensorError, TypeError, AttributeError) as e:
+    # numpy has no name for some dtypes (e.g. F8_E4M3): safetensors fails
+    # with a TypeError or AttributeError rather than its own error.
+    dtype = f.get_slice(name).get_dtype()
+    raise CheckpointFileError(
+      f"{path}: tensor {name} ({dtype}) cannot be read ({e}); store the "
+      "checkpoint in F32, BF16 or F16"
+    ) from None
 
 
 def _write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
-  header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-  offset = 0
-  for name, x in tensors.items():
-    n = x.nbytes
-    header[name] = {
-      "dtype": _ST_NAMES[x.dtype],
-      "shape": list(x.shape),
-      "data_offsets": [offset, offset + n],
-    }
-    offset += n
-  blob = json.dumps(header, separators=(",", ":")).encode()
-  blob += b" " * (-len(blob) % 8)
-  with open(path, "wb") as f:
-    f.write(len(blob).to_bytes(8, "little"))
-    f.write(blob)
-    for x in tensors.values():
-      f.write(np.ascontiguousarray(x).tobytes())
+  # save_file reads each array's buffer as is, so it must be contiguous.
+  safetensors.numpy.save_file(
+    {n: np.ascontiguousarray(x) for n, x in tensors.items()},
+    path,
+    metadata={"format": "pt"},  # as transformers writes (torch layout)
+  )
+
+
+def _weight_map(index: str) -> dict[str, str]:
+  try:
+    with open(index) as f:
+      weight_map = json.load(f)["weight_map"]
+  except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+    raise CheckpointFileError(
+      f"{index}: not a readable safetensors index (expected JSON with a "
+      f'"weight_map" of tensor name -> shard file; {type(e).__name__}: {e})'
+      "; copy or download it again"
+    ) from None
+  return weight_map
 
 
 def _weight_files(directory: str) -> list[str]:
   index = os.path.join(directory, "model.safetensors.index.json")
   single = os.path.join(directory, "model.safetensors")
   if os.path.exists(index):
-    with open(index) as f:
-      weight_map = json.load(f)["weight_map"]
-    files = sorted(set(weight_map.values()))
+    files = sorted(set(_weight_map(index).values()))
     missing = [
       p for p in files if not os.path.exists(os.path.join(directory, p))
     ]
     if missing:
-      raise FileNotFoundError(
+      raise errors.MissingInputError(
         f"{index} lists shards that do not exist: {missing}"
       )
     return [os.path.join(directory, p) for p in files]
   if os.path.exists(single):
     return [single]
-  raise FileNotFoundError(
+  raise errors.MissingInputError(
     f"{directory}: neither model.safetensors nor "
     "model.safetensors.index.json found"
   )
@@ -230,7 +241,9 @@ def _weight_files(directory: str) -> list[str]:
 def read_hf_config(directory: str) -> dict[str, Any]:
   path = os.path.join(directory, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: not a HF model directory")
+    raise errors.MissingInputError(
+      f"{path} not found: not a HF model directory"
+    )
   with open(path) as f:
     return json.load(f)
 
@@ -264,7 +277,7 @@ def load_hf(
   from a memory map, converted and placed with `jax.device_put` on its own.
   """
   if "://" in str(directory):
-    raise ValueError(
+    raise errors.InputError(
       f"{directory}: HF checkpoints are read from local disk (memory-mapped "
       "safetensors); copy the directory to each host first, e.g. "
       "`gcloud storage cp -r gs://.../Qwen2.5-VL-7B-Instruct /tmp/` on every "
@@ -279,36 +292,36 @@ def load_hf(
   loaded: dict[str, Any] = {}
   unexpected = []
   for path in _weight_files(directory):
-    header, base = _read_header(path)
-    for name, info in header.items():
-      hit = hf_to_ours_name(name)
-      if hit is None or hit[0] not in targets:
-        if hit and hit[0] == "lm_head.kernel" and cfg.tie_word_embeddings:
-          continue  # tied checkpoints may still store a copy of the head
-        unexpected.append(f"{name} (in {path})")
-        continue
-      ours, tf = hit
-      want = tuple(targets[ours].shape)
-      x = _read_tensor(path, info, base, name)
-      if int(np.prod(x.shape)) != int(np.prod(want)):
-        raise ValueError(
-          f"{path}: tensor {name} has shape {tuple(x.shape)}, which does "
-          f"not fit parameter {ours} of shape {want} for this config"
-        )
-      x = _to_ours(np.asarray(x), tf, want).astype(dtype)
-      if ours in loaded:
-        raise ValueError(f"{path}: tensor {name} appears twice")
-      sharding = _sharding_for(shardings, _path_tuple(ours), want)
-      loaded[ours] = jax.device_put(x, sharding)
+    with _open(path) as f:
+      for name in f.keys():
+        hit = hf_to_ours_name(name)
+        if hit is None or hit[0] not in targets:
+          if hit and hit[0] == "lm_head.kernel" and cfg.tie_word_embeddings:
+            continue  # tied checkpoints may still store a copy of the head
+          unexpected.append(f"{name} (in {path})")
+          continue
+        ours, tf = hit
+        if ours in loaded:
+          raise CheckpointFileError(f"{path}: tensor {name} appears twice")
+        want = tuple(targets[ours].shape)
+        shape = tuple(f.get_slice(name).get_shape())
+        if math.prod(shape) != math.prod(want):
+          raise CheckpointFileError(
+            f"{path}: tensor {name} has shape {shape}, which does "
+            f"not fit parameter {ours} of shape {want} for this config"
+          )
+        x = _to_ours(_read_tensor(f, path, name), tf, want).astype(dtype)
+        sharding = _sharding_for(shardings, _path_tuple(ours), want)
+        loaded[ours] = jax.device_put(x, sharding)
   if unexpected:
-    raise ValueError(
+    raise errors.InputError(
       f"{directory}: unexpected tensors with no stepjax parameter: "
       + ", ".join(unexpected[:20])
       + (f" ... ({len(unexpected)} total)" if len(unexpected) > 20 else "")
     )
   missing = sorted(set(targets) - set(loaded))
   if missing:
-    raise ValueError(
+    raise errors.InputError(
       f"{directory}: checkpoint lacks tensors for parameters: "
       + ", ".join(missing[:20])
       + (f" ... ({len(missing)} total)" if len(missing) > 20 else "")

@@ -1,15 +1,22 @@
-"""hf_convert: parameter counts vs transformers, sharded loading, errors."""
+"""hf_convert: parameter counts vs transformers, sharded loading, bf16
+through the safetensors library, errors."""
 
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import qwen_fixtures as fx
+import safetensors
+import safetensors.numpy
+import safetensors.torch
 import torch
 import transformers
 from flax import nnx
 
+from stepjax import errors
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert, qwen25vl
 
@@ -40,11 +47,7 @@ def saved(tmp_path_factory):
 
 def _tensors(directory):
   path = os.path.join(directory, "model.safetensors")
-  header, base = hf_convert._read_header(path)
-  return {
-    n: np.array(hf_convert._read_tensor(path, i, base, n))
-    for n, i in header.items()
-  }
+  return safetensors.numpy.load_file(path)
 
 
 def _rewrite(src, dst, tensors=None, config=None):
@@ -57,7 +60,9 @@ def _rewrite(src, dst, tensors=None, config=None):
     json.dump(cfg, f)
   if tensors is None:
     tensors = _tensors(src)
-  hf_convert._write_safetensors(os.path.join(dst, "model.safetensors"), tensors)
+  safetensors.numpy.save_file(
+    tensors, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"}
+  )
   return dst
 
 
@@ -76,8 +81,8 @@ def test_sharded_index_and_device_put(saved, tmp_path):
   halves = {"a.safetensors": names[::2], "b.safetensors": names[1::2]}
   weight_map = {}
   for file, part in halves.items():
-    hf_convert._write_safetensors(
-      str(tmp_path / file), {n: tensors[n] for n in part}
+    safetensors.numpy.save_file(
+      {n: tensors[n] for n in part}, str(tmp_path / file)
     )
     weight_map.update({n: file for n in part})
   (tmp_path / "model.safetensors.index.json").write_text(
@@ -117,7 +122,9 @@ def test_missing_tensor_is_named(saved, tmp_path):
   tensors = _tensors(directory)
   del tensors["model.language_model.layers.1.mlp.up_proj.weight"]
   d = _rewrite(directory, str(tmp_path / "m"), tensors)
-  with pytest.raises(ValueError, match=r"lacks.*layers\.1\.mlp\.up\.kernel"):
+  with pytest.raises(
+    errors.InputError, match=r"lacks.*layers\.1\.mlp\.up\.kernel"
+  ):
     hf_convert.load_hf(d)
 
 
@@ -126,7 +133,9 @@ def test_unexpected_tensor_is_named(saved, tmp_path):
   tensors = _tensors(directory)
   tensors["model.visual.extra.weight"] = np.zeros((2,), np.float32)
   d = _rewrite(directory, str(tmp_path / "u"), tensors)
-  with pytest.raises(ValueError, match=r"unexpected.*visual\.extra\.weight"):
+  with pytest.raises(
+    errors.InputError, match=r"unexpected.*visual\.extra\.weight"
+  ):
     hf_convert.load_hf(d)
 
 
@@ -136,7 +145,9 @@ def test_misshaped_tensor_is_named(saved, tmp_path):
   name = "model.language_model.layers.0.self_attn.k_proj.weight"
   tensors[name] = tensors[name][:-1]
   d = _rewrite(directory, str(tmp_path / "s"), tensors)
-  with pytest.raises(ValueError, match=r"k_proj\.weight has shape.*attn\.k"):
+  with pytest.raises(
+    errors.InputError, match=r"k_proj\.weight has shape.*attn\.k"
+  ):
     hf_convert.load_hf(d)
 
 
@@ -145,10 +156,108 @@ def test_unsupported_configs(saved, tmp_path):
   d = _rewrite(directory, str(tmp_path / "llama"), config={"model_type": "x"})
   with pytest.raises(ValueError, match="Unsupported model_type 'x'"):
     hf_convert.load_hf(d)
-  with pytest.raises(FileNotFoundError, match="config.json"):
+  with pytest.raises(errors.MissingInputError, match="config.json"):
     hf_convert.load_hf(str(tmp_path / "nowhere"))
   os.makedirs(tmp_path / "empty")
   with open(os.path.join(directory, "config.json")) as f:
     (tmp_path / "empty" / "config.json").write_text(f.read())
-  with pytest.raises(FileNotFoundError, match="model.safetensors"):
+  with pytest.raises(errors.MissingInputError, match="model.safetensors"):
     hf_convert.load_hf(str(tmp_path / "empty"))
+
+
+def _bf16(cfg):
+  return cfg.replace(param_dtype="bfloat16", dtype="bfloat16")
+
+
+def test_bf16_round_trip(tmp_path):
+  cfg = _bf16(config_lib.ModelConfig.tiny_alt())
+  model = qwen25vl.create(cfg, seed=2)
+  hf_convert.save_hf(model, cfg, str(tmp_path))
+  with safetensors.safe_open(
+    str(tmp_path / "model.safetensors"), framework="numpy"
+  ) as f:
+    assert f.metadata() == {"format": "pt"}
+    assert {f.get_slice(n).get_dtype() for n in f.keys()} == {"BF16"}
+  loaded_cfg, params = hf_convert.load_hf(str(tmp_path))
+  assert loaded_cfg == cfg
+  for _, v in nnx.to_flat_state(params):
+    assert v.get_value().dtype == jnp.bfloat16
+  _same_params(nnx.state(model, nnx.Param), params)
+
+
+def test_sharded_bf16_transformers_round_trip(tmp_path):
+  """transformers' sharded bf16 save -> load_hf -> save_hf -> torch and
+  transformers read ours back with the same tensors, bit for bit."""
+  cfg = config_lib.ModelConfig.tiny_alt()
+  hf = fx.hf_model(cfg).to(torch.bfloat16)
+  hf.save_pretrained(tmp_path / "hf", max_shard_size="200KB")
+  index = json.loads((tmp_path / "hf/model.safetensors.index.json").read_text())
+  assert len(set(index["weight_map"].values())) > 1
+  assert not (tmp_path / "hf/model.safetensors").exists()
+  loaded_cfg, params = hf_convert.load_hf(str(tmp_path / "hf"))
+  assert loaded_cfg == _bf16(cfg)
+  hf_convert.save_hf(params, loaded_cfg, str(tmp_path / "ours"))
+  theirs = hf.state_dict()
+  ours = safetensors.torch.load_file(tmp_path / "ours/model.safetensors")
+  assert ours.keys() == theirs.keys()
+  for name, x in ours.items():
+    assert x.dtype == torch.bfloat16, name
+    torch.testing.assert_close(x, theirs[name], rtol=0, atol=0)
+  reloaded, info = (
+    transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+      tmp_path / "ours", dtype=torch.bfloat16, output_loading_info=True
+    )
+  )
+  assert not any(info.values()), info
+  for name, x in reloaded.state_dict().items():
+    torch.testing.assert_close(x, theirs[name], rtol=0, atol=0)
+
+
+_CORRUPT = {
+  "truncated": lambda data: data[:-1000],
+  "truncated_header": lambda data: data[:100],
+  "not_safetensors": lambda data: b'{"weight_map": {}}',
+  "empty": lambda data: b"",
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(_CORRUPT))
+def test_unreadable_file_is_a_one_line_user_error(saved, tmp_path, corruption):
+  _, _, directory = saved
+  d = _rewrite(directory, str(tmp_path / "c"))
+  path = os.path.join(d, "model.safetensors")
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(_CORRUPT[corruption](data))
+  with pytest.raises(errors.UserError) as e:
+    hf_convert.load_hf(d)
+  message = str(e.value)
+  print(f"[{corruption}] {message}")
+  assert isinstance(e.value, hf_convert.CheckpointFileError)
+  assert message.startswith(f"{path}: not a readable safetensors file")
+  assert "download it again" in message
+  assert "\n" not in message
+
+
+def test_unreadable_index_is_a_one_line_user_error(saved, tmp_path):
+  _, _, directory = saved
+  d = _rewrite(directory, str(tmp_path / "i"))
+  index = os.path.join(d, "model.safetensors.index.json")
+  with open(index, "w") as f:
+    f.write('{"weight_map": {"a": "model.safe')  # cut off mid-copy
+  with pytest.raises(errors.UserError, match="safetensors index") as e:
+    hf_convert.load_hf(d)
+  assert str(e.value).startswith(f"{index}: ")
+  assert "\n" not in str(e.value)
+
+
+def test_unsupported_dtype_is_named(saved, tmp_path):
+  _, _, directory = saved
+  tensors = {n: torch.from_numpy(x) for n, x in _tensors(directory).items()}
+  name = "model.language_model.norm.weight"
+  tensors[name] = tensors[name].to(torch.float8_e4m3fn)
+  d = _rewrite(directory, str(tmp_path / "f8"), tensors={})
+  safetensors.torch.save_file(tensors, os.path.join(d, "model.safetensors"))
+  with pytest.raises(errors.UserError, match=rf"{name} \(F8_E4M3\)"):
+    hf_convert.load_hf(d)
