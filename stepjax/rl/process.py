@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from stepjax.errors import InputError
+
 # Why a judge call fell back: a timeout (incl. HTTP 408), a connection
 # error, HTTP 429, HTTP 5xx, another HTTP status (not retried: 4xx, 3xx) or
 # a reply that is not the JSON asked for.
@@ -180,7 +182,7 @@ class HybridSource:
     seed: int = 0,
   ):
     if not 0.0 <= judge_fraction <= 1.0:
-      raise ValueError(
+      raise InputError(
         f"rl.hybrid_judge_fraction={judge_fraction} must be in [0, 1]"
       )
     self.judge = judge
@@ -251,7 +253,7 @@ class NoisySource:
 
   def __init__(self, inner: ProcessSource, flip_rate: float, seed: int = 0):
     if not 0.0 <= flip_rate <= 0.5:
-      raise ValueError(
+      raise InputError(
         f"rl.label_noise={flip_rate} must be in [0, 0.5] (the share of "
         "step labels flipped)"
       )

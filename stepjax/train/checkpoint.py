@@ -56,6 +56,32 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    """Finished checkpoint steps, newest first."""
+    return sorted(self.manager.all_steps(), reverse=True)
+
+  def step_dir(self, step: int) -> epath.Path:
+    return self.directory / str(step)
+
+  def set_aside(self, step: int) -> epath.Path:
+    """Moves checkpoint `step` (one that cannot be read) out of the way, to
+    `<directory>_unreadable/<step>`, keeping it for inspection; returns the
+    new path. Only process 0 moves it; every process forgets the step."""
+    target = epath.Path(f"{self.directory}_unreadable") / str(step)
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      if target.exists():
+        target = target.with_name(
+          f"{step}.{len(list(target.parent.iterdir()))}"
+        )
+      self.step_dir(step).rename(target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f"stepjax_set_aside_{step}")
+    self.manager.reload()
+    return target
+
   def save(
     self,
     step: int,

@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 from stepjax import config_checks
 from stepjax.data import pipeline
 from stepjax.data import tokenizer as tokenizer_lib
+from stepjax.errors import InputError, MissingInputError
 from stepjax.models import hf_convert, step_value
 from stepjax.rl import process
 from stepjax.train import (
@@ -164,27 +165,9 @@ class Trainer:
   def initial_state(self) -> tuple[Any, int, dict, Any]:
     """(state, steps done, info, ref params) from the latest checkpoint in
     the workdir, else `init_from`, else a fresh init."""
-    done = self.checkpointer.latest_step()
-    if done is not None:
-      info = self.checkpointer.info(done)
-      # The saved optimizer state belongs to the phase of the next step (a
-      # phase boundary resets it before saving).
-      phase = self.phase_at(min(done, self.total_steps - 1))
-      abstract, shardings = self.state_shardings(phase.tx)
-      target = checkpoint.abstract_with_shardings(abstract, shardings)
-      iterator = None
-      if info.get("iterator_phase") == phase.name:
-        iterator = self._iterators[phase.name] = iter(phase.dataset)
-      abstract_ref = None
-      if info.get("has_ref"):
-        abstract_ref = checkpoint.abstract_with_shardings(
-          abstract.params, shardings.params
-        )
-      state, info, ref = self.checkpointer.restore(
-        done, target, iterator, abstract_ref
-      )
-      logging.info("resumed from %s after step %d", self.workdir, done)
-      return state, done, info, ref
+    resumed = self._resume()
+    if resumed is not None:
+      return resumed
     first = self.phases[0]
     state = self.fresh_state(first.tx)
     init_from = self.config.init_from
@@ -192,7 +175,91 @@ class Trainer:
       state = self._load_init_from(state, first.tx, init_from)
     return state, 0, {}, None
 
+  def _resume(self) -> tuple[Any, int, dict, Any] | None:
+    """Restores the newest readable checkpoint in the workdir (None if there
+    is none). One that cannot be read is reported by step and path and set
+    aside (never deleted); the next older one is tried."""
+    steps = self.checkpointer.all_steps()
+    problems = []
+    for done in steps:
+      try:
+        info = self.checkpointer.info(done)
+      except Exception as e:  # noqa: BLE001 - any damage to the files
+        problems.append(self._unreadable(done, e))
+        continue
+      self._check_same_model(info, done)
+      try:
+        return self._restore(done, info)
+      except Exception as e:  # noqa: BLE001 - any damage to the files
+        problems.append(self._unreadable(done, e))
+    if problems:
+      raise InputError(
+        f"no readable checkpoint in {self.checkpointer.directory}: "
+        + "; ".join(problems)
+        + "; start a new --workdir or restore the files"
+      )
+    return None
+
+  def _unreadable(self, step: int, error: Exception) -> str:
+    path = self.checkpointer.step_dir(step)
+    moved = self.checkpointer.set_aside(step)
+    problem = f"checkpoint {step} ({path}): {type(error).__name__}: {error}"
+    logging.warning(
+      "cannot read %s; moved it to %s and trying the previous checkpoint",
+      problem,
+      moved,
+    )
+    print(
+      f"warning: cannot read checkpoint {step} ({path}); moved it to "
+      f"{moved}, resuming from the previous one",
+      flush=True,
+    )
+    return problem.splitlines()[0]
+
+  def _check_same_model(self, info: dict, step: int) -> None:
+    """InputError if checkpoint `step` was saved for a model of another
+    shape (remat, attention or compute dtype may change on resume)."""
+    saved = info.get("model")
+    current = self.config.model.to_dict()
+    keys = ("preset", "param_dtype", "step_value_hidden")
+    if saved is None or all(saved.get(k) == current.get(k) for k in keys):
+      return
+    changes = ", ".join(
+      f"model.{k}: saved {saved.get(k)!r}, config {current.get(k)!r}"
+      for k in keys
+      if saved.get(k) != current.get(k)
+    )
+    raise InputError(
+      f"--workdir={self.workdir}: checkpoint {step} holds another model "
+      f"({changes}); resume with the saved settings or use a new --workdir"
+    )
+
+  def _restore(self, done: int, info: dict) -> tuple[Any, int, dict, Any]:
+    # The saved optimizer state belongs to the phase of the next step (a
+    # phase boundary resets it before saving).
+    phase = self.phase_at(min(done, self.total_steps - 1))
+    abstract, shardings = self.state_shardings(phase.tx)
+    target = checkpoint.abstract_with_shardings(abstract, shardings)
+    iterator = None
+    if info.get("iterator_phase") == phase.name:
+      iterator = self._iterators[phase.name] = iter(phase.dataset)
+    abstract_ref = None
+    if info.get("has_ref"):
+      abstract_ref = checkpoint.abstract_with_shardings(
+        abstract.params, shardings.params
+      )
+    state, info, ref = self.checkpointer.restore(
+      done, target, iterator, abstract_ref
+    )
+    logging.info("resumed from %s after step %d", self.workdir, done)
+    return state, done, info, ref
+
   def _load_init_from(self, state, tx, path: str):
+    if not epath.Path(checkpoint.absolute(path)).exists():
+      raise MissingInputError(
+        f"--config.init_from={path}: no such directory; give an HF "
+        "directory or a run's workdir / checkpoints directory"
+      )
     abstract, shardings = self.state_shardings(tx)
     if policy.is_hf_dir(path):
       _, params = hf_convert.load_hf(path, self.cfg, shardings.params)
@@ -465,6 +532,7 @@ class Trainer:
       info,
       iterator_phase=nxt.name if iterator is not None else None,
       has_ref=self.ref_params is not None,
+      model=self.config.model.to_dict(),
     )
     self.checkpointer.save(done, state, iterator, info, self.ref_params)
 

@@ -3,6 +3,7 @@ command: it resumes from the last checkpoint and ends with exactly the
 parameters of an uninterrupted run."""
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -102,3 +103,39 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   assert steps == list(range(5))
   # The final evaluation table was printed by the resumed run too.
   assert "final" in resumed.stdout
+
+
+def _largest_file(directory):
+  files = [p for p in pathlib.Path(directory).rglob("*") if p.is_file()]
+  return max(files, key=lambda p: p.stat().st_size)
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path):
+  workdir = tmp_path / "run"
+  first = subprocess.run(
+    _command(workdir), env=_env(), capture_output=True, text=True,
+    timeout=600,
+  )  # fmt: skip
+  assert first.returncode == 0, first.stdout[-3000:] + first.stderr
+  step, params_uninterrupted = _final_params(workdir)
+  assert step == 5
+  damaged = _largest_file(workdir / "checkpoints" / "5" / "state")
+  data = damaged.read_bytes()
+  damaged.write_bytes(data[: len(data) // 2])
+
+  rerun = subprocess.run(
+    _command(workdir), env=_env(), capture_output=True, text=True,
+    timeout=600,
+  )  # fmt: skip
+  assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr
+  # Reported by step and path, resumed from checkpoint 4: only step 5 ran.
+  assert "cannot read checkpoint 5" in rerun.stdout
+  assert str(workdir / "checkpoints" / "5") in rerun.stdout
+  assert "step 4/5" in rerun.stdout and "step 3/5" not in rerun.stdout
+  # The damaged checkpoint is kept aside, not deleted.
+  kept = workdir / "checkpoints_unreadable" / "5" / "state"
+  assert kept.exists()
+  step, params_resumed = _final_params(workdir)
+  assert step == 5
+  for name, value in params_uninterrupted.items():
+    np.testing.assert_array_equal(value, params_resumed[name], err_msg=name)
