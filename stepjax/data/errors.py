@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import collections
 import functools
+import re
+from collections.abc import Iterable, Mapping
 
-from stepjax.errors import UserError
+from stepjax.errors import InputError, UserError
+
+# Reasons whose text names a path or a size: their key comes from here.
+_REASON_PATTERNS = (
+  ("outside the data root", "path_outside_root"),
+  ("patches (grid", "too_many_patches"),
+  ("data.token_buckets", "prompt_too_long"),
+  ("SFT target has", "target_too_long"),
+)
+_KEY_END = re.compile(r"[:;,(]")
 
 
 class BadRecordError(UserError, ValueError):
@@ -72,3 +84,65 @@ class PathOutsideRootError(BadRecordError):
       ),
       (self.path, self.resolved, self.root),
     )
+
+
+def reason_key(reason: str) -> str:
+  """A short stable key for a bad-record reason, for counts and metrics.
+
+  "image file not found" -> "image_file_not_found"; "cannot read image
+  file: [Errno 13] ..." -> "cannot_read_image_file" (the text before the
+  first ":;,(" ); reasons that name a path or a size map to a fixed key
+  ("path_outside_root", "too_many_patches", ...).
+  """
+  for needle, key in _REASON_PATTERNS:
+    if needle in reason:
+      return key
+  head = _KEY_END.split(reason, maxsplit=1)[0]
+  key = re.sub(r"[^0-9a-z]+", "_", head.lower()).strip("_")[:48].strip("_")
+  return key or "other"
+
+
+def count_reasons(reasons: Iterable[str]) -> dict[str, int]:
+  """Reason texts -> {reason_key: count}, most common first."""
+  counts = collections.Counter(reason_key(r) for r in reasons)
+  return dict(counts.most_common())
+
+
+def describe_counts(counts: Mapping[str, int], top: int = 3) -> str:
+  """{key: n} -> "12 image file not found, 2 duplicate id" (most common
+  `top`, then "and N more")."""
+  ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+  parts = [f"{n} {key.replace('_', ' ')}" for key, n in ranked[:top]]
+  rest = sum(n for _, n in ranked[top:])
+  if rest:
+    parts.append(f"{rest} for other reasons")
+  return ", ".join(parts)
+
+
+class AllRecordsSkippedError(InputError):
+  """A pass over the data kept no record: every one was a bad record.
+
+  Raised instead of looping forever (a repeating training iterator) or
+  yielding nothing (evaluation) under `data.on_bad_record="skip"`. The
+  message names the source, the count and the most common reasons.
+  """
+
+  def __init__(
+    self,
+    source: str,
+    count: int,
+    counts: Mapping[str, int],
+    *,
+    first: str = "",
+    when: str = "",
+  ):
+    self.source = source
+    self.count = int(count)
+    self.counts = dict(counts)
+    message = (
+      f"{source}: all {self.count} records{when} were skipped "
+      f"({describe_counts(self.counts)}); fix the data or the paths"
+    )
+    if first:
+      message += f" (first: {first})"
+    super().__init__(message)

@@ -43,10 +43,15 @@ padding, small when buckets are close (the defaults are 96/128 tokens and
 one patch bucket).
 
 Bad records (image missing, corrupt or not an image, decompression bomb,
-path escaping the root, too many patches, prompt or target too long):
-on_bad_record="fail" raises `BadRecordError` naming the file, the record
-and, for size limits, the config key to raise; "skip" drops the record,
-logs a warning and counts it in `iterator.stats`.
+path escaping the root, too many patches, prompt or target too long, a
+record the source cannot read such as a parquet row with a null image
+cell): on_bad_record="fail" raises `BadRecordError` naming the file, the
+record and, for size limits, the config key to raise; "skip" drops the
+record and counts it in `iterator.stats` by reason (the first few are
+logged one by one, then one summary line per pass over the data;
+`skip_metrics` gives the totals as metrics). A pass over the data that
+keeps no record at all raises `errors.AllRecordsSkippedError` naming the
+source, the count and the reasons, instead of repeating forever.
 """
 
 from __future__ import annotations
@@ -123,22 +128,64 @@ def split_sentences(text: str) -> list[str]:
   return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
-class _Prepare:
-  """Record -> example dict (or a skip marker); runs in worker processes."""
+@dataclasses.dataclass(frozen=True)
+class _Unreadable:
+  """What `_ReadGuard` yields for a record the source could not read."""
 
-  def __init__(self, opts, tokenizer, prompt_fn, completion_fn):
+  message: str
+  reason: str
+
+
+class _ReadGuard:
+  """The source as Grain reads it: under "skip", a `BadRecordError` raised
+  by `source[i]` (a parquet row whose image cell is null, a record failing
+  its own checks) becomes an `_Unreadable` marker that `_Prepare` counts,
+  instead of an error inside Grain's read."""
+
+  def __init__(self, source: Any, on_bad_record: str):
+    self.source = source
+    self.on_bad_record = on_bad_record
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> records.Record | _Unreadable:
+    try:
+      return self.source[index]
+    except errors.BadRecordError as e:
+      if self.on_bad_record == "fail":
+        raise
+      return _Unreadable(str(e), e.reason)
+
+  def __repr__(self) -> str:
+    return repr(self.source)
+
+
+class _Prepare:
+  """(position, record) -> example dict (or a skip marker); runs in worker
+  processes. Both carry "pass": which pass over the source the position
+  falls in, so the batcher can tell a pass that kept nothing."""
+
+  def __init__(self, opts, tokenizer, prompt_fn, completion_fn, pass_len=1):
     self.opts = opts
     self.tokenizer = tokenizer
     self.prompt_fn = prompt_fn
     self.completion_fn = completion_fn
+    self.pass_len = max(int(pass_len), 1)
 
-  def __call__(self, record: records.Record) -> dict[str, Any]:
+  def __call__(self, position: int, record: Any) -> dict[str, Any]:
+    data_pass = int(position) // self.pass_len
+    if isinstance(record, _Unreadable):
+      return _skip(record.message, "read", record.reason, data_pass)
     try:
-      return self._prepare(record)
+      example = self._prepare(record)
     except errors.BadRecordError as e:
       if self.opts.on_bad_record == "fail":
         raise
-      return {"skipped": str(e), "kind": getattr(e, "kind", "image")}
+      kind = getattr(e, "kind", "image")
+      return _skip(str(e), kind, e.reason, data_pass)
+    example["pass"] = data_pass
+    return example
 
   def _bad(self, record, kind: str, reason: str) -> errors.BadRecordError:
     e = errors.BadRecordError(
@@ -212,6 +259,69 @@ class _Prepare:
     return example
 
 
+def _skip(message: str, kind: str, reason: str, data_pass: int) -> dict:
+  return {
+    "skipped": message,
+    "kind": kind,
+    "reason": errors.reason_key(reason),
+    "pass": data_pass,
+  }
+
+
+def source_name(source: Any) -> str:
+  """The data a source reads, for messages: its file(s), else its repr."""
+  inner = source
+  while hasattr(inner, "source") and not isinstance(inner.source, str):
+    inner = inner.source  # SftView, eval's RepeatedSource, _ReadGuard
+  for attr in ("path", "json_path"):
+    value = getattr(inner, attr, None)
+    if value:
+      return f"data file {value}"
+  files = list(getattr(inner, "files", None) or ())
+  if len(files) == 1:
+    return f"data file {files[0]}"
+  if files:
+    more = f" and {len(files) - 2} more" if len(files) > 2 else ""
+    return f"data files {', '.join(str(f) for f in files[:2])}{more}"
+  return f"data source {inner!r}"
+
+
+def _load_skips(source: Any) -> dict[str, int]:
+  """{reason key: count} of the records `source` dropped when it was built
+  (`BadRecordError`s in sources.py, (where, reason) pairs in readers)."""
+  reasons = [
+    e.reason if isinstance(e, errors.BadRecordError) else str(e[-1])
+    for e in getattr(source, "skipped", ())
+  ]
+  return errors.count_reasons(reasons)
+
+
+def skip_counts(iterator: Any) -> dict[str, int]:
+  """{reason key: count} of every record skipped so far by a pipeline
+  iterator: dropped when the source was built and when read or decoded
+  (each time it is read, so once per pass)."""
+  stats = getattr(iterator, "stats", None)
+  if stats is None:
+    return {}
+  counts = dict(stats.load_skipped_by_reason)
+  for key, n in stats.skipped_by_reason.items():
+    counts[key] = counts.get(key, 0) + n
+  return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def skip_metrics(iterator: Any) -> dict[str, float]:
+  """Skip totals of a pipeline iterator as metrics: `data_skipped` (all
+  records skipped so far, load time included) and `data_skipped_<reason>`
+  per reason key (`errors.reason_key`), for metrics.jsonl."""
+  stats = getattr(iterator, "stats", None)
+  if stats is None:
+    return {}
+  counts = skip_counts(iterator)
+  out = {"data_skipped": float(stats.load_skipped + stats.num_skipped)}
+  out.update({f"data_skipped_{k}": float(n) for k, n in counts.items()})
+  return out
+
+
 def _default_prompt_fn(think_tag: str) -> PromptFn:
   from stepjax.data import tokenizer as tokenizer_lib
 
@@ -271,6 +381,11 @@ def make_dataset(
   if not opts.token_buckets or not opts.patch_buckets:
     raise InputError("data.token_buckets and data.patch_buckets must be set")
   if len(source) == 0:
+    load_skips = _load_skips(source)
+    if load_skips:
+      raise errors.AllRecordsSkippedError(
+        source_name(source), sum(load_skips.values()), load_skips
+      )
     raise InputError(f"data source {source!r} has no records")
   if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
     raise InputError("the tokenizer needs a pad and an eos token")
@@ -278,13 +393,17 @@ def make_dataset(
   if opts.target_len and completion_fn is None:
     completion_fn = _default_completion_fn(think_tag)
 
-  ds = grain.MapDataset.source(source)
+  ds = grain.MapDataset.source(_ReadGuard(source, opts.on_bad_record))
   if opts.shuffle:
     ds = ds.shuffle(seed=opts.seed)
   if opts.num_epochs != 1:
     ds = ds.repeat(opts.num_epochs)
+  # Mapped before the slice (lazily: only this process's positions are
+  # prepared) so that each example knows its pass over the source.
+  ds = ds.map_with_index(
+    _Prepare(opts, tokenizer, prompt_fn, completion_fn, len(source))
+  )
   ds = ds[index::count]
-  ds = ds.map(_Prepare(opts, tokenizer, prompt_fn, completion_fn))
   it_ds = ds.to_iter_dataset(
     grain.ReadOptions(
       num_threads=opts.read_threads,
@@ -307,5 +426,7 @@ def make_dataset(
     opts.batch_size // count,
     opts.drop_remainder,
     collate_fn,
-    len(getattr(source, "skipped", ())),
+    _load_skips(source),
+    source_name(source),
+    (index, count),
   )

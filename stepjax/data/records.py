@@ -9,10 +9,48 @@ step, so sources are cheap to index and pickle.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from stepjax.data import errors
+
+
+def text_value(
+  value: Any, name: str, *, file: str = "", record: str = ""
+) -> str:
+  """A question, answer or id field as text: the one check every reader uses.
+
+  Text is kept (stripped by the caller); an integer or a finite real number
+  (VQA-RAD's numeric answers, a parquet int column) becomes `str(value)`.
+  Anything else is a bad record naming `file` and `record`: a JSON `NaN`
+  or `Infinity` (Python's json accepts them) would otherwise train on the
+  answer "nan", and a bool, list, object or null is no answer at all.
+
+  Raises:
+    errors.BadRecordError: the value is not text or a finite number.
+  """
+  if isinstance(value, str):
+    return value
+  is_bool = isinstance(value, (bool, np.bool_))
+  if isinstance(value, numbers.Real) and not is_bool:
+    if isinstance(value, numbers.Integral) or math.isfinite(value):
+      return str(value)
+    raise errors.BadRecordError(
+      f"non-finite number in field {name!r} ({value!r}); write it as a "
+      "string or a finite number",
+      file=file,
+      record=record,
+    )
+  raise errors.BadRecordError(
+    f"field {name!r} must be a string or number, got "
+    f"{type(value).__name__} {value!r}",
+    file=file,
+    record=record,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,3 +106,15 @@ class Record:
   dataset: str = ""
   origin: str = ""
   meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    # A backstop for sources that skip `text_value`: never train on a
+    # question or answer that is not text (e.g. float NaN -> "nan").
+    for name in ("question", "answer"):
+      value = getattr(self, name)
+      if not isinstance(value, str):
+        raise errors.BadRecordError(
+          f"{name} must be text, got {type(value).__name__} {value!r}",
+          file=self.origin,
+          record=str(self.id),
+        )

@@ -111,10 +111,11 @@ def _log_skipped(name: str, skipped: Sequence[errors.BadRecordError]) -> None:
   if not skipped:
     return
   logging.warning(
-    "%s: skipped %d bad record(s) at load time (data.on_bad_record=skip); "
-    "first: %s",
+    "%s: skipped %d bad record(s) at load time (%s; data.on_bad_record="
+    "skip); first: %s",
     name,
     len(skipped),
+    errors.describe_counts(errors.count_reasons(e.reason for e in skipped)),
     skipped[0],
   )
 
@@ -129,14 +130,6 @@ def _json_error(path: str, text: str, e: json.JSONDecodeError) -> str:
   return f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
 
 
-def _answer_text(value: Any) -> str | None:
-  if isinstance(value, str):
-    return value
-  if isinstance(value, (int, float)) and not isinstance(value, bool):
-    return str(value)
-  return None
-
-
 class MrpoJsonSource:
   """The MRPO json format: a list of {"image", "problem", "solution"}.
 
@@ -146,8 +139,9 @@ class MrpoJsonSource:
   (`readers.paths.inside_root`), else the record is a bad record
   (`PathOutsideRootError`). `problem` is the question and `solution` the
   reference answer, both non-empty; a numeric answer (e.g. 3 or 2.5) is
-  accepted and converted with `str()`, other non-string answers are bad
-  records. Optional keys: "id" (string or integer; default "<file
+  accepted and converted with `str()`; a non-finite one (JSON `NaN`,
+  `Infinity`) and other non-string answers are bad records
+  (`records.text_value`). Optional keys: "id" (string or integer; default "<file
   name>#<index>"), "rationale" (gold reasoning text); any other key is kept
   in `Record.meta`. Duplicate ids are bad records.
   """
@@ -235,11 +229,9 @@ class MrpoJsonSource:
       raise bad(f"'problem' must be a string, got {question!r}")
     if not question.strip():
       raise bad("empty question ('problem')")
-    answer = _answer_text(row["solution"])
-    if answer is None:
-      raise bad(
-        f"'solution' must be a string or number, got {row['solution']!r}"
-      )
+    answer = records.text_value(
+      row["solution"], "solution", file=self.path, record=where
+    )
     if not answer.strip():
       raise bad("empty answer ('solution')")
     rationale = row.get("rationale", "")

@@ -88,6 +88,7 @@ def _summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def build_report(
   records: Sequence[Mapping[str, Any]],
   meta: Mapping[str, Any] | None = None,
+  skipped: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
   """Aggregates per-record results into the report dict (docs/eval_report.md).
 
@@ -95,9 +96,13 @@ def build_report(
     records: per-record dicts with RECORD_KEYS (see the module docstring).
     meta: optional JSON-serialisable run information (checkpoint, config,
       split, ...), stored as-is under "meta".
+    skipped: {reason: count} of the eval records dropped as bad records
+      (`data.on_bad_record=skip`), stored as
+      `skipped = {"total": n, "by_reason": {...}}`.
 
   Returns:
-    {schema_version, num_records, accuracy, step_validity, ..., per_dataset}.
+    {schema_version, num_records, accuracy, step_validity, ..., per_dataset,
+    skipped, meta}.
   """
   for i, record in enumerate(records):
     check_record(record, i)
@@ -108,6 +113,8 @@ def build_report(
   report["per_dataset"] = {
     name: _summary(group) for name, group in sorted(by_dataset.items())
   }
+  by_reason = {str(k): int(n) for k, n in (skipped or {}).items()}
+  report["skipped"] = {"total": sum(by_reason.values()), "by_reason": by_reason}
   report["meta"] = dict(meta or {})
   return report
 

@@ -177,7 +177,7 @@ def run(
   out = epath.Path(workdir)
   out.mkdir(parents=True, exist_ok=True)
   host = EvalHost(loaded, config, str(out), source, labeller, num_samples > 1)
-  rows = evaluate.score_rows(host, loaded.params)
+  rows, skipped = evaluate.score(host, loaded.params)
   meta = {
     "eval": split,
     "algorithm": config.rl.algorithm,
@@ -192,7 +192,9 @@ def run(
     "max_new_tokens": int(config.sampling.max_new_tokens),
   }
   report = report_lib.build_report(
-    [{k: r[k] for k in report_lib.RECORD_KEYS} for r in rows], meta=meta
+    [{k: r[k] for k in report_lib.RECORD_KEYS} for r in rows],
+    meta=meta,
+    skipped=skipped,
   )
   if jax.process_index() == 0:
     report_lib.write(report, rows, str(out))

@@ -46,7 +46,7 @@ def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
   (report.json, records.jsonl) by process 0.
   """
   c = trainer.config
-  rows = score_rows(trainer, params)
+  rows, skipped = score(trainer, params)
   report = report_lib.build_report(
     [{k: r[k] for k in report_lib.RECORD_KEYS} for r in rows],
     meta={
@@ -54,6 +54,7 @@ def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
       "algorithm": c.rl.algorithm,
       "verifier": c.data.eval_verifier,
     },
+    skipped=skipped,
   )
   if jax.process_index() == 0:
     out = epath.Path(trainer.workdir) / "eval" / name
@@ -64,13 +65,22 @@ def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
 def score_rows(trainer: Any, params: Any) -> list[dict[str, Any]]:
   """One row per decoded eval record (the `eval.report` record keys plus
   the raw completion)."""
+  return score(trainer, params)[0]
+
+
+def score(
+  trainer: Any, params: Any
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+  """(`score_rows`, {reason: count} of the eval records skipped as bad
+  records, `pipeline.skip_counts`)."""
   c = trainer.config
   verifier = process.VerifierSource(
     synthmed.step_verifier(c.data.eval_verifier)
   )
   rng = jax.random.key(c.seed + 7)
   rows = []
-  for batch in eval_dataset(trainer):
+  iterator = iter(eval_dataset(trainer))
+  for batch in iterator:
     out = trainer.sample(
       params,
       batch,
@@ -109,7 +119,7 @@ def score_rows(trainer: Any, params: Any) -> list[dict[str, Any]]:
           "completion": layout.texts[i],
         }
       )
-  return rows
+  return rows, pipeline.skip_counts(iterator)
 
 
 def _external_labeler(trainer: Any):

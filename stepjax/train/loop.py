@@ -495,6 +495,7 @@ class Trainer:
       else:
         state, m = self.rl_step(state, phase, batch, done)
       m["step_time_s"] = time.perf_counter() - t0
+      m.update(pipeline.skip_metrics(self._iterators[phase.name]))
       self.writer.write(done, phase.name, m)
       done += 1
       info["done"] = done

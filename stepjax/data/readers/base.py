@@ -17,7 +17,6 @@ naming the file and record; "skip" drops the record and appends
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import operator
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
@@ -85,7 +84,8 @@ def text_field(
   """A required text field; numbers become strings (VQA-RAD answers).
 
   Raises:
-    errors.BadRecordError: the field is missing, empty or not text.
+    errors.BadRecordError: the field is missing, empty, not text, or a
+      non-finite number (`records.text_value`).
   """
   if not isinstance(item, Mapping):
     raise errors.BadRecordError(
@@ -97,16 +97,7 @@ def text_field(
     raise errors.BadRecordError(
       f"missing field {name!r}", file=file, record=record
     )
-  value = item[name]
-  if isinstance(value, numbers.Number) and not isinstance(value, bool):
-    value = str(value)
-  if not isinstance(value, str):
-    raise errors.BadRecordError(
-      f"field {name!r} must be text or a number, got "
-      f"{type(value).__name__} {value!r}",
-      file=file,
-      record=record,
-    )
+  value = records.text_value(item[name], name, file=file, record=record)
   value = value.strip()
   if not value:
     raise errors.BadRecordError(
@@ -235,9 +226,11 @@ class RecordSource:
       kept = checked
     self._rows = kept
     if self.skipped:
+      counts = errors.count_reasons(reason for _, reason in self.skipped)
       logging.warning(
-        "%s: skipped %d bad records (first: %s: %s); see .skipped",
+        "%s: skipped %d bad records (%s; first: %s: %s); see .skipped",
         type(self).__name__,
         len(self.skipped),
+        errors.describe_counts(counts),
         *self.skipped[0],
       )

@@ -87,6 +87,11 @@ class ParquetVqaSource(base.RecordSource):
       row_number = self._add_rows(file_index, table, row_number)
     self._finish(check_images)
 
+  @property
+  def files(self) -> list[str]:
+    """The split's parquet shards, in name order."""
+    return list(self._files)
+
   def _open(self, file_index: int) -> pq.ParquetFile:
     if file_index not in self._handles:
       file = self._files[file_index]
@@ -180,10 +185,13 @@ class ParquetVqaSource(base.RecordSource):
     return image.get("bytes")
 
   def row_image(self, row: base.Row) -> records.ImageRef:
+    """The row's image bytes; a null or empty image cell is a bad record
+    (skipped and counted under on_bad_record="skip") naming the shard and
+    its row."""
     data = self._image_bytes(row)
     if not data:
       raise errors.BadRecordError(
-        "image bytes are missing", file=row.file, record=row.id
+        _missing_bytes(row), file=row.file, record=row.id
       )
     return records.ImageRef(data=data)
 
@@ -192,7 +200,7 @@ class ParquetVqaSource(base.RecordSource):
       data = self._image_bytes(row)
     except errors.BadRecordError as e:
       return e.reason
-    return None if data else "image bytes are missing"
+    return None if data else _missing_bytes(row)
 
   def __getstate__(self) -> dict[str, Any]:
     # Open files and cached row groups stay behind: Grain workers reopen.
@@ -200,3 +208,11 @@ class ParquetVqaSource(base.RecordSource):
     state["_handles"] = {}
     state["_cache"] = collections.OrderedDict()
     return state
+
+
+def _missing_bytes(row: base.Row) -> str:
+  shard_row = row.origin.rpartition(":")[2]
+  return (
+    f"image bytes are missing (null or empty image cell in row {shard_row} "
+    "of the shard); fix the shard or drop the row"
+  )
