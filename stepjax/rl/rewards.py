@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import string
 from collections.abc import Sequence
@@ -98,67 +99,75 @@ def bleu1(answer: str, reference: str) -> float:
 
 
 class BertScorer:
-  """BERTScore F1 with a local HF encoder directory (no idf, no rescale).
+  """BERTScore F1 (the `bert-score` package) with a local HF encoder dir.
 
-  Token embeddings from hidden layer `layer` (default: the last) of the
-  encoder, special tokens dropped; P = mean over answer tokens of the best
-  cosine to a reference token, R the reverse, F1 = 2PR / (P + R).
+  The paper's settings: token embeddings of hidden layer `num_layers`
+  (default: the encoder's last, its num_hidden_layers; 12 for the
+  biomedical BERT), no idf, no baseline rescale. As in bert-score, [CLS]
+  and [SEP] carry no weight in precision and recall but stay in the
+  similarity matrix (a token may match them best). Texts are cut at the
+  encoder's length (at most 512 tokens). Needs `pip install
+  'stepjax[bertscore]'` (bert-score and torch).
   """
 
-  def __init__(self, model_dir: str, layer: int | None = None, max_len=512):
-    import torch  # noqa: F401  (only needed when an encoder is configured)
+  def __init__(self, model_dir: str, num_layers: int | None = None):
+    bert_score = _import_bert_score()
     import transformers
 
+    self.model_dir = model_dir
     try:
-      self._tok = transformers.AutoTokenizer.from_pretrained(model_dir)
-      self._model = transformers.AutoModel.from_pretrained(model_dir)
-    except OSError as e:
+      if not os.path.isdir(model_dir):
+        raise OSError("not a directory")
+      cfg = transformers.AutoConfig.from_pretrained(model_dir)
+      depth = int(getattr(cfg, "num_hidden_layers", 0))
+      self.num_layers = depth if num_layers is None else int(num_layers)
+      if not 1 <= self.num_layers <= depth:
+        raise ValueError(f"layer {self.num_layers} of {depth}")
+      self._scorer = bert_score.BERTScorer(
+        model_type=model_dir,
+        num_layers=self.num_layers,
+        idf=False,
+        rescale_with_baseline=False,
+      )
+    except (OSError, ValueError) as e:
       raise InputError(
         f"rewards.bertscore_model={model_dir!r} is not a loadable HF "
         f"encoder directory ({e}); point it at a local dir with config, "
         "weights and tokenizer, or set it to '' to turn BERTScore off"
       ) from None
-    self._model.eval()
-    self.layer = layer
-    self.max_len = max_len
-
-  def _embed(self, texts: Sequence[str]) -> list[np.ndarray]:
-    import torch
-
-    enc = self._tok(
-      list(texts),
-      padding=True,
-      truncation=True,
-      max_length=self.max_len,
-      return_tensors="pt",
-      return_special_tokens_mask=True,
-    )
-    special = enc.pop("special_tokens_mask").numpy().astype(bool)
-    with torch.no_grad():
-      out = self._model(**enc, output_hidden_states=True)
-    layer = -1 if self.layer is None else self.layer
-    hidden = out.hidden_states[layer].float().numpy()
-    keep = enc["attention_mask"].numpy().astype(bool) & ~special
-    embs = []
-    for h, k in zip(hidden, keep):
-      e = h[k]
-      norm = np.linalg.norm(e, axis=-1, keepdims=True)
-      embs.append(e / np.maximum(norm, 1e-12))
-    return embs
+    # bert-score truncates at the tokenizer's model_max_length, which is
+    # unset (1e30) in many saved BERT tokenizers: cap it at the encoder's.
+    tok = self._scorer._tokenizer
+    limit = getattr(cfg, "max_position_embeddings", 512)
+    tok.model_max_length = min(tok.model_max_length, limit, 512)
 
   def f1(self, answers: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """float32[B] BERTScore F1 of each answer against its reference."""
-    if not len(answers):
-      return np.zeros(0, np.float32)
-    cand, ref = self._embed(answers), self._embed(references)
+    """float32[B] BERTScore F1 of each answer against its reference, all
+    in one bert-score call; 0 where either side is empty."""
     out = np.zeros(len(answers), np.float32)
-    for i, (c, r) in enumerate(zip(cand, ref)):
-      if len(c) == 0 or len(r) == 0:
-        continue
-      sim = c @ r.T
-      p, rc = sim.max(axis=1).mean(), sim.max(axis=0).mean()
-      out[i] = 0.0 if p + rc <= 0 else 2 * p * rc / (p + rc)
+    todo = [
+      i
+      for i, (a, r) in enumerate(zip(answers, references))
+      if a.strip() and r.strip()
+    ]
+    if todo:
+      _, _, f = self._scorer.score(
+        [answers[i] for i in todo], [references[i] for i in todo]
+      )
+      out[todo] = f.numpy()
     return out
+
+
+def _import_bert_score():
+  try:
+    import bert_score
+  except ImportError as e:
+    raise InputError(
+      f"rewards.bertscore_model is set but bert-score cannot be imported "
+      f"({e}): pip install 'stepjax[bertscore]', or set "
+      "rewards.bertscore_model=''"
+    ) from None
+  return bert_score
 
 
 def answer_rewards(
@@ -166,11 +175,22 @@ def answer_rewards(
   references: Sequence[str],
   bertscore: BertScorer | None = None,
 ) -> np.ndarray:
-  """R_ans per completion: float32[B] in [0, 1].
+  """R_ans per completion: float32[B] in [0, 1] (see `answer_parts`)."""
+  return answer_parts(completions, references, bertscore)[0]
 
-  1.0 on a match (`answers_match`), else 0.25 ROUGE-1 + 0.25 BLEU-1 + 0.5
-  BERTScore; without `bertscore` the 0.5 goes half to each of the others
-  (with a warning once per process).
+
+def answer_parts(
+  completions: Sequence[str],
+  references: Sequence[str],
+  bertscore: BertScorer | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+  """(R_ans float32[B] in [0, 1], BERTScore F1 float32[B] or None).
+
+  R_ans is 1.0 on a match (`answers_match`), else 0.25 ROUGE-1 + 0.25
+  BLEU-1 + 0.5 BERTScore F1 (scored for the non-matches only, in one
+  call; NaN in the F1 array for matches); without `bertscore` the 0.5 goes
+  half to each of the others (with a warning once per process) and the F1
+  array is None.
   """
   global _warned_no_encoder
   answers = [extract_answer(c) for c in completions]
@@ -179,6 +199,7 @@ def answer_rewards(
   )
   rouge = np.array([rouge1_f1(a, r) for a, r in zip(answers, references)])
   bleu = np.array([bleu1(a, r) for a, r in zip(answers, references)])
+  bert = None
   if bertscore is None:
     if not _warned_no_encoder:
       _warned_no_encoder = True
@@ -189,13 +210,13 @@ def answer_rewards(
     soft = 0.5 * rouge + 0.5 * bleu
   else:
     todo = np.flatnonzero(~exact)
-    bert = np.zeros(len(answers))
+    bert = np.full(len(answers), np.nan, np.float32)
     if len(todo):
       bert[todo] = bertscore.f1(
         [answers[i] for i in todo], [references[i] for i in todo]
       )
-    soft = 0.25 * rouge + 0.25 * bleu + 0.5 * bert
-  return np.where(exact, 1.0, soft).astype(np.float32)
+    soft = 0.25 * rouge + 0.25 * bleu + 0.5 * np.nan_to_num(bert)
+  return np.where(exact, 1.0, soft).astype(np.float32), bert
 
 
 def length_reward(num_steps, k_min: int = 4, k_max: int = 10) -> np.ndarray:
@@ -253,12 +274,15 @@ class Rewards:
   weights: name -> weight used in `total`.
   total: float32[B] weighted sum.
   has_labels: bool[B] whether the process reward exists (not skipped).
+  bertscore_f1: float32[B] the answer's BERTScore F1 (NaN where the answer
+    matched and was not scored); None without a BERTScore encoder.
   """
 
   components: dict[str, np.ndarray]
   weights: dict[str, float]
   total: np.ndarray
   has_labels: np.ndarray
+  bertscore_f1: np.ndarray | None = None
 
   def matrix(self) -> tuple[np.ndarray, np.ndarray]:
     """(rewards float32[B, C], weights float32[C]) in COMPONENTS order."""
@@ -290,6 +314,8 @@ def compute_rewards(
     num_steps: B step counts K.
     step_labels: B per-step 0/1 label lists (None = skipped); None for
       the whole argument means no process reward.
+    bertscore: the answer reward's BERTScore scorer (None: ROUGE-1 and
+      BLEU-1 only); the answers that do not match are scored in one call.
 
   Returns:
     `Rewards`.
@@ -305,8 +331,9 @@ def compute_rewards(
     proc, has = np.zeros(b, np.float32), np.zeros(b, bool)
   else:
     proc, has = process_rewards(step_labels)
+  answer, bert_f1 = answer_parts(completions, references, bertscore)
   comps = {
-    "answer": answer_rewards(completions, references, bertscore),
+    "answer": answer,
     "process": proc,
     "length": length_reward(num_steps, k_min, k_max),
     "format": np.array(
@@ -320,4 +347,4 @@ def compute_rewards(
     "format": format_weight,
   }
   total = sum(weights[n] * comps[n] for n in COMPONENTS).astype(np.float32)
-  return Rewards(comps, weights, total, has)
+  return Rewards(comps, weights, total, has, bert_f1)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from absl import logging
+
 from stepjax.data import sources, synthmed
 from stepjax.errors import InputError
-from stepjax.rl import process
+from stepjax.rl import process, rewards
 from stepjax.train import policy
 
 SPLITS = ("train", "eval")
@@ -97,6 +99,23 @@ def process_source(config: Any) -> process.ProcessSource:
     config.rl.hybrid_judge_fraction,
     seed=config.seed,
   )
+
+
+def answer_scorer(config: Any) -> rewards.BertScorer | None:
+  """The answer reward's BERTScore scorer from `rewards.bertscore_model` (a
+  local HF encoder directory), or None when the key is empty. Fails with
+  an `InputError` when bert-score is not installed or the directory does
+  not load; says once which encoder the answer reward uses."""
+  model_dir = config.rewards.bertscore_model
+  if not model_dir:
+    return None
+  scorer = rewards.BertScorer(model_dir)
+  line = (
+    f"answer reward: BERTScore from {model_dir} ({scorer.num_layers} layers)"
+  )
+  logging.info(line)
+  print(line, flush=True)
+  return scorer
 
 
 def _judge_client(j: Any) -> Any:

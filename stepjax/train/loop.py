@@ -85,6 +85,7 @@ class Trainer:
     self.train_source = components.make_source(config, "train")
     self.eval_source = components.make_source(config, "eval")
     self.process_source = components.process_source(config)
+    self.bertscore = components.answer_scorer(config)
     self.phases = self._phases()
     self.total_steps = sum(p.num_steps for p in self.phases)
     self.checkpointer = checkpoint.Checkpointer(
@@ -425,6 +426,7 @@ class Trainer:
       source=self.process_source,
       config=c,
       value_logits_BxC=value_logits,
+      bertscore=self.bertscore,
     )
     label_mask = scored.has_labels_B.astype(np.int32)
     if isinstance(self.process_source, process.HybridSource):

@@ -139,6 +139,7 @@ def score(
   source: process.ProcessSource,
   config: Any,
   value_logits_BxC: np.ndarray | None = None,
+  bertscore: rewards.BertScorer | None = None,
 ) -> Scored:
   """Rewards, labels and advantages of B = P * G sampled completions.
 
@@ -152,6 +153,8 @@ def score(
     value_logits_BxC: float[B, C] the step-value head's logit at every
       completion token, needed by the value_head and hybrid sources (each
       step's logit is read at its last token).
+    bertscore: the answer reward's BERTScore scorer
+      (`components.answer_scorer`), or None.
   """
   g = config.sampling.group_size
   think = config.tokenizer.think_tag
@@ -181,6 +184,7 @@ def score(
     k_min=r.k_min,
     k_max=r.k_max,
     think_tag=think,
+    bertscore=bertscore,
   )
   adv_B, adv_BxC = token_advantages(
     scored_rewards, layout, valid_BxK, has_B, config
@@ -317,6 +321,10 @@ def metrics(
   }
   for name, value in comps.items():
     m[f"reward_{name}"] = float(np.mean(value))
+  f1 = scored.rewards.bertscore_f1
+  if f1 is not None and np.isfinite(f1).any():
+    # Over the answers that did not match (the ones BERTScore scored).
+    m["answer_bertscore_f1"] = float(np.mean(f1[np.isfinite(f1)]))
   for b in ("early", "mid", "late"):
     m[f"ffp_{b}"] = stats.ffp_shares[b]
   if group_size:
