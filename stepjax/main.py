@@ -52,6 +52,9 @@ _WORKDIR = flags.DEFINE_string(
 _OUT = flags.DEFINE_string("out", "", "Output directory or file.")
 _NUM = flags.DEFINE_integer("num", 16, "Number of examples (synthmed).")
 flags.DEFINE_string("checkpoint", "", "Orbax checkpoint or HF directory.")
+flags.DEFINE_bool(
+  "overwrite", False, "export: write into a non-empty --out directory."
+)
 flags.DEFINE_string("image", "", "Image file (PNG, JPEG, DICOM).")
 flags.DEFINE_string("question", "", "Question about the image.")
 flags.DEFINE_string("split", "eval", "Data split to evaluate.")

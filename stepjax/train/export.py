@@ -36,15 +36,27 @@ def main(argv: list[str], config: Any, flag_values: Any) -> None:
   logging.set_verbosity(config.log_level)
   if not flag_values.out:
     raise app.UsageError("export needs --out=HF_DIR (the directory to write)")
-  out = export(config, flag_values.checkpoint, flag_values.out)
+  out = export(
+    config, flag_values.checkpoint, flag_values.out, flag_values.overwrite
+  )
   print(f"wrote HF checkpoint and tokenizer to {out}", flush=True)
 
 
-def export(config: Any, checkpoint: str, out_dir: str) -> str:
-  """Writes the policy of `checkpoint` and its tokenizer to `out_dir`."""
+def export(
+  config: Any, checkpoint: str, out_dir: str, overwrite: bool = False
+) -> str:
+  """Writes the policy of `checkpoint` and its tokenizer to `out_dir`, which
+  must be new or empty unless `overwrite`."""
   out = epath.Path(out_dir)
   if checkpoint and out.resolve() == epath.Path(checkpoint).resolve():
     raise InputError(f"--out={out_dir} is --checkpoint itself; pick a new dir")
+  if out.exists() and not out.is_dir():
+    raise InputError(f"--out={out_dir} is a file; give a directory")
+  if not overwrite and out.exists() and any(out.iterdir()):
+    raise InputError(
+      f"--out={out_dir} is not empty; pick a new directory or pass "
+      "--overwrite to replace the files export writes there"
+    )
   loaded = checkpoints.load(config, checkpoint)
   if jax.process_index() != 0:
     return str(out)

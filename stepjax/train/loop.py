@@ -81,6 +81,7 @@ class Trainer:
     self.tok_info = tokenizer_lib.tokenizer_info(self.tokenizer)
     self.cfg = policy.model_config(config, self.tok_info)
     self.mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_sizes(config, self.mesh)
     self.graphs, _, _ = policy.abstract(self.cfg)
     self.train_source = components.make_source(config, "train")
     self.eval_source = components.make_source(config, "eval")

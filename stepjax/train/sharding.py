@@ -76,6 +76,32 @@ def make_mesh(mesh_config: Any, devices: Sequence[Any] | None = None) -> Mesh:
   return Mesh(grid, MESH_AXES)
 
 
+def check_batch_sizes(config: Any, mesh: Mesh) -> None:
+  """InputError unless every batch the trainer places splits evenly over
+  the batch axes (data x fsdp) of `mesh`, naming the flag to change."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  d, accum = config.data, config.optim.grad_accum
+  batches = {
+    "data.batch_size": d.batch_size,
+    "sft.batch_size": config.sft.batch_size,
+    "data.eval_batch_size": d.eval_batch_size or d.batch_size,
+  }
+  for flag, size in batches.items():
+    if size % shards:
+      raise InputError(
+        f"--config.{flag}={size} does not split over the {shards} batch "
+        f"shards of --config.mesh (data x fsdp = {mesh.shape['data']} x "
+        f"{mesh.shape['fsdp']}); use a multiple of {shards}"
+      )
+  rows = d.batch_size * config.sampling.group_size
+  if (rows // accum) % shards or rows % accum:
+    raise InputError(
+      f"--config.optim.grad_accum={accum}: {rows} completions per RL step "
+      f"(data.batch_size x sampling.group_size) do not split into {accum} "
+      f"micro-batches of a multiple of {shards} (the batch shards)"
+    )
+
+
 def rules_from_config(rules: Sequence[Sequence[Any]]) -> list[tuple]:
   """Turns the config's rule tuples into flax logical-axis rules."""
   out = []
