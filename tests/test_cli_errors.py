@@ -278,3 +278,21 @@ def test_mrpo_json_nan_answer(tmp_path):
     "--config.rl.process_source=value_head", f"--workdir={tmp_path / 'w'}",
   )  # fmt: skip
   assert_one_line_error(result, "r0")
+
+
+def test_build_mrpo_documented_form_reaches_the_reader(tmp_path):
+  # Flags after `--` as the README writes them are the tool's flags.
+  missing = tmp_path / "no_vqa_rad"
+  result = run_cli(
+    "data", "build-mrpo", f"--out={tmp_path / 'out'}", "--",
+    f"--vqa_rad={missing}", f"--medthink={tmp_path / 'no_medthink'}",
+  )  # fmt: skip
+  assert_one_line_error(result, str(missing))
+  assert not (tmp_path / "out").exists()
+
+
+def test_build_mrpo_missing_flag_is_one_line(tmp_path):
+  result = run_cli(
+    "data", "build-mrpo", f"--out={tmp_path / 'out'}", "--vqa_rad=x"
+  )
+  assert_one_line_error(result, "--medthink")

@@ -20,6 +20,8 @@ from typing import Any
 
 from absl import app
 
+from stepjax.errors import InputError
+
 _TOOLS = {
   "build-mrpo": "MRPO train/test json from VQA-RAD, SLAKE, PathVQA, MedThink.",
   "build-tfds": "ArrayRecord (TFDS) copy of one dataset for pod training.",
@@ -39,8 +41,22 @@ def _absl_out(flag_values: Any) -> str:
     return ""
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse whose errors are one-line `InputError`s (the CLI's boundary
+  prints them) instead of a usage dump and exit."""
+
+  def error(self, message: str):
+    raise InputError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _without_separator(args: Sequence[str]) -> list[str]:
+  """The tool's flags with the `--` that ends stepjax's own flags removed
+  (`stepjax data build-mrpo --out=D -- --slake=...`, as documented)."""
+  return [a for a in args if a != "--"]
+
+
 def _build_mrpo_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
     prog="stepjax data build-mrpo",
     description="Write MRPO's training and test sets (docs/datasets.md).",
   )
@@ -71,7 +87,7 @@ def build_mrpo(args: Sequence[str], flag_values: Any) -> dict[str, Any]:
   # Imported here so `stepjax data --help` stays fast.
   from stepjax.data.readers import build_mrpo as build_lib
 
-  opts = _build_mrpo_parser().parse_args(list(args))
+  opts = _build_mrpo_parser().parse_args(_without_separator(args))
   out = opts.out or _absl_out(flag_values)
   if not out:
     raise app.UsageError("build-mrpo: give --out=<output directory>")
@@ -98,7 +114,7 @@ def build_tfds(args: Sequence[str], flag_values: Any) -> str:
   """Runs build-tfds with argparse-style `args`; returns the data_dir."""
   from stepjax.data.readers import tfds_builders
 
-  parser = argparse.ArgumentParser(prog="stepjax data build-tfds")
+  parser = _Parser(prog="stepjax data build-tfds")
   parser.add_argument(
     "--dataset", required=True, choices=sorted(tfds_builders.BUILDERS)
   )
@@ -107,7 +123,7 @@ def build_tfds(args: Sequence[str], flag_values: Any) -> str:
   parser.add_argument(
     "--on_bad_record", choices=("fail", "skip"), default="fail"
   )
-  opts = parser.parse_args(list(args))
+  opts = parser.parse_args(_without_separator(args))
   data_dir = opts.data_dir or _absl_out(flag_values)
   if not data_dir:
     raise app.UsageError("build-tfds: give --data_dir=<TFDS data dir>")

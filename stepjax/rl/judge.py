@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 import tenacity
 
+from stepjax.errors import InputError
 from stepjax.rl import process
 
 log = logging.getLogger(__name__)
@@ -266,12 +267,12 @@ class JudgeClient:
     sleep: Callable[[float], None] = time.sleep,
   ):
     if not base_url:
-      raise ValueError(
+      raise InputError(
         "judge.base_url is empty; set it to an OpenAI-compatible endpoint "
         "(e.g. https://api.openai.com/v1) or use another rl.process_source"
       )
     if fallback not in FALLBACKS:
-      raise ValueError(
+      raise InputError(
         f"judge.fallback={fallback!r}; choose one of {list(FALLBACKS)}"
       )
     self.url = base_url.rstrip("/") + "/chat/completions"

@@ -26,6 +26,7 @@ from etils import epath
 
 from stepjax.data import errors, records
 from stepjax.data.readers import paths
+from stepjax.errors import InputError
 
 OnBadRecord = Literal["fail", "skip"]
 POLICIES = ("fail", "skip")
@@ -56,7 +57,7 @@ class BadRecordPolicy:
 
   def __init__(self, on_bad_record: str):
     if on_bad_record not in POLICIES:
-      raise ValueError(
+      raise InputError(
         f"on_bad_record must be one of {POLICIES}, got {on_bad_record!r}"
       )
     self.on_bad_record = on_bad_record

@@ -49,6 +49,7 @@ from stepjax.data.readers import (
   slake,
   vqa_rad,
 )
+from stepjax.errors import InputError, MissingInputError
 
 DATASETS = ("vqa_rad", "slake", "pathvqa")
 IMAGE_MODES = ("copy", "reference")
@@ -74,7 +75,7 @@ def open_split(
     return slake.SlakeSource(path, q_lang="en", **kwargs)
   if dataset == "pathvqa":
     return pathvqa.PathVqaSource(path, **kwargs)
-  raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+  raise InputError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
 
 
 class _ImageWriter:
@@ -82,7 +83,7 @@ class _ImageWriter:
 
   def __init__(self, out: epath.Path, mode: str):
     if mode not in IMAGE_MODES:
-      raise ValueError(f"images must be one of {IMAGE_MODES}, got {mode!r}")
+      raise InputError(f"images must be one of {IMAGE_MODES}, got {mode!r}")
     self.out = out
     self.mode = mode
     self._placed: dict[str, str] = {}  # source path or content -> relative
@@ -182,6 +183,10 @@ def build(
   datasets: {"vqa_rad": dir, "slake": dir, "pathvqa": dir}; a dataset given
     as None (or left out) is not built.
   """
+  inputs = {f"--{name}": path for name, path in datasets.items() if path}
+  for flag, path in {**inputs, "--medthink": medthink_dir}.items():
+    if not paths.as_path(path).exists():
+      raise MissingInputError(f"{flag}={path}: no such directory")
   out = paths.as_path(out)
   out.mkdir(parents=True, exist_ok=True)
   policy = base.BadRecordPolicy(on_bad_record)

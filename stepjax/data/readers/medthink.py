@@ -25,6 +25,7 @@ from etils import epath
 
 from stepjax.data import errors, records
 from stepjax.data.readers import base, paths, slake
+from stepjax.errors import MissingInputError
 
 # dataset -> (folder names, train file names, test file names)
 LAYOUT = {
@@ -100,7 +101,7 @@ def find_file(root: epath.PathLike, dataset: str, split: str) -> epath.Path:
         tried.append(str(candidate))
         if candidate.exists():
           return candidate
-  raise FileNotFoundError(
+  raise MissingInputError(
     f"{root}: no MedThink {split} file for {dataset} (looked for "
     f"{', '.join(tried[:4])}, ...); see docs/datasets.md"
   )

@@ -20,6 +20,7 @@ from etils import epath
 
 from stepjax.data import errors
 from stepjax.data.readers import base, paths
+from stepjax.errors import InputError, MissingInputError
 
 PMC_VQA_SPLITS = ("train", "test", "test_clean")
 VQA_MED_SPLITS = {"train": "train", "validation": "val", "test": "test"}
@@ -45,7 +46,7 @@ class PmcVqaSource(base.RecordSource):
   ):
     super().__init__(on_bad_record=on_bad_record)
     if split not in PMC_VQA_SPLITS:
-      raise ValueError(
+      raise InputError(
         f"PMC-VQA split must be one of {PMC_VQA_SPLITS}, got {split!r}"
       )
     self.split = split
@@ -94,7 +95,7 @@ class PmcVqaSource(base.RecordSource):
 
 def _pick(candidates: list[epath.Path], what: str, root) -> epath.Path:
   if len(candidates) != 1:
-    raise FileNotFoundError(
+    raise MissingInputError(
       f"{root}: expected one {what}, found "
       f"{[c.name for c in candidates] or 'none'}; pass the file itself"
     )
@@ -149,7 +150,7 @@ class VqaMed2019Source(base.RecordSource):
   ):
     super().__init__(on_bad_record=on_bad_record)
     if split not in VQA_MED_SPLITS:
-      raise ValueError(
+      raise InputError(
         f"VQA-Med split must be one of {list(VQA_MED_SPLITS)}, got {split!r}"
       )
     self.split = split

@@ -20,6 +20,7 @@ from etils import epath
 
 from stepjax.data import errors, records
 from stepjax.data.readers import base, paths
+from stepjax.errors import InputError, MissingInputError
 
 _TEXT_COLUMNS = ("question", "answer")
 
@@ -41,7 +42,7 @@ def find_shards(root: epath.Path, split: str) -> list[epath.Path]:
     shards = paths.glob_sorted(root, pattern)
     if shards:
       return shards
-  raise FileNotFoundError(
+  raise MissingInputError(
     f"{root}: no parquet shards for split {split!r} (looked for "
     f"{', '.join(patterns)}); see docs/datasets.md"
   )
@@ -69,7 +70,7 @@ class ParquetVqaSource(base.RecordSource):
   ):
     super().__init__(on_bad_record=on_bad_record)
     if split not in self.splits:
-      raise ValueError(
+      raise InputError(
         f"{type(self).__name__}: split must be one of {list(self.splits)}, "
         f"got {split!r}"
       )

@@ -16,6 +16,7 @@ from typing import Any
 from etils import epath
 
 from stepjax.data import errors
+from stepjax.errors import InputError, MissingInputError
 
 
 def as_path(path: epath.PathLike) -> epath.Path:
@@ -121,7 +122,7 @@ def first_existing(root: epath.Path, names: Sequence[str]) -> epath.Path:
     candidate = root / name
     if candidate.exists():
       return candidate
-  raise FileNotFoundError(
+  raise MissingInputError(
     f"{root}: none of {list(names)} found; see docs/datasets.md for the "
     "layout this reader expects"
   )
@@ -138,7 +139,7 @@ def read_json(path: epath.Path, **kwargs: Any) -> Any:
   try:
     return json.loads(text, **kwargs)
   except json.JSONDecodeError as e:
-    raise ValueError(
+    raise InputError(
       f"{path}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}"
     ) from e
 

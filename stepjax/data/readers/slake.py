@@ -12,6 +12,7 @@ from __future__ import annotations
 from etils import epath
 
 from stepjax.data.readers import base, paths
+from stepjax.errors import InputError
 
 SPLITS = ("train", "validation", "test")
 _META_FIELDS = (
@@ -50,7 +51,7 @@ class SlakeSource(base.RecordSource):
   ):
     super().__init__(on_bad_record=on_bad_record)
     if split not in SPLITS:
-      raise ValueError(f"SLAKE split must be one of {SPLITS}, got {split!r}")
+      raise InputError(f"SLAKE split must be one of {SPLITS}, got {split!r}")
     self.split = split
     self.q_lang = q_lang
     root = paths.as_path(path)

@@ -24,6 +24,7 @@ from etils import epath
 
 from stepjax.data import errors, records
 from stepjax.data.readers import base, paths, pathvqa, slake, vqa_rad
+from stepjax.errors import InputError
 
 _TEXT = ("id", "question", "answer", "rationale", "dataset", "origin", "meta")
 
@@ -148,7 +149,7 @@ BUILDERS = {
 def builder_name(dataset: str) -> str:
   """The TFDS name of a dataset's builder ("slake" -> "stepjax_slake")."""
   if dataset not in BUILDERS:
-    raise ValueError(f"no TFDS builder for {dataset!r}; have {list(BUILDERS)}")
+    raise InputError(f"no TFDS builder for {dataset!r}; have {list(BUILDERS)}")
   return BUILDERS[dataset].name
 
 
