@@ -344,6 +344,7 @@ for _name, _target in (
   ("pmc_vqa", "stepjax.data.readers.ood:PmcVqaSource"),
   ("vqa_med_2019", "stepjax.data.readers.ood:VqaMed2019Source"),
   ("quilt_vqa", "stepjax.data.readers.ood:QuiltVqaSource"),
+  ("mimic_cxr_vqa", "stepjax.data.readers.mimic_cxr_vqa:MimicCxrVqaSource"),
   ("vqa_rad_tfds", "stepjax.data.readers.tfds_builders:vqa_rad_source"),
   ("slake_tfds", "stepjax.data.readers.tfds_builders:slake_source"),
   ("pathvqa_tfds", "stepjax.data.readers.tfds_builders:pathvqa_source"),

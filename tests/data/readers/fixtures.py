@@ -357,6 +357,63 @@ def write_quilt_vqa(root: pathlib.Path, jsonl: bool = True) -> pathlib.Path:
   return root
 
 
+# split -> (idx, subject, study, dicom, question, answer list, semantic_type)
+MIMIC_CXR_VQA_ROWS = {
+  "train": [
+    (0, 10000032, 50414267, "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014",
+     "Is there any abnormality in the left lung?", ["yes"], "verify"),
+  ],
+  "valid": [
+    (0, 10000764, 57375967, "096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4",
+     "Which view is this image?", ["ap"], "query"),
+  ],
+  "test": [
+    (13280, 10001217, 58913004, "5e54fc9c-37c49834-9ac3b915-55811712-9d959d26",
+     "List all anatomical findings in the right lung.",
+     ["pleural effusion", "atelectasis"], "query"),
+    (13281, 10001217, 58913004, "5e54fc9c-37c49834-9ac3b915-55811712-9d959d26",
+     "Which abnormalities are seen in the cardiac silhouette?", [], "choose"),
+    (13282, 10002428, 51533654, "1bf9c2ff-8ae7d6a2-7e1b5c4c-8f7fd1e6-0d51c3a5",
+     "Is the mediastinum abnormal?", ["no"], "verify"),
+  ],
+}  # fmt: skip
+
+
+def mimic_image_path(subject: int, study: int, dicom: str) -> str:
+  """MIMIC-CXR-JPG's path of an image, relative to its `files/` folder."""
+  return f"p{str(subject)[:2]}/p{subject}/s{study}/{dicom}.jpg"
+
+
+def write_mimic_cxr_vqa(root: pathlib.Path) -> pathlib.Path:
+  """dataset/{train,valid,test}.json as the release's build script writes
+  them (answers as lists, ids as strings) and MIMIC-CXR-JPG's files/."""
+  for split, rows in MIMIC_CXR_VQA_ROWS.items():
+    items = [
+      {
+        "subject_id": str(subject),
+        "study_id": str(study),
+        "image_path": mimic_image_path(subject, study, dicom),
+        "answer": answer,
+        "split": split,
+        "idx": idx,
+        "image_id": dicom,
+        "question": question,
+        "content_type": "anatomy",
+        "semantic_type": semantic,
+        "template": question,
+        "template_program": "program_1",
+        "template_arguments": {"object": {"0": "left lung"}, "attribute": {},
+                               "category": {}, "viewpos": {}, "gender": {}},
+      }
+      for idx, subject, study, dicom, question, answer, semantic in rows
+    ]  # fmt: skip
+    _write_json(root / "dataset" / f"{split}.json", items)
+    for _, subject, study, dicom, *_ in rows:
+      path = root / "files" / mimic_image_path(subject, study, dicom)
+      _write_image(path, "mimic/" + dicom)
+  return root
+
+
 # ---------------------------------------------------------- fake bucket
 @contextlib.contextmanager
 def fake_gcs(local_root: pathlib.Path):
