@@ -59,6 +59,13 @@ flags.DEFINE_string("image", "", "Image file (PNG, JPEG, DICOM).")
 flags.DEFINE_string("question", "", "Question about the image.")
 flags.DEFINE_string("split", "eval", "Data split to evaluate.")
 flags.DEFINE_list("compare", [], "Run directories to compare (eval).")
+_SUITE = config_flags.DEFINE_config_file(
+  "suite",
+  None,
+  "eval: benchmark suite config (configs/suites/paper.py:root=DIR); "
+  "evaluates --checkpoint and the --compare checkpoints on each dataset.",
+  lock_config=True,
+)
 flags.DEFINE_string("input", "", "Input file or directory (data tools).")
 flags.DEFINE_float(
   "window_center", None, "DICOM window center (generate; default: file)."
@@ -193,23 +200,31 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _flag_problem(argv: list[str]) -> str | None:
-  """Names the --config file or --config.KEY override that failed to parse."""
-  config_arg, overrides = _DEFAULT_CONFIG, []
+  """Names the --config (or --suite) file or --config.KEY override that
+  failed to parse."""
+  problem = _config_file_problem(argv, "config", _DEFAULT_CONFIG)
+  return problem or _config_file_problem(argv, "suite", "")
+
+
+def _config_file_problem(argv: list[str], flag: str, default: str):
+  config_arg, overrides = default, []
   for arg in argv[2:]:
     name, _, value = arg.partition("=")
-    if name == "--config":
+    if name == f"--{flag}":
       config_arg = value
-    elif name.startswith("--config."):
-      overrides.append(name[len("--config.") :])
+    elif name.startswith(f"--{flag}."):
+      overrides.append(name[len(f"--{flag}.") :])
+  if not config_arg:
+    return None
   path, _, variant = config_arg.partition(":")
   try:
     config = config_utils.load_config_file(path, variant or None)
   except errors.UserError as e:
-    return f"--config={config_arg}: {e}"
+    return f"--{flag}={config_arg}: {e}"
   except Exception as e:  # the config file's own error, whatever it is
-    return f"--config={config_arg}: cannot load it ({type(e).__name__}: {e})"
+    return f"--{flag}={config_arg}: cannot load it ({type(e).__name__}: {e})"
   for key in overrides:
     problem = config_utils.unknown_key(config, key)
     if problem:
-      return f"--config.{key}: {problem}"
+      return f"--{flag}.{key}: {problem}"
   return None

@@ -22,6 +22,10 @@ directories holding eval/final/report.json (or eval outputs of this
 command); it prints one side-by-side table, writes it to
 --workdir/compare.md and draws the combined plots there. With
 --checkpoint as well, the new evaluation joins the comparison.
+
+`--suite=configs/suites/paper.py:root=DIR` evaluates --checkpoint and every
+--compare entry (checkpoints, then) on each dataset the suite lists and
+writes one table (suite.md, suite.json, suite.png; `eval.suite`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,11 @@ def main(argv: list[str], config: Any, flag_values: Any) -> None:
   if argv:
     raise app.UsageError(f"eval takes no positional arguments, got {argv}")
   logging.set_verbosity(config.log_level)
+  if getattr(flag_values, "suite", None) is not None:
+    from stepjax.eval import suite  # imports this module
+
+    suite.main(config, flag_values.suite, flag_values)
+    return
   num = flag_values.num if flag_values["num"].present else 1
   reports: dict[str, dict] = {}
   runs: dict[str, list] = {}
@@ -160,14 +169,26 @@ def run(
   *,
   split: str = "eval",
   num_samples: int = 1,
+  loaded: checkpoints.LoadedPolicy | None = None,
+  source: Any = None,
+  meta: dict[str, Any] | None = None,
+  draw_plots: bool = True,
 ) -> dict[str, Any]:
   """Evaluates `checkpoint` on `split`; writes report, records and plots
-  into `workdir`; returns the report dict."""
+  into `workdir`; returns the report dict.
+
+  A caller that evaluates one checkpoint on several datasets
+  (`eval.suite`) passes the policy it `loaded` once (whose config names
+  the dataset), the records (`source`, instead of the config's `split`),
+  `meta` keys added to the report's, and `draw_plots=False`.
+  """
   if num_samples < 1:
     raise InputError(f"--num={num_samples}: expected at least 1 sample")
-  loaded = checkpoints.load(config, checkpoint)
+  if loaded is None:
+    loaded = checkpoints.load(config, checkpoint)
   config = loaded.config
-  source = eval_source(config, split)
+  if source is None:
+    source = eval_source(config, split)
   if num_samples > 1:
     source = RepeatedSource(source, num_samples)
     config = checkpoints.with_updates(
@@ -190,6 +211,7 @@ def run(
     "samples_per_record": num_samples,
     "temperature": float(config.sampling.eval_temperature),
     "max_new_tokens": int(config.sampling.max_new_tokens),
+    **(meta or {}),
   }
   report = report_lib.build_report(
     [{k: r[k] for k in report_lib.RECORD_KEYS} for r in rows],
@@ -198,6 +220,7 @@ def run(
   )
   if jax.process_index() == 0:
     report_lib.write(report, rows, str(out))
+  if jax.process_index() == 0 and draw_plots:
     name = _run_name(checkpoint)
     plots.render_all(
       {name: report}, str(out), runs={name: _curves_for(checkpoint, report)}
