@@ -93,6 +93,7 @@ def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
   )
   _check_dataset(data)
   _check_numbers(config)
+  _check_eval(config)
   _require(
     not training
     or rl.process_source != "verifier"
@@ -152,6 +153,30 @@ def _check_dataset(data: ml_collections.ConfigDict) -> None:
       "data.dataset",
       f"{data.dataset!r} is not a dataset{hint}; known: {known}",
     )
+
+
+def _check_eval(config: ml_collections.ConfigDict) -> None:
+  """The answer judge: a known mode and fallback, and an endpoint when it
+  judges. A config without an eval group (a run's config.json from before
+  it existed) evaluates by exact match."""
+  from stepjax.eval import answer_judge
+
+  e = config.get("eval")
+  if e is None:
+    return
+  _one_of(e.answer_judge, answer_judge.MODES, "eval.answer_judge")
+  _one_of(
+    e.answer_judge_fallback,
+    answer_judge.FALLBACKS,
+    "eval.answer_judge_fallback",
+  )
+  _require(
+    e.answer_judge != "judge"
+    or (bool(config.judge.base_url) and bool(config.judge.model)),
+    "judge.base_url",
+    "eval.answer_judge='judge' needs judge.base_url and judge.model (an "
+    "OpenAI-compatible chat-completions endpoint)",
+  )
 
 
 def _check_numbers(config: ml_collections.ConfigDict) -> None:

@@ -240,6 +240,16 @@ def default_config() -> ml_collections.ConfigDict:
   # calls counted), to measure judge-labelled set-ups such as hybrid.
   c.judge.simulate = ""
 
+  # Evaluation. answer_judge: "exact" (normalised exact match only) or
+  # "judge" (also ask the judge.* endpoint whether each answer matches its
+  # reference, as the paper does; reports carry both accuracies).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.answer_judge = "exact"
+  # When every judge call for an answer failed: "mismatch" (count it as not
+  # matching), "exact" (use the exact-match verdict) or "skip" (leave it
+  # out of the judged accuracy). Always counted in the report.
+  c.eval.answer_judge_fallback = "mismatch"
+
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4
   c.optim.warmup_steps = 2

@@ -6,11 +6,14 @@ A record is the outcome of one generated completion for one question:
    "correct": bool, "steps": [str, ...], "step_labels": [0 | 1, ...],
    "dataset": str}
 
-with len(steps) == len(step_labels) = K (K = 0 allowed). `build_report`
-aggregates them with `stepjax.eval.metrics.analyze`, overall and per
-dataset; `write` saves `report.json` and `records.jsonl`; `compare` lays
-several reports side by side. The JSON schema is documented field by field
-in docs/eval_report.md; bump SCHEMA_VERSION when a field changes meaning.
+with len(steps) == len(step_labels) = K (K = 0 allowed), and with
+`eval.answer_judge=judge` also "judged_correct": bool | None (the answer
+judge's verdict; None when its calls failed and the fallback is skip).
+`build_report` aggregates them with `stepjax.eval.metrics.analyze`,
+overall and per dataset; `write` saves `report.json` and `records.jsonl`;
+`compare` lays several reports side by side. The JSON schema is documented
+field by field in docs/eval_report.md; bump SCHEMA_VERSION when a field
+changes meaning.
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ _RECORD_TYPES: dict[str, type | tuple[type, ...]] = {
   "dataset": str,
 }
 RECORD_KEYS = tuple(_RECORD_TYPES)
+# Keys a record may have, aggregated when present.
+_OPTIONAL_TYPES: dict[str, type | tuple[type, ...]] = {
+  "judged_correct": (bool, type(None)),
+}
+OPTIONAL_RECORD_KEYS = tuple(_OPTIONAL_TYPES)
+
+
+def record_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+  """The keys of an eval row that the report aggregates (RECORD_KEYS and
+  the optional keys it has)."""
+  keys = RECORD_KEYS + tuple(k for k in OPTIONAL_RECORD_KEYS if k in row)
+  return {k: row[k] for k in keys}
 
 
 def check_record(record: Mapping[str, Any], index: int) -> None:
@@ -50,7 +65,8 @@ def check_record(record: Mapping[str, Any], index: int) -> None:
   missing = [k for k in RECORD_KEYS if k not in record]
   if missing:
     raise InputError(f"{where}: missing keys {missing}; need {RECORD_KEYS}")
-  for key, types in _RECORD_TYPES.items():
+  present = {k: t for k, t in _OPTIONAL_TYPES.items() if k in record}
+  for key, types in {**_RECORD_TYPES, **present}.items():
     if not isinstance(record[key], types):
       raise InputError(
         f"{where}: {key!r} must be {types}, got {type(record[key]).__name__}"
@@ -70,9 +86,16 @@ def _summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   s = metrics.analyze(
     [r["step_labels"] for r in records], [r["correct"] for r in records]
   )
+  judged = [
+    bool(r["judged_correct"])
+    for r in records
+    if r.get("judged_correct") is not None
+  ]
   return {
     "num_records": s.num_completions,
     "accuracy": s.accuracy,
+    "accuracy_judged": sum(judged) / len(judged) if judged else None,
+    "num_judged": len(judged),
     "step_validity": s.step_validity,
     "completion_step_validity": s.completion_step_validity,
     "mean_steps": s.mean_steps,
@@ -89,6 +112,7 @@ def build_report(
   records: Sequence[Mapping[str, Any]],
   meta: Mapping[str, Any] | None = None,
   skipped: Mapping[str, int] | None = None,
+  answer_judge: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Aggregates per-record results into the report dict (docs/eval_report.md).
 
@@ -99,6 +123,9 @@ def build_report(
     skipped: {reason: count} of the eval records dropped as bad records
       (`data.on_bad_record=skip`), stored as
       `skipped = {"total": n, "by_reason": {...}}`.
+    answer_judge: the answer judge's summary (`answer_judge.AnswerJudge
+      .summary`: model, fallback policy, call counts), stored as
+      "answer_judge"; None means exact match only ({"mode": "exact"}).
 
   Returns:
     {schema_version, num_records, accuracy, step_validity, ..., per_dataset,
@@ -115,6 +142,7 @@ def build_report(
   }
   by_reason = {str(k): int(n) for k, n in (skipped or {}).items()}
   report["skipped"] = {"total": sum(by_reason.values()), "by_reason": by_reason}
+  report["answer_judge"] = dict(answer_judge or {"mode": "exact"})
   report["meta"] = dict(meta or {})
   return report
 
@@ -215,6 +243,10 @@ def compare(
   if fmt not in ("markdown", "plain"):
     raise InputError(f"compare: fmt must be 'markdown' or 'plain', not {fmt!r}")
   columns = list(_COLUMNS)
+  if any(r.get("accuracy_judged") is not None for r in reports.values()):
+    columns.insert(
+      2, ("Acc judged %", lambda r: _pct(r.get("accuracy_judged")))
+    )
   if per_dataset:
     names = sorted({d for r in reports.values() for d in r["per_dataset"]})
     for d in names:

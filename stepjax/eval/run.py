@@ -7,7 +7,8 @@ r"""`stepjax eval`: score a checkpoint on an eval split, or compare runs.
 Evaluation decodes the split with the policy (greedy, or
 `--config.sampling.eval_temperature`), labels each completion's steps (the
 SynthMed verifier for records with a scene, else the configured
-`rl.process_source`) and checks answers, through the same
+`rl.process_source`) and checks answers (exact match, and with
+`--config.eval.answer_judge=judge` the LLM answer judge too), through the same
 `train.evaluate.evaluate` the training loop runs. It writes into --workdir:
 report.json, records.jsonl, ffp.png, far.png and, when --checkpoint is a
 run directory with a metrics.jsonl, curves.png (reward / accuracy / step
@@ -199,6 +200,7 @@ def run(
   out.mkdir(parents=True, exist_ok=True)
   host = EvalHost(loaded, config, str(out), source, labeller, num_samples > 1)
   rows, skipped = evaluate.score(host, loaded.params)
+  judged = evaluate.judge_answers(config, rows)
   meta = {
     "eval": split,
     "algorithm": config.rl.algorithm,
@@ -214,9 +216,10 @@ def run(
     **(meta or {}),
   }
   report = report_lib.build_report(
-    [{k: r[k] for k in report_lib.RECORD_KEYS} for r in rows],
+    [report_lib.record_fields(r) for r in rows],
     meta=meta,
     skipped=skipped,
+    answer_judge=judged,
   )
   if jax.process_index() == 0:
     report_lib.write(report, rows, str(out))

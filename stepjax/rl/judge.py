@@ -10,6 +10,10 @@ failed call: after `max_retries` retries (timeouts, connection errors, 408,
 configured fallback (invalid, valid or skip) and counts it in `stats`, by
 cause (`process.FALLBACK_CAUSES`). `take_totals()` returns the counts since
 its last call: the trainer calls it once per RL step for `metrics.jsonl`.
+`ask(...)` is the same machinery (cache, retried call, counted fallback)
+for any other question with a JSON reply: the answer judge
+(`stepjax.eval.answer_judge`) asks it whether an answer matches its
+reference. Token counts are added up when the server reports `usage`.
 
 HTTP is one pooled `httpx.Client` (connections reused across calls and
 threads); retries are a `tenacity` loop with seeded, jittered exponential
@@ -306,6 +310,23 @@ class JudgeClient:
     if cache_path and os.path.exists(cache_path):
       self._load_cache()
 
+  @classmethod
+  def from_config(cls, j: Any, **overrides: Any) -> JudgeClient:
+    """The client the `judge.*` config group describes (`overrides` win)."""
+    kwargs = dict(
+      base_url=j.base_url,
+      model=j.model,
+      api_key_env=j.api_key_env,
+      send_image=j.send_image,
+      timeout_s=j.timeout_s,
+      max_retries=j.max_retries,
+      concurrency=j.concurrency,
+      fallback=j.fallback,
+      cache_path=j.cache_path,
+    )
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
   def __repr__(self) -> str:
     return (
       f"JudgeClient(url={self.url!r}, model={self.model!r}, "
@@ -337,12 +358,11 @@ class JudgeClient:
             "judge cache %s line %d is malformed; ignored", self.cache_path, n
           )
 
-  def _store(self, req: process.StepRequest, labels: tuple[int, ...]):
-    key = cache_key(req.record_id, req.step_texts)
+  def _store(self, key: str, record_id: str, labels: tuple[int, ...]):
     with self._lock:
       self._cache[key] = labels
       if self.cache_path:
-        row = {"key": key, "record_id": str(req.record_id), "labels": labels}
+        row = {"key": key, "record_id": str(record_id), "labels": labels}
         with open(self.cache_path, "a", encoding="utf-8") as f:
           f.write(json.dumps(row) + "\n")
 
@@ -421,25 +441,48 @@ class JudgeClient:
 
   # -- judging -------------------------------------------------------------
 
-  def _attempt(self, req: process.StepRequest, payload: dict, n: int):
+  def _count_usage(self, body: dict[str, Any]):
+    """Adds the reply's token counts (`usage`), when the server reports
+    them, to `stats` (prompt_tokens, completion_tokens)."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+      return
+    for name in ("prompt_tokens", "completion_tokens"):
+      value = usage.get(name)
+      if isinstance(value, int) and not isinstance(value, bool):
+        self._count(name, value)
+
+  def _attempt(
+    self,
+    record_id: str,
+    payload: dict,
+    parse: Callable[[str], tuple[int, ...]],
+    n: int,
+  ):
     """One call and its parsed labels; counts it and its error."""
     self._count("calls")
     try:
       body = self._post(payload)
+      self._count_usage(body)
       try:
-        return parse_reply(_reply_text(body), len(req.step_texts))
+        return parse(_reply_text(body))
       except InvalidReply as e:
         raise _Retryable("invalid_reply", self._redact(str(e))) from None
     except (_Retryable, _Fatal) as e:
       self._count(f"error_{e.kind}")
-      log.debug("judge record %s attempt %d: %s", req.record_id, n, e)
+      log.debug("judge record %s attempt %d: %s", record_id, n, e)
       raise
 
-  def _fallback(
-    self, req: process.StepRequest, error: _Retryable | _Fatal, attempts: int
-  ) -> process.StepLabels:
-    """The configured fallback labels, counted by cause; the first failure
-    of each cause between two `take_totals` is a warning, the rest debug."""
+  def _count_fallback(
+    self,
+    record_id: str,
+    error: _Retryable | _Fatal,
+    attempts: int,
+    policy: str,
+  ) -> None:
+    """Counts a failure by cause; the first failure of each cause between
+    two `take_totals` is a warning, the rest debug. `policy` names what the
+    caller uses instead (logged)."""
     cause = fallback_cause(error.kind)
     with self._lock:
       for name in ("failures", "fallbacks", f"fallbacks_{cause}"):
@@ -450,14 +493,59 @@ class JudgeClient:
       logging.WARNING if first else logging.DEBUG,
       "judge failed for record %s after %d attempt(s) (last: %s); using "
       "fallback %r%s",
-      req.record_id,
+      record_id,
       attempts,
       self._redact(str(error)),
-      self.fallback,
+      policy,
       f"; further {cause} failures until the next totals are debug logs"
       if first
       else "",
     )
+
+  def ask(
+    self,
+    record_id: str,
+    key: str,
+    make_payload: Callable[[], dict[str, Any]],
+    parse: Callable[[str], tuple[int, ...]],
+    fallback: str,
+  ) -> tuple[int, ...] | None:
+    """One question through the cache, the retried call and the counted
+    fallback: what the step judge does for a completion, for any question.
+
+    Args:
+      record_id: names the item in logs and the cache file.
+      key: the cache key (a hash of everything the answer depends on).
+      make_payload: builds the request body (called on a cache miss only).
+      parse: the reply's message text -> labels; raises `InvalidReply` for
+        a reply that is not what was asked (retried like a 5xx).
+      fallback: what the caller uses when every attempt fails (logged).
+
+    Returns:
+      The labels (cached, or parsed and then cached), or None when every
+      attempt failed; the failure is then counted in `stats` (failures,
+      fallbacks, fallbacks_<cause>). Never raises for a failed call.
+    """
+    cached = self._cache.get(key)
+    if cached is not None:
+      self._count("cache_hits")
+      return cached
+    payload = make_payload()
+    n = 0
+    try:
+      for attempt in self._retrying():
+        with attempt:
+          n = attempt.retry_state.attempt_number
+          labels = self._attempt(record_id, payload, parse, n)
+    except (_Retryable, _Fatal) as e:
+      self._count_fallback(record_id, e, n, fallback)
+      return None
+    self._count("successes")
+    self._store(key, record_id, labels)
+    return labels
+
+  def _fallback(self, req: process.StepRequest) -> process.StepLabels:
+    """The configured fallback labels of a completion."""
     k = len(req.step_texts)
     value = 1 if self.fallback == "valid" else 0
     return process.StepLabels(
@@ -485,21 +573,16 @@ class JudgeClient:
     self._count("requests")
     if not req.step_texts:
       return process.StepLabels((), source="judge")
-    cached = self._cache.get(cache_key(req.record_id, req.step_texts))
-    if cached is not None:
-      self._count("cache_hits")
-      return process.StepLabels(cached, source="judge")
-    payload = self._payload(req)
-    n = 0
-    try:
-      for attempt in self._retrying():
-        with attempt:
-          n = attempt.retry_state.attempt_number
-          labels = self._attempt(req, payload, n)
-    except (_Retryable, _Fatal) as e:
-      return self._fallback(req, e, n)
-    self._count("successes")
-    self._store(req, labels)
+    k = len(req.step_texts)
+    labels = self.ask(
+      req.record_id,
+      cache_key(req.record_id, req.step_texts),
+      lambda: self._payload(req),
+      lambda text: parse_reply(text, k),
+      self.fallback,
+    )
+    if labels is None:
+      return self._fallback(req)
     return process.StepLabels(labels, source="judge")
 
   def judge(

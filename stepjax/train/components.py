@@ -121,14 +121,4 @@ def answer_scorer(config: Any) -> rewards.BertScorer | None:
 def _judge_client(j: Any) -> Any:
   from stepjax.rl import judge
 
-  return judge.JudgeClient(
-    base_url=j.base_url,
-    model=j.model,
-    api_key_env=j.api_key_env,
-    send_image=j.send_image,
-    timeout_s=j.timeout_s,
-    max_retries=j.max_retries,
-    concurrency=j.concurrency,
-    fallback=j.fallback,
-    cache_path=j.cache_path,
-  )
+  return judge.JudgeClient.from_config(j)

@@ -3,8 +3,10 @@
 Greedy decoding (or `sampling.eval_temperature`) of one completion per
 eval record, its steps labelled by the SynthMed verifier when the records
 carry a scene and by the run's process-reward source otherwise, answers
-checked by normalised exact match. The result is an `eval.report` report
-(accuracy, step validity, first-failure shares, FAR) plus per-record rows.
+checked by normalised exact match and, with `eval.answer_judge=judge`, by
+the LLM answer judge too (`judge_answers`). The result is an `eval.report`
+report (accuracy, judged accuracy, step validity, first-failure shares,
+FAR) plus per-record rows.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import jax
 from etils import epath
 
 from stepjax.data import pipeline, synthmed
-from stepjax.eval import plots
+from stepjax.eval import answer_judge, plots
 from stepjax.eval import report as report_lib
 from stepjax.rl import process, rewards
 from stepjax.train import batches, rollout
@@ -47,14 +49,16 @@ def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
   """
   c = trainer.config
   rows, skipped = score(trainer, params)
+  judged = judge_answers(c, rows)
   report = report_lib.build_report(
-    [{k: r[k] for k in report_lib.RECORD_KEYS} for r in rows],
+    [report_lib.record_fields(r) for r in rows],
     meta={
       "eval": name,
       "algorithm": c.rl.algorithm,
       "verifier": c.data.eval_verifier,
     },
     skipped=skipped,
+    answer_judge=judged,
   )
   if jax.process_index() == 0:
     out = epath.Path(trainer.workdir) / "eval" / name
@@ -122,6 +126,13 @@ def score(
   return rows, pipeline.skip_counts(iterator)
 
 
+def judge_answers(config: Any, rows: list[dict[str, Any]]) -> dict | None:
+  """With `eval.answer_judge=judge`, the LLM answer judge's verdict on
+  every row (`judged_correct`) and its summary for the report (counts of
+  calls, cache hits, retries, fallbacks by cause); None for exact match."""
+  return answer_judge.judge_rows(config, rows)
+
+
 def _external_labeler(trainer: Any):
   """The judge, when the run has one; step labels for evaluation must not
   come from the policy's own value head."""
@@ -152,8 +163,16 @@ def write_plots(workdir: str, reports: dict[str, dict[str, Any]]) -> list[str]:
 
 def summary_line(r: dict[str, Any]) -> str:
   early = r["ffp"]["early"]
+  judged = ""
+  aj = r.get("answer_judge") or {}
+  if aj.get("mode") == "judge":
+    judged = (
+      f" accuracy_judged={_fmt(r.get('accuracy_judged'))} (answer judge: "
+      f"calls={aj['calls']} cache_hits={aj['cache_hits']} "
+      f"fallbacks={aj['fallbacks']})"
+    )
   return (
-    f"accuracy={_fmt(r['accuracy'])} step_validity="
+    f"accuracy={_fmt(r['accuracy'])}{judged} step_validity="
     f"{_fmt(r['step_validity'])} early_failure_share={_fmt(early)} "
     f"(n={r['num_records']})"
   )
