@@ -88,6 +88,11 @@ flags.DEFINE_string(
 _COMMANDS = {
   "train": ("stepjax.train.loop", "main", "SFT then RL training."),
   "eval": ("stepjax.eval.run", "main", "Evaluate a checkpoint."),
+  "judge-check": (
+    "stepjax.eval.judge_check",
+    "main",
+    "Measure a step judge against SynthMed's step truth.",
+  ),
   "generate": ("stepjax.eval.generate", "main", "Reason on one image."),
   "export": ("stepjax.train.export", "main", "Write an HF directory."),
   "plan": ("stepjax.eval.plan", "main", "Per-device memory plan."),
@@ -103,7 +108,7 @@ _COMMANDS = {
 
 
 # Subcommands that take a job config (checked before any work starts).
-_JOB_COMMANDS = ("train", "eval", "generate", "export", "plan")
+_JOB_COMMANDS = ("train", "eval", "generate", "export", "plan", "judge-check")
 
 
 def _usage() -> str:
