@@ -113,7 +113,7 @@ _JOB_COMMANDS = ("train", "eval", "generate", "export", "plan", "judge-check")
 
 def _usage() -> str:
   lines = ["usage: stepjax <command> [--flags]", "", "commands:"]
-  lines += [f"  {name:10s} {cmd[2]}" for name, cmd in _COMMANDS.items()]
+  lines += [f"  {name:12s} {cmd[2]}" for name, cmd in _COMMANDS.items()]
   return "\n".join(lines)
 
 
