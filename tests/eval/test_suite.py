@@ -33,6 +33,9 @@ def _load(name: str, path: pathlib.Path):
 
 
 tiny_run = _load("tiny_run", pathlib.Path(__file__).with_name("tiny_run.py"))
+chat_server = _load(
+  "suite_chat_server", pathlib.Path(__file__).with_name("chat_server.py")
+)
 fixtures = _load(
   "reader_fixtures", REPO / "tests" / "data" / "readers" / "fixtures.py"
 )
@@ -170,6 +173,57 @@ def test_compare_puts_checkpoints_side_by_side(evaluated):
   avg = f"{100 * a['average']['accuracy']:.1f}"
   assert "| tiny_run-2 | " in md and md.count(f" {avg} |") >= 2
   assert "## tiny_run (" in md and "| Average | " in md
+
+
+def judge_says_match(reference: str) -> bool:
+  """The scripted answer judge: a match iff the reference sorts before m."""
+  return reference.lower() < "m"
+
+
+def test_judged_accuracy_column_follows_the_answer_judge(
+  benchmarks, run_dir, tmp_path, monkeypatch
+):
+  """With eval.answer_judge=judge, the table's judged column and its
+  average are the scripted judge's verdicts on each dataset's references."""
+
+  def reply(body):
+    reference = chat_server.field(
+      chat_server.user_text(body), "Reference answer"
+    )
+    return "ok", json.dumps({"match": int(judge_says_match(reference))})
+
+  server = chat_server.ChatServer(reply)
+  monkeypatch.setenv(chat_server.KEY_ENV, chat_server.SECRET)
+  config = tiny_run.config(
+    **{
+      "eval.answer_judge": "judge",
+      "judge.base_url": server.url,
+      "judge.model": "answer-judge",
+      "judge.api_key_env": chat_server.KEY_ENV,
+    }
+  )
+  try:
+    table = suite.run(config, paper_suite(benchmarks), [run_dir], tmp_path)
+  finally:
+    server.close()
+  assert "accuracy_judged" in table["metrics"]
+  row = table["checkpoints"][0]
+  by_hand = []
+  for d in table["datasets"]:
+    records = _records(tmp_path, "tiny_run", d["name"])
+    golds = [r["gold_answer"] for r in records]
+    judged = sum(judge_says_match(g) for g in golds) / len(golds)
+    assert row["per_dataset"][d["name"]]["accuracy_judged"] == judged
+    by_hand.append(judged)
+  assert 0 < sum(by_hand) < len(by_hand)  # neither all nor none matched
+  assert row["average"]["accuracy_judged"] == pytest.approx(
+    sum(by_hand) / len(by_hand)
+  )
+  assert server.calls["ok"] == sum(d["num_selected"] for d in table["datasets"])
+  md = (tmp_path / "suite.md").read_text()
+  assert "## Accuracy (answer judge)" in md
+  avg = f"{100 * row['average']['accuracy_judged']:.1f}"
+  assert f"| {avg} |" in suite_table.matrix(table, "accuracy_judged")
 
 
 def test_table_arithmetic_by_hand():
