@@ -32,6 +32,7 @@ import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 from absl import logging
 from etils import epath
 
@@ -348,7 +349,8 @@ def run(
     results,
     checkpoints=dict(zip(results, checkpoints_)),
   )
-  suite_table.write(table, str(out))
+  if jax.process_index() == 0:  # every host evaluated; one writes
+    suite_table.write(table, str(out))
   return table
 
 
