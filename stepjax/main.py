@@ -3,7 +3,7 @@ r"""The `stepjax` command line: parses flags, then hands over to one function.
   stepjax train --config=configs/synthmed_tiny.py --workdir=runs/a \
       --config.rl.algorithm=grpo
   stepjax synthmed --out=runs/samples --num=16
-  stepjax bench sampler|train|rl
+  stepjax bench sampler|train|rl|data|rollout|gpu
   stepjax experiment --config=configs/experiments/example.py:test \
       --workdir=runs/grid
   stepjax data build-mrpo --out=... --vqa_rad=... --slake=... --pathvqa=...
@@ -98,7 +98,11 @@ _COMMANDS = {
   "plan": ("stepjax.eval.plan", "main", "Per-device memory plan."),
   "synthmed": ("stepjax.data.synthmed_cli", "main", "Write SynthMed samples."),
   "data": ("stepjax.data.cli", "main", "Dataset tools (build-mrpo, ...)."),
-  "bench": ("stepjax.bench", "main", "Benchmarks: sampler | train | rl."),
+  "bench": (
+    "stepjax.bench",
+    "main",
+    "Benchmarks: sampler | train | rl | data | rollout | gpu.",
+  ),
   "experiment": (
     "stepjax.experiment.cli",
     "main",

@@ -26,7 +26,8 @@ on the forward itself, the log-probs of the completion tokens.
 
 FLOP/s: the update's FLOPs from XLA's cost analysis of the compiled step
 (and, as a cross-check, 6 * params * tokens) over our seconds per update,
-against a measured peak: the median time of a jitted 2048^3 float32 matmul.
+against a measured peak: the median time of a jitted 2048^3 float32 matmul
+(`bench_machine.matmul_peak`, the one `stepjax bench` reports).
 
 Shapes: P prompts, G samples each, B = P * G rows, T prompt tokens, C
 completion tokens, L = T + C, N patch rows per image, P_ = 1176 patch row.
@@ -38,7 +39,6 @@ Run `python -m stepjax.train.bench [ITERS] [--profile]` or
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import tempfile
 import time
@@ -50,6 +50,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from stepjax import bench_machine
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert, qwen25vl
 from stepjax.rl import losses
@@ -71,14 +72,6 @@ def _median_time(fn, iters: int) -> float:
     fn()
     times.append(time.perf_counter() - t0)
   return float(np.median(times))
-
-
-def cpu_cores() -> int:
-  """CPU cores this process may run on (its affinity mask)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # not Linux
-    return os.cpu_count() or 1
 
 
 def make_batch(
@@ -159,30 +152,12 @@ def _optim_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _flops(compiled) -> float:
+def xla_flops(compiled) -> float:
+  """FLOPs by XLA's cost analysis of a compiled (or lowered) computation."""
   analysis = compiled.cost_analysis()
   if isinstance(analysis, list | tuple):  # older jax: one dict per module
     analysis = analysis[0] if analysis else {}
   return float((analysis or {}).get("flops", float("nan")))
-
-
-def matmul_peak(n: int = 2048, iters: int = 20) -> tuple[float, float]:
-  """FLOP/s of a jitted float32 n x n x n matmul: (median, best) of `iters`.
-
-  On a shared host the best run is the closer estimate of the peak.
-  """
-  keys = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(keys[0], (n, n), jnp.float32)
-  b = jax.random.normal(keys[1], (n, n), jnp.float32)
-  mm = jax.jit(jnp.matmul)
-  jax.block_until_ready(mm(a, b))
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(mm(a, b))
-    times.append(time.perf_counter() - t0)
-  flop = 2.0 * n**3
-  return flop / float(np.median(times)), flop / min(times)
 
 
 class Ours:
@@ -223,7 +198,7 @@ class Ours:
       jax.jit(fn, donate_argnums=(0,)).lower(self.state, self.batch).compile()
     )
     self.compile_s = time.perf_counter() - t0
-    self.flops = _flops(self.compiled)
+    self.flops = xla_flops(self.compiled)
 
   def logp(self):
     """float32[B, L-1] log-probs under the current params (not donated)."""
@@ -393,7 +368,7 @@ def bench_train(
   result["ours_loss"] = first["loss"]
   result["ours_grad_norm"] = first["grad_norm"]
   if theirs is not None:
-    threads = torch_threads or cpu_cores()
+    threads = torch_threads or bench_machine.cpu_cores()
     theirs.torch.set_num_threads(threads)
     hf_logp = theirs.logp()
     hf_first = theirs.step()  # warm-up, and the parity check
@@ -436,9 +411,9 @@ def bench_train(
     parts = profile_ours(ours, iters)
     result.update({f"part_{k}": v for k, v in parts.items()})
   if peak:
-    median, best = matmul_peak()
-    result["peak_flops_per_s"] = median
-    result["best_peak_flops_per_s"] = best
+    peak_run = bench_machine.matmul_peak(2048)
+    result["peak_flops_per_s"] = peak_run["median_flops_per_s"]
+    result["best_peak_flops_per_s"] = peak_run["best_flops_per_s"]
   return result
 
 
