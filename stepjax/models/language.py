@@ -194,7 +194,9 @@ class Decoder(nnx.Module):
       :, None, :
     ]
     step = DecoderLayer.__call__
-    if self.cfg.remat:
+    # Remat saves memory in the backward pass; decoding with a cache takes
+    # no gradient (and nnx.remat cannot run inside the sampler's loop).
+    if self.cfg.remat and cache is None:
       step = nnx.remat(step)
     new_layers = []
     for i, layer in enumerate(self.layers):

@@ -297,3 +297,14 @@ def test_sampling_distribution(temperature, top_k, top_p):
     logits_V - np.log(np.exp(logits_V - logits_V.max()).sum()) - logits_V.max()
   )
   np.testing.assert_allclose(logp, ref[tok], atol=1e-5)
+
+
+def test_remat_config_samples_like_no_remat(setup, greedy):
+  """3B/7B presets train with remat: sampling must still run, unchanged."""
+  cfg = setup["cfg"].replace(remat=True)
+  graphdef, params = nnx.split(qwen25vl.create(cfg, seed=1), nnx.Param)
+  out = _gen(
+    dict(setup, cfg=cfg, graphdef=graphdef, params=params), temperature=0.0
+  )
+  np.testing.assert_array_equal(out.tokens_BxR, greedy.tokens_BxR)
+  np.testing.assert_allclose(out.logp_BxR, greedy.logp_BxR, atol=1e-5)
