@@ -119,6 +119,7 @@ def collate(
     "answers": [e["answer"] for e in examples],
     "rationales": [e["rationale"] for e in examples],
     "metas": [e["meta"] for e in examples],
+    "images": [e.get("image") for e in examples],
   }
   if opts.target_len:
     s = opts.target_len

@@ -313,6 +313,20 @@ def decode_image(
   return _decode_pil(data, desc, record_id, max_image_pixels, window)
 
 
+def encoded_for_judge(ref: records.ImageRef | None) -> bytes | str | None:
+  """A record's image as an LLM judge takes it: a path or encoded bytes as
+  the record holds them; a decoded array (SynthMed) as PNG bytes."""
+  if ref is None:
+    return None
+  if ref.path is not None:
+    return str(ref.path)
+  if ref.data is not None:
+    return ref.data
+  buf = io.BytesIO()
+  PIL.Image.fromarray(np.asarray(ref.array, np.uint8)).save(buf, format="PNG")
+  return buf.getvalue()
+
+
 def smart_resize(
   height: int,
   width: int,

@@ -242,6 +242,7 @@ class _Prepare:
       "answer": record.answer,
       "rationale": record.rationale,
       "meta": dict(record.meta),
+      "image": record.image,  # for an LLM step judge (rollout)
     }
     if o.target_len:
       steps = split_sentences(record.rationale)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import io
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -50,7 +49,7 @@ from absl import app, logging
 from etils import epath
 
 from stepjax import config_utils
-from stepjax.data import synthmed
+from stepjax.data import images, synthmed
 from stepjax.data import synthmed_corrupt as corrupt_lib
 from stepjax.errors import InputError
 from stepjax.eval import judge_agreement
@@ -80,14 +79,6 @@ class Item:
   detail: str
   request: process.StepRequest
   truth: tuple[int, ...]
-
-
-def _png(array_HxW: Any) -> bytes:
-  from PIL import Image
-
-  buf = io.BytesIO()
-  Image.fromarray(np.asarray(array_HxW, np.uint8)).save(buf, format="PNG")
-  return buf.getvalue()
 
 
 def _corrupt_one(
@@ -138,7 +129,7 @@ def rationale_items(config: Any, num: int) -> list[Item]:
       reference=record.answer,
       step_texts=tuple(steps),
       rationale=record.rationale,
-      image=_png(record.image.array),
+      image=images.encoded_for_judge(record.image),
       meta={"scene": record.meta["scene"]},
     )
     items.append(
@@ -183,7 +174,7 @@ def sampled_items(
       reference=row["gold_answer"],
       step_texts=tuple(row["steps"]),
       rationale=record.rationale,
-      image=_png(record.image.array),
+      image=images.encoded_for_judge(record.image),
       meta={"scene": record.meta["scene"]},
     )
     truth = tuple(int(v) for v in row["step_labels"])

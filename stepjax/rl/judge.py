@@ -44,6 +44,7 @@ from typing import Any
 import httpx
 import tenacity
 
+from stepjax.data import images, records
 from stepjax.errors import InputError
 from stepjax.rl import process
 
@@ -132,6 +133,8 @@ def build_messages(
   content: list[dict[str, Any]] = []
   if send_image and req.image is not None:
     data = req.image
+    if isinstance(data, records.ImageRef):
+      data = images.encoded_for_judge(data)
     if isinstance(data, str):
       with open(data, "rb") as f:
         data = f.read()

@@ -57,7 +57,8 @@ JUDGE_TOTALS = (
 class StepRequest:
   """One completion's steps and the record they answer.
 
-  image: encoded image bytes or a local path (None: no image).
+  image: encoded image bytes, a local path or the record's
+    `data.records.ImageRef` (None: no image).
   meta: the record's meta (SynthMed puts its scene under "scene").
   value_logits: float[K] step-value logits, for the value-head source.
   """
@@ -67,7 +68,7 @@ class StepRequest:
   reference: str
   step_texts: tuple[str, ...]
   rationale: str = ""
-  image: bytes | str | None = None
+  image: Any = None
   meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   value_logits: np.ndarray | None = None
 

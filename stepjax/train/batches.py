@@ -128,6 +128,7 @@ def examples(batch: dict[str, Any]) -> list[dict[str, Any]]:
       "answer": batch["answers"][i],
       "rationale": batch["rationales"][i],
       "meta": batch["metas"][i],
+      "image": batch.get("images", [None] * len(batch["ids"]))[i],
     }
     for i in range(len(batch["ids"]))
   ]

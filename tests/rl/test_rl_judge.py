@@ -488,3 +488,12 @@ def test_run_writes_judge_totals_per_step(server, tmp_path, capsys):
   assert server.replies["500"] >= 1
   out = capsys.readouterr().out
   assert out.count(" judge calls=") == 2
+  # Training's requests carry the record's image (SynthMed: PNG bytes).
+  images = [
+    part["image_url"]["url"]
+    for body in server.bodies
+    for part in body["messages"][1]["content"]
+    if part["type"] == "image_url"
+  ]
+  assert len(images) == len(server.bodies) > 0
+  assert all(u.startswith("data:image/png;base64,") for u in images)
