@@ -183,7 +183,7 @@ def test_batch_not_divisible_by_devices(tmp_path):
     "train", f"--config={TEST_CONFIG}", f"--workdir={tmp_path / 'w'}",
     devices=3,
   )  # fmt: skip
-  assert_one_line_error(result, "data.batch_size=2", "3 batch shards")
+  assert_one_line_error(result, "sft.batch_size=4", "3 batch shards")
 
 
 def test_missing_init_from_is_not_created(tmp_path):

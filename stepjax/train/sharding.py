@@ -80,25 +80,27 @@ def check_batch_sizes(config: Any, mesh: Mesh) -> None:
   """InputError unless every batch the trainer places splits evenly over
   the batch axes (data x fsdp) of `mesh`, naming the flag to change."""
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  d, accum = config.data, config.optim.grad_accum
-  batches = {
-    "data.batch_size": d.batch_size,
-    "sft.batch_size": config.sft.batch_size,
-    "data.eval_batch_size": d.eval_batch_size or d.batch_size,
-  }
-  for flag, size in batches.items():
-    if size % shards:
-      raise InputError(
-        f"--config.{flag}={size} does not split over the {shards} batch "
-        f"shards of --config.mesh (data x fsdp = {mesh.shape['data']} x "
-        f"{mesh.shape['fsdp']}); use a multiple of {shards}"
-      )
-  rows = d.batch_size * config.sampling.group_size
-  if (rows // accum) % shards or rows % accum:
+  where = (
+    f"the {shards} batch shards of --config.mesh (data x fsdp = "
+    f"{mesh.shape['data']} x {mesh.shape['fsdp']})"
+  )
+  # Prompts are sampled replicated; the SFT batch and the RL update rows
+  # (prompts x G, per micro-batch) are split over the batch shards.
+  sft = config.sft.batch_size
+  if config.sft.steps > 0 and sft % shards:
     raise InputError(
-      f"--config.optim.grad_accum={accum}: {rows} completions per RL step "
-      f"(data.batch_size x sampling.group_size) do not split into {accum} "
-      f"micro-batches of a multiple of {shards} (the batch shards)"
+      f"--config.sft.batch_size={sft} does not split over {where}; use a "
+      f"multiple of {shards}"
+    )
+  accum = config.optim.grad_accum
+  rows = config.data.batch_size * config.sampling.group_size
+  if config.train.steps > 0 and (rows % accum or (rows // accum) % shards):
+    raise InputError(
+      f"{rows} completions per RL step (--config.data.batch_size="
+      f"{config.data.batch_size} x sampling.group_size="
+      f"{config.sampling.group_size}) in --config.optim.grad_accum={accum} "
+      f"micro-batches do not split over {where}; make each micro-batch a "
+      f"multiple of {shards}"
     )
 
 
