@@ -1,6 +1,7 @@
 """Kill a training run with SIGKILL mid-way, start it again with the same
 command: it resumes from the last checkpoint and ends with exactly the
-parameters of an uninterrupted run."""
+parameters of an uninterrupted run. Then truncate the latest checkpoint and
+run again: it falls back to the previous one, with the same result."""
 
 import os
 import pathlib
@@ -68,6 +69,8 @@ def _wait_for_checkpoint(proc, workdir, steps, timeout=600):
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+  """Also: truncating the latest checkpoint afterwards and rerunning falls
+  back to the previous checkpoint and ends with the same parameters."""
   straight, killed = tmp_path / "straight", tmp_path / "killed"
   reference = subprocess.Popen(
     _command(straight), env=_env(), stdout=subprocess.PIPE,
@@ -103,6 +106,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   assert steps == list(range(5))
   # The final evaluation table was printed by the resumed run too.
   assert "final" in resumed.stdout
+  # A truncated latest checkpoint falls back to the previous one (the
+  # killed run's workdir is reused: one more short run, not two).
+  _truncate_latest_and_rerun(killed, params_a)
 
 
 def _largest_file(directory):
@@ -110,19 +116,13 @@ def _largest_file(directory):
   return max(files, key=lambda p: p.stat().st_size)
 
 
-def test_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path):
-  workdir = tmp_path / "run"
-  first = subprocess.run(
-    _command(workdir), env=_env(), capture_output=True, text=True,
-    timeout=600,
-  )  # fmt: skip
-  assert first.returncode == 0, first.stdout[-3000:] + first.stderr
-  step, params_uninterrupted = _final_params(workdir)
-  assert step == 5
+def _truncate_latest_and_rerun(workdir, params_uninterrupted):
+  """Truncates the largest state file of checkpoint 5 (the last) and runs
+  the same command again: it must resume from checkpoint 4, keep the
+  damaged checkpoint aside and end with the uninterrupted parameters."""
   damaged = _largest_file(workdir / "checkpoints" / "5" / "state")
   data = damaged.read_bytes()
   damaged.write_bytes(data[: len(data) // 2])
-
   rerun = subprocess.run(
     _command(workdir), env=_env(), capture_output=True, text=True,
     timeout=600,
@@ -133,8 +133,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path):
   assert str(workdir / "checkpoints" / "5") in rerun.stdout
   assert "step 4/5" in rerun.stdout and "step 3/5" not in rerun.stdout
   # The damaged checkpoint is kept aside, not deleted.
-  kept = workdir / "checkpoints_unreadable" / "5" / "state"
-  assert kept.exists()
+  assert (workdir / "checkpoints_unreadable" / "5" / "state").exists()
   step, params_resumed = _final_params(workdir)
   assert step == 5
   for name, value in params_uninterrupted.items():
