@@ -107,6 +107,16 @@ def text_field(
   return value
 
 
+def checked_split(name: str, split: str, splits) -> str:
+  """`split` if it is one of `splits`; else an InputError naming `name`'s
+  splits (every reader's `split=` argument)."""
+  if split not in splits:
+    raise InputError(
+      f"{name} split must be one of {list(splits)}, got {split!r}"
+    )
+  return split
+
+
 def is_yes_no(answer: str) -> bool:
   """True for closed yes/no answers, which MRPO's sets drop."""
   return answer.strip().strip(".").lower() in ("yes", "no")

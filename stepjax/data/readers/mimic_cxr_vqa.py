@@ -34,7 +34,6 @@ from etils import epath
 
 from stepjax.data import errors, records
 from stepjax.data.readers import base, paths
-from stepjax.errors import InputError
 
 SPLITS = ("train", "valid", "test")
 _ALIASES = {"validation": "valid", "val": "valid"}
@@ -77,12 +76,7 @@ def answer_text(value: Any, *, file: str, record: str) -> tuple[str, list[str]]:
 
 
 def _split(split: str) -> str:
-  split = _ALIASES.get(split, split)
-  if split not in SPLITS:
-    raise InputError(
-      f"MIMIC-CXR-VQA split must be one of {SPLITS}, got {split!r}"
-    )
-  return split
+  return base.checked_split("MIMIC-CXR-VQA", _ALIASES.get(split, split), SPLITS)
 
 
 def _image_dir(json_path: epath.Path) -> epath.Path:

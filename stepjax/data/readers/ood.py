@@ -20,7 +20,7 @@ from etils import epath
 
 from stepjax.data import errors
 from stepjax.data.readers import base, paths
-from stepjax.errors import InputError, MissingInputError
+from stepjax.errors import MissingInputError
 
 PMC_VQA_SPLITS = ("train", "test", "test_clean")
 VQA_MED_SPLITS = {"train": "train", "validation": "val", "test": "test"}
@@ -45,11 +45,7 @@ class PmcVqaSource(base.RecordSource):
     check_images: bool = False,
   ):
     super().__init__(on_bad_record=on_bad_record)
-    if split not in PMC_VQA_SPLITS:
-      raise InputError(
-        f"PMC-VQA split must be one of {PMC_VQA_SPLITS}, got {split!r}"
-      )
-    self.split = split
+    self.split = base.checked_split("PMC-VQA", split, PMC_VQA_SPLITS)
     root = paths.as_path(path)
     csv_path = paths.first_existing(root, [f"{split}.csv"])
     self.image_dir = paths.as_path(image_dir) if image_dir else root / "images"
@@ -149,11 +145,7 @@ class VqaMed2019Source(base.RecordSource):
     check_images: bool = False,
   ):
     super().__init__(on_bad_record=on_bad_record)
-    if split not in VQA_MED_SPLITS:
-      raise InputError(
-        f"VQA-Med split must be one of {list(VQA_MED_SPLITS)}, got {split!r}"
-      )
-    self.split = split
+    self.split = base.checked_split("VQA-Med", split, VQA_MED_SPLITS)
     root = paths.as_path(path)
     text_path = _vqa_med_file(root, split)
     if image_dir is not None:

@@ -20,7 +20,7 @@ from etils import epath
 
 from stepjax.data import errors, records
 from stepjax.data.readers import base, paths
-from stepjax.errors import InputError, MissingInputError
+from stepjax.errors import MissingInputError
 
 _TEXT_COLUMNS = ("question", "answer")
 
@@ -69,12 +69,7 @@ class ParquetVqaSource(base.RecordSource):
     cached_row_groups: int = 2,
   ):
     super().__init__(on_bad_record=on_bad_record)
-    if split not in self.splits:
-      raise InputError(
-        f"{type(self).__name__}: split must be one of {list(self.splits)}, "
-        f"got {split!r}"
-      )
-    self.split = split
+    self.split = base.checked_split(type(self).__name__, split, self.splits)
     self._files = [str(f) for f in find_shards(paths.as_path(path), split)]
     self._where: dict[str, tuple[int, int, int]] = {}
     self._cache_size = max(1, cached_row_groups)

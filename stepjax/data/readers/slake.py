@@ -12,7 +12,6 @@ from __future__ import annotations
 from etils import epath
 
 from stepjax.data.readers import base, paths
-from stepjax.errors import InputError
 
 SPLITS = ("train", "validation", "test")
 _META_FIELDS = (
@@ -50,9 +49,7 @@ class SlakeSource(base.RecordSource):
     check_images: bool = False,
   ):
     super().__init__(on_bad_record=on_bad_record)
-    if split not in SPLITS:
-      raise InputError(f"SLAKE split must be one of {SPLITS}, got {split!r}")
-    self.split = split
+    self.split = base.checked_split("SLAKE", split, SPLITS)
     self.q_lang = q_lang
     root = paths.as_path(path)
     self.json_path = paths.first_existing(root, [f"{split}.json"])

@@ -17,7 +17,6 @@ import posixpath
 from etils import epath
 
 from stepjax.data.readers import base, parquet, paths
-from stepjax.errors import InputError
 
 JSON_NAMES = ("VQA_RAD Dataset Public.json", "VQA_RAD_Dataset_Public.json")
 IMAGE_DIRS = ("VQA_RAD Image Folder", "VQA_RAD_Image_Folder", "images")
@@ -47,9 +46,7 @@ class VqaRadJsonSource(base.RecordSource):
     check_images: bool = False,
   ):
     super().__init__(on_bad_record=on_bad_record)
-    if split not in SPLITS:
-      raise InputError(f"VQA-RAD split must be one of {SPLITS}, got {split!r}")
-    self.split = split
+    self.split = base.checked_split("VQA-RAD", split, SPLITS)
     root = paths.as_path(path)
     if root.suffix == ".json":
       self.json_path, root = root, root.parent
