@@ -18,7 +18,7 @@ import matplotlib.figure
 import numpy as np
 from etils import epath
 
-from stepjax.eval import metrics
+from stepjax.eval import metrics, plots
 from stepjax.rl import process
 
 REPORT_JSON = "report.json"
@@ -250,11 +250,7 @@ def plot(report: Mapping[str, Any], path: str) -> str:
   ax_p.set_title("By step position in the chain")
   ax_p.legend(fontsize=8, loc="lower right")
   fig.suptitle(f"Step judge: {report['judge']['model']}", fontsize=10)
-  p = epath.Path(path)
-  p.parent.mkdir(parents=True, exist_ok=True)
-  with p.open("wb") as f:
-    fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-  return str(p)
+  return plots.save_png(fig, path, dpi=110)
 
 
 def write(report: Mapping[str, Any], out_dir: str) -> list[str]:

@@ -44,12 +44,31 @@ def _figure(width: float, height: float) -> matplotlib.figure.Figure:
   return matplotlib.figure.Figure(figsize=(width, height))
 
 
-def _save(fig: matplotlib.figure.Figure, path: str) -> str:
+def save_png(fig: matplotlib.figure.Figure, path: str, dpi: int = _DPI) -> str:
+  """Writes `fig` as a PNG to `path` (local or gs://), creating the parent
+  directory; returns the path."""
   p = epath.Path(path)
   p.parent.mkdir(parents=True, exist_ok=True)
   with p.open("wb") as f:
-    fig.savefig(f, format="png", dpi=_DPI, bbox_inches="tight")
+    fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
   return str(p)
+
+
+def label_bars(ax, bars, values, tops=None, fontsize: int = 8) -> None:
+  """Writes each bar's value (one decimal) above it; NaN values are left
+  unlabelled. `tops`: where each label sits (default: the value)."""
+  tops = values if tops is None else tops
+  for bar, v, top in zip(bars, values, tops):
+    if not math.isnan(v):
+      ax.annotate(
+        f"{v:.1f}",
+        (bar.get_x() + bar.get_width() / 2, top),
+        ha="center",
+        va="bottom",
+        fontsize=fontsize,
+        xytext=(0, 2),
+        textcoords="offset points",
+      )
 
 
 def _nan(x: float | None) -> float:
@@ -107,17 +126,7 @@ def plot_ffp(
       error_kw={"elinewidth": 0.8, "ecolor": "#333333"},
     )
     tops = np.nan_to_num(values) + (0 if yerr is None else yerr[1])
-    for bar, v, top in zip(bars, values, tops):
-      if not math.isnan(v):
-        ax.annotate(
-          f"{v:.1f}",
-          (bar.get_x() + bar.get_width() / 2, top),
-          ha="center",
-          va="bottom",
-          fontsize=8,
-          xytext=(0, 2),
-          textcoords="offset points",
-        )
+    label_bars(ax, bars, values, tops)
   ticks = []
   for n in names:
     none = reports[n]["ffp"].get("none")
@@ -132,7 +141,7 @@ def plot_ffp(
   ax.legend(fontsize=8, loc="upper center", ncol=len(BINS), frameon=False)
   ax.grid(axis="y", alpha=0.3)
   ax.set_axisbelow(True)
-  return _save(fig, path)
+  return save_png(fig, path)
 
 
 def plot_far(
@@ -183,7 +192,7 @@ def plot_far(
   ax.set_title("Failure Accumulation Rate vs First Failure Point")
   ax.legend(fontsize=8, title="run (completions per stage)", title_fontsize=8)
   ax.grid(alpha=0.3)
-  return _save(fig, path)
+  return save_png(fig, path)
 
 
 def plot_curves(
@@ -248,7 +257,7 @@ def plot_curves(
   axes[-1, 0].set_xlabel("step")
   title = next(iter(runs)) if single else "comparison: " + ", ".join(runs)
   axes[0, 0].set_title(f"Training curves ({title})")
-  return _save(fig, path)
+  return save_png(fig, path)
 
 
 def plot_bands(
@@ -309,7 +318,7 @@ def plot_bands(
       ax.xaxis.set_tick_params(labelbottom=True)
   if title:
     fig.suptitle(title)
-  return _save(fig, path)
+  return save_png(fig, path)
 
 
 def _error_bar(value: float, interval: Sequence[float] | None) -> np.ndarray:

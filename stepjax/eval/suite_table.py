@@ -38,6 +38,8 @@ import matplotlib.figure
 import numpy as np
 from etils import epath
 
+from stepjax.eval import plots
+
 SCHEMA_VERSION = 1
 JSON_FILE, MARKDOWN_FILE, PLOT_FILE = "suite.json", "suite.md", "suite.png"
 MISSING = "missing"
@@ -327,17 +329,7 @@ def plot(table: Mapping[str, Any], path: str) -> str:
         edgecolor="black",
         linewidth=0.5,
       )
-      for bar, h in zip(bars, heights):
-        if not math.isnan(h):
-          ax.annotate(
-            f"{h:.1f}",
-            (bar.get_x() + bar.get_width() / 2, h),
-            ha="center",
-            va="bottom",
-            fontsize=7,
-            xytext=(0, 2),
-            textcoords="offset points",
-          )
+      plots.label_bars(ax, bars, heights, fontsize=7)
     ax.axvline(len(datasets) - 0.5, color="#888888", linewidth=0.8)
     counts = {c["average_count"][metric] for c in ckpts}
     average = "Average" + (
@@ -351,11 +343,7 @@ def plot(table: Mapping[str, Any], path: str) -> str:
     ax.set_axisbelow(True)
     if len(ckpts) > 1:
       ax.legend(fontsize=8, frameon=False)
-  p = epath.Path(path)
-  p.parent.mkdir(parents=True, exist_ok=True)
-  with p.open("wb") as f:
-    fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
-  return str(p)
+  return plots.save_png(fig, path, dpi=120)
 
 
 def write(table: Mapping[str, Any], out_dir: str) -> list[str]:
