@@ -139,21 +139,6 @@ def _normal(key, shape, dtype, scale):
   return (jax.random.normal(key, shape) * scale).astype(dtype)
 
 
-def step_options(config: Any) -> steps.StepOptions:
-  """The RL update's options, as `Trainer.update_fn` builds them."""
-  rl = config.rl
-  return steps.StepOptions(
-    group_size=config.sampling.group_size,
-    eps_low=rl.eps_low,
-    eps_high=rl.eps_high,
-    beta=rl.beta,
-    aggregation=rl.loss_aggregation,
-    use_old_logp=rl.num_iterations > 1,
-    value_loss_weight=rl.value_loss_weight,
-    train_value_head=rl.value_loss_weight > 0,
-  )
-
-
 def update_batch(
   cfg,
   rows: int,
@@ -262,7 +247,7 @@ def bench_update(config: Any, cfg, graphs, params, value_params, opts: dict):
     steps.train_step,
     graphs=graphs,
     tx=tx,
-    opts=step_options(config),
+    opts=steps.options_from_config(config),
     kind="rl",
   )
   t0 = time.perf_counter()

@@ -278,22 +278,11 @@ class Trainer:
   def update_fn(self, phase: Phase):
     key = f"update_{phase.name}"
     if key not in self._jitted:
-      rl = self.config.rl
-      opts = steps.StepOptions(
-        group_size=self.config.sampling.group_size,
-        eps_low=rl.eps_low,
-        eps_high=rl.eps_high,
-        beta=rl.beta,
-        aggregation=rl.loss_aggregation,
-        use_old_logp=rl.num_iterations > 1,
-        value_loss_weight=rl.value_loss_weight,
-        train_value_head=rl.value_loss_weight > 0,
-      )
       fn = functools.partial(
         steps.train_step,
         graphs=self.graphs,
         tx=phase.tx,
-        opts=opts,
+        opts=steps.options_from_config(self.config),
         kind=phase.name,
       )
       _, shardings = self.state_shardings(phase.tx)

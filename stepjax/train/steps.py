@@ -46,6 +46,21 @@ class StepOptions:
   train_value_head: bool = True
 
 
+def options_from_config(config) -> StepOptions:
+  """The RL update's options from a job config (rl.*, sampling.group_size)."""
+  rl = config.rl
+  return StepOptions(
+    group_size=config.sampling.group_size,
+    eps_low=rl.eps_low,
+    eps_high=rl.eps_high,
+    beta=rl.beta,
+    aggregation=rl.loss_aggregation,
+    use_old_logp=rl.num_iterations > 1,
+    value_loss_weight=rl.value_loss_weight,
+    train_value_head=rl.value_loss_weight > 0,
+  )
+
+
 def forward(graphs, params, batch, group_size: int):
   """Teacher-forced forward: (logits_BxLxV, hidden_BxLxD).
 
