@@ -7,7 +7,7 @@ Authorization headers) with the reply chosen by a function of the request:
 `reply(body) -> (behaviour, content)`, behaviour one of
   ok       HTTP 200 with `content` as the message (and `usage` when set);
   garbage  HTTP 200 with `content`, which is not the JSON asked for;
-  timeout  no reply for 2 s (longer than the tests' client timeout);
+  timeout  no reply until the server closes (at most STALL_S);
   500      HTTP 500.
 """
 
@@ -15,7 +15,6 @@ import importlib.util
 import json
 import pathlib
 import re
-import time
 
 _spec = importlib.util.spec_from_file_location(
   "test_rl_judge_server",
@@ -26,6 +25,9 @@ _spec.loader.exec_module(_rl_judge)
 
 SECRET = _rl_judge.SECRET
 KEY_ENV = _rl_judge.KEY_ENV
+CLIENT_TIMEOUT_S = _rl_judge.CLIENT_TIMEOUT_S
+# For tests that script no timeout: only a hung server would reach it.
+PATIENT_TIMEOUT_S = 60.0
 
 
 class ChatServer(_rl_judge.ScriptedServer):
@@ -40,7 +42,7 @@ class ChatServer(_rl_judge.ScriptedServer):
       self.calls[behaviour] += 1
       self.replies[behaviour] += 1
     if behaviour == "timeout":
-      time.sleep(2.0)
+      self.released.wait(_rl_judge.STALL_S)
       return
     if behaviour == "500":
       h.send_response(500)

@@ -68,7 +68,7 @@ def _config(server, **updates):
     "judge.base_url": server.url,
     "judge.model": "answer-judge",
     "judge.api_key_env": chat_server.KEY_ENV,
-    "judge.timeout_s": 0.5,
+    "judge.timeout_s": chat_server.CLIENT_TIMEOUT_S,
     "judge.max_retries": 1,
   }
   values.update(updates)

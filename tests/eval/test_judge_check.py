@@ -93,7 +93,7 @@ def _judge_config(server, **updates):
     "judge.base_url": server.url,
     "judge.model": "scripted-judge",
     "judge.api_key_env": chat_server.KEY_ENV,
-    "judge.timeout_s": 0.5,
+    "judge.timeout_s": chat_server.PATIENT_TIMEOUT_S,
     "judge.max_retries": 0,
   }
   values.update(updates)
@@ -208,7 +208,13 @@ def test_failed_calls_fall_back_and_are_counted(truth_of, tmp_path, fallback):
   server = _server(truth_of, 0.0, fail=fail)
   try:
     report = judge_check.run(
-      _judge_config(server, **{"judge.fallback": fallback}),
+      _judge_config(
+        server,
+        **{
+          "judge.fallback": fallback,
+          "judge.timeout_s": chat_server.CLIENT_TIMEOUT_S,
+        },
+      ),
       str(tmp_path),
       num=num,
     )

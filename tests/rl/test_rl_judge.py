@@ -17,6 +17,11 @@ from stepjax.rl import judge, process
 
 SECRET = "sk-test-SECRET-d41d8cd98f00b204"
 KEY_ENV = "STEPJAX_TEST_JUDGE_KEY"
+# A scripted "timeout" holds its reply for up to STALL_S (until the server
+# closes); clients of tests that script timeouts wait CLIENT_TIMEOUT_S, long
+# enough that a real reply on a loaded 2-core machine is never cut off.
+STALL_S = 30.0
+CLIENT_TIMEOUT_S = 1.5
 
 
 class ScriptedServer:
@@ -32,6 +37,9 @@ class ScriptedServer:
     self.active = 0
     self.max_active = 0
     self.lock = threading.Lock()
+    # A scripted timeout holds its request until the server closes: no
+    # client timeout, however slow a loaded machine, can outwait it.
+    self.released = threading.Event()
     outer = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -71,7 +79,7 @@ class ScriptedServer:
     good = json.dumps({"labels": [i % 2 for i in range(k)]})
     behaviour = mode.split("-")[0]
     if behaviour == "timeout":
-      time.sleep(2.0)
+      self.released.wait(STALL_S)
     if behaviour == "slow":
       # Requests in flight are counted while they are being answered and
       # uncounted before the reply is written: a client that reads its
@@ -128,6 +136,7 @@ class ScriptedServer:
     h.wfile.write(raw)
 
   def close(self):
+    self.released.set()
     for client in self.clients:
       client.close()
     self.httpd.shutdown()
@@ -149,7 +158,7 @@ def api_key(monkeypatch):
 def make_client(server, **kw):
   args = dict(
     api_key_env=KEY_ENV,
-    timeout_s=0.6,
+    timeout_s=CLIENT_TIMEOUT_S,
     max_retries=2,
     backoff_s=0.001,
     backoff_max_s=0.01,
