@@ -285,11 +285,10 @@ def test_cache_persisted(server, tmp_path):
 
 def test_bounded_concurrency_and_image(server):
   client = make_client(server, concurrency=3)
-  t0 = time.perf_counter()
   out = client.judge(
     [req(f"slow-{i}", image=b"\xff\xd8jpeg") for i in range(6)]
   )
-  assert time.perf_counter() - t0 < 6 * 0.15
+  # Overlap is counted by the server, not timed: no wall-clock assertion.
   assert all(lab.labels == GOOD for lab in out)
   assert 2 <= server.max_active <= 3
   url = server.bodies[0]["messages"][1]["content"][0]["image_url"]["url"]
