@@ -15,11 +15,13 @@ item size. Those rows are exact; the transient rows are estimates:
   gradients          one params-sized tree in param_dtype, same shardings.
   KV cache           2 (k, v) x layers x rows x S x kv_heads x head_dim x
                      bytes(dtype), rows = data.batch_size x G, S = max
-                     token bucket + max_new_tokens - 1. The sampler takes
-                     host prompts, so rows are replicated over data x fsdp;
-                     kv heads split over `tensor` when divisible.
-  prefill logits     P x T x V x bytes(dtype) / tensor (lm_head over the
-                     whole prompt before the last position is taken).
+                     token bucket + max_new_tokens - 1. Prompts are split
+                     over data x fsdp (padded up to a multiple), so a
+                     device holds ceil(P / shards) x G rows; kv heads
+                     split over `tensor` when divisible.
+  prefill logits     ceil(P / shards) x T x V x bytes(dtype) / tensor
+                     (lm_head over the whole prompt before the last
+                     position is taken).
   decoder acts.      with model.remat (per layer):
                        saved inputs  b x L x D x layers x bytes(dtype)
                        + one layer's working set, forward and backward:
@@ -43,7 +45,10 @@ item size. Those rows are exact; the transient rows are estimates:
 Peak = persistent (params, optimizer, value head, reference) + the larger
 of sampling (KV cache + prefill logits) and update (gradients + decoder,
 logits and vision activations). The verdict compares it with the chip's
-HBM: "fits" below 90%, "tight" up to 100%, else "does not fit".
+HBM: "fits" below 90%, "tight" up to 100%, else "does not fit". With a
+chip, the plan also names the largest data.batch_size (a multiple of the
+batch shards, at the configured G, max_new_tokens and grad_accum) that
+fits: the transient rows above are recomputed per batch size.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ from stepjax.train import state as state_lib
 GiB = 1024**3
 # HBM per chip in GiB (what one JAX device sees).
 HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
+FITS = 0.9  # "fits" below this share of HBM, "tight" up to 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +94,10 @@ class Plan:
   hbm_gib: float | None
   peak_device_bytes: float
   param_count: int
+  # The largest data.batch_size that fits (None without a chip).
+  largest_batch: int | None = None
+  group_size: int = 0
+  max_new_tokens: int = 0
 
   def row(self, name: str) -> Row:
     for r in self.rows:
@@ -100,7 +110,7 @@ class Plan:
     if self.hbm_gib is None:
       return "no verdict: pass --chip=v5e|v5p|v4|v6e"
     used = self.peak_device_bytes / (self.hbm_gib * GiB)
-    word = "fits" if used < 0.9 else "tight" if used <= 1.0 else "does not fit"
+    word = "fits" if used < FITS else "tight" if used <= 1.0 else "does not fit"
     return (
       f"{word}: peak {self.peak_device_bytes / GiB:.2f} GiB per device = "
       f"{100 * used:.0f}% of {self.hbm_gib:g} GiB HBM ({self.chip})"
@@ -197,6 +207,125 @@ def _split(n: int, ways: int) -> float:
 # ------------------------------------------------------------------- plan
 
 
+def transient_rows(
+  config: Any,
+  cfg: config_lib.ModelConfig,
+  sizes: dict[str, int],
+  batch_size: int,
+) -> list[Row]:
+  """Sampling and update rows for `batch_size` prompts per step."""
+  rows: list[Row] = []
+
+  def add(name, total, device, kind, note=""):
+    rows.append(Row(name, float(total), float(device), kind, note))
+
+  t, v = cfg.text, cfg.vision
+  dsize = np.dtype(cfg.dtype).itemsize
+  d = config.data
+  batch = int(batch_size)
+  g = int(config.sampling.group_size)
+  r = int(config.sampling.max_new_tokens)
+  prompt_len = max(int(b) for b in d.token_buckets)
+  batch_axes = sizes["data"] * sizes["fsdp"]
+  tensor = sizes["tensor"]
+
+  # Sampling: KV cache and the prefill's logits, prompts split over the
+  # batch axes (padded up to a multiple of them, as rollout.generate does).
+  prompts_dev = -(-batch // batch_axes)
+  rows_b = batch * g
+  slots = prompt_len + max(r - 1, 0)
+  kv_row = 2 * t.num_layers * slots * t.num_kv_heads * t.head_dim * dsize
+  kv_dev = prompts_dev * g * kv_row / t.num_kv_heads
+  kv_dev *= _split(t.num_kv_heads, tensor)
+  add(
+    "KV cache (sampling)", rows_b * kv_row, kv_dev, "sampling",
+    f"{rows_b} rows x {slots} slots, {prompts_dev * g} rows per device, "
+    f"{cfg.dtype}",
+  )  # fmt: skip
+  pre_row = prompt_len * t.vocab_size * dsize
+  pre_dev = prompts_dev * pre_row / t.vocab_size
+  pre_dev *= _split(t.vocab_size, tensor)
+  add("prefill logits (sampling)", batch * pre_row, pre_dev, "sampling")
+
+  # Update: activations of one micro-batch (the gradients are in plan()).
+  micro = batch * g / max(int(config.optim.grad_accum), 1)
+  b = max(micro / batch_axes, 1.0)
+  seq = prompt_len + r
+  heads_dev = _split(t.num_heads, tensor)
+  kv_dev_heads = _split(t.num_kv_heads, tensor)
+  f_dev = _split(t.intermediate_size, tensor)
+  layer = 2 * b * seq * (
+    (heads_dev + 2 * kv_dev_heads) * t.head_dim + t.hidden_size + 3 * f_dev
+  ) * dsize + b * heads_dev * seq * seq * (4 + dsize)
+  if cfg.remat:
+    act_dev = b * seq * t.hidden_size * t.num_layers * dsize + layer
+    note = f"remat per layer, {b:g} rows x {seq} tokens per device"
+  else:
+    act_dev = layer * t.num_layers
+    note = f"no remat, {b:g} rows x {seq} tokens per device"
+  add("decoder activations", act_dev * batch_axes, act_dev, "update", note)
+  v_dev_logits = b * seq * _split(t.vocab_size, tensor) * 4 * 2
+  add("logits (update)", v_dev_logits * batch_axes, v_dev_logits, "update")
+  images = max(batch / max(int(config.optim.grad_accum), 1), 1.0)
+  patches = min(
+    max(int(x) for x in d.patch_buckets),
+    int(d.max_pixels) // (v.patch_size * v.patch_size),
+  )
+  linear = patches * (6 * v.hidden_size + 3 * v.intermediate_size) * dsize
+  rows_w = vision_index.window_rows(v)
+  slots = vision_index.window_slots(patches, v)
+  window_block = linear + 4 * slots * rows_w * v.hidden_size * dsize
+  window_block += v.num_heads * slots * rows_w * rows_w * (4 + dsize)
+  full_block = linear + v.num_heads * patches * patches * (4 + dsize)
+  num_full = len(v.fullatt_block_indexes)
+  if cfg.remat:
+    vis_dev = patches * v.hidden_size * dsize * v.depth
+    vis_dev += max(full_block, window_block if v.depth > num_full else 0)
+    how = "remat per block"
+  else:
+    vis_dev = (v.depth - num_full) * window_block + num_full * full_block
+    how = "no remat"
+  vis_dev *= images
+  add(
+    "vision activations", vis_dev, vis_dev, "update",
+    f"{images:g} image(s) x {patches} patches, {slots} windows x {rows_w}"
+    f" rows, {how}, replicated",
+  )  # fmt: skip
+
+  return rows
+
+
+def largest_batch(
+  config: Any,
+  cfg: config_lib.ModelConfig,
+  sizes: dict[str, int],
+  persistent: float,
+  gradients: float,
+  budget: float,
+) -> int:
+  """The largest data.batch_size (a multiple of the batch shards, at the
+  configured G, max_new_tokens and grad_accum) whose peak per device,
+  persistent + max(sampling, gradients + update activations), stays
+  within `budget` bytes; 0 if not even one multiple does."""
+  shards = sizes["data"] * sizes["fsdp"]
+
+  def peak(k: int) -> float:
+    rows = transient_rows(config, cfg, sizes, k * shards)
+    sampling = sum(r.device_bytes for r in rows if r.kind == "sampling")
+    update = gradients + sum(r.device_bytes for r in rows if r.kind == "update")
+    return persistent + max(sampling, update)
+
+  if peak(1) > budget:
+    return 0
+  lo, hi = 1, 2
+  while peak(hi) <= budget and hi < 1 << 20:
+    lo, hi = hi, hi * 2
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if peak(mid) <= budget else (lo, mid)
+  return lo * shards
+
+
 def plan(config: Any, chip: str = "") -> Plan:
   """The memory plan of `config` (see the module docstring)."""
   if chip and chip not in HBM_GIB:
@@ -227,76 +356,15 @@ def plan(config: Any, chip: str = "") -> Plan:
   if config.rl.beta > 0 and config.train.steps > 0:
     add("reference policy", p_tot, p_dev, "persistent", "rl.beta > 0")
 
-  t, v = cfg.text, cfg.vision
-  dsize = np.dtype(cfg.dtype).itemsize
-  d = config.data
-  g = int(config.sampling.group_size)
-  r = int(config.sampling.max_new_tokens)
-  prompt_len = max(int(b) for b in d.token_buckets)
-  batch_axes = sizes["data"] * sizes["fsdp"]
-  tensor = sizes["tensor"]
-
-  # Sampling: KV cache and the prefill's logits.
-  rows_b = int(d.batch_size) * g
-  slots = prompt_len + max(r - 1, 0)
-  kv_tot = 2 * t.num_layers * rows_b * slots * t.num_kv_heads * t.head_dim
-  kv_tot *= dsize
-  kv_dev = kv_tot / t.num_kv_heads * _split(t.num_kv_heads, tensor)
-  add(
-    "KV cache (sampling)", kv_tot, kv_dev, "sampling",
-    f"{rows_b} rows x {slots} slots, {cfg.dtype}",
-  )  # fmt: skip
-  pre_tot = int(d.batch_size) * prompt_len * t.vocab_size * dsize
-  pre_dev = pre_tot / t.vocab_size * _split(t.vocab_size, tensor)
-  add("prefill logits (sampling)", pre_tot, pre_dev, "sampling")
-
-  # Update: gradients and activations of one micro-batch.
   add("gradients (update)", p_tot + v_tot, p_dev + v_dev, "update")
-  micro = int(d.batch_size) * g / max(int(config.optim.grad_accum), 1)
-  b = max(micro / batch_axes, 1.0)
-  seq = prompt_len + r
-  heads_dev = _split(t.num_heads, tensor)
-  kv_dev_heads = _split(t.num_kv_heads, tensor)
-  f_dev = _split(t.intermediate_size, tensor)
-  layer = 2 * b * seq * (
-    (heads_dev + 2 * kv_dev_heads) * t.head_dim + t.hidden_size + 3 * f_dev
-  ) * dsize + b * heads_dev * seq * seq * (4 + dsize)
-  if cfg.remat:
-    act_dev = b * seq * t.hidden_size * t.num_layers * dsize + layer
-    note = f"remat per layer, {b:g} rows x {seq} tokens per device"
-  else:
-    act_dev = layer * t.num_layers
-    note = f"no remat, {b:g} rows x {seq} tokens per device"
-  add("decoder activations", act_dev * batch_axes, act_dev, "update", note)
-  v_dev_logits = b * seq * _split(t.vocab_size, tensor) * 4 * 2
-  add("logits (update)", v_dev_logits * batch_axes, v_dev_logits, "update")
-  images = max(int(d.batch_size) / max(int(config.optim.grad_accum), 1), 1.0)
-  patches = min(
-    max(int(x) for x in d.patch_buckets),
-    int(d.max_pixels) // (v.patch_size * v.patch_size),
-  )
-  linear = patches * (6 * v.hidden_size + 3 * v.intermediate_size) * dsize
-  rows_w = vision_index.window_rows(v)
-  slots = vision_index.window_slots(patches, v)
-  window_block = linear + 4 * slots * rows_w * v.hidden_size * dsize
-  window_block += v.num_heads * slots * rows_w * rows_w * (4 + dsize)
-  full_block = linear + v.num_heads * patches * patches * (4 + dsize)
-  num_full = len(v.fullatt_block_indexes)
-  if cfg.remat:
-    vis_dev = patches * v.hidden_size * dsize * v.depth
-    vis_dev += max(full_block, window_block if v.depth > num_full else 0)
-    how = "remat per block"
-  else:
-    vis_dev = (v.depth - num_full) * window_block + num_full * full_block
-    how = "no remat"
-  vis_dev *= images
-  add(
-    "vision activations", vis_dev, vis_dev, "update",
-    f"{images:g} image(s) x {patches} patches, {slots} windows x {rows_w}"
-    f" rows, {how}, replicated",
-  )  # fmt: skip
-
+  rows += transient_rows(config, cfg, sizes, int(config.data.batch_size))
   persistent = sum(x.device_bytes for x in rows if x.kind == "persistent")
+  hbm = HBM_GIB.get(chip)
+  largest = None
+  if hbm is not None:
+    largest = largest_batch(
+      config, cfg, sizes, persistent, p_dev + v_dev, FITS * hbm * GiB
+    )
   persistent_total = sum(x.total_bytes for x in rows if x.kind == "persistent")
   sampling_b = sum(x.device_bytes for x in rows if x.kind == "sampling")
   update_b = sum(x.device_bytes for x in rows if x.kind == "update")
@@ -314,6 +382,9 @@ def plan(config: Any, chip: str = "") -> Plan:
     hbm_gib=HBM_GIB.get(chip),
     peak_device_bytes=peak,
     param_count=sum(int(x.size) for x in jax.tree.leaves(state.params)),
+    largest_batch=largest,
+    group_size=int(config.sampling.group_size),
+    max_new_tokens=int(config.sampling.max_new_tokens),
   )
 
 
@@ -340,4 +411,25 @@ def format_plan(p: Plan) -> str:
     f"{x[0]:<{widths[0]}}  {x[1]:>{widths[1]}}  {x[2]:>{widths[2]}}  {x[3]}"
   ).rstrip()
   body = "\n".join(fmt(x) for x in [header] + lines)
-  return f"{head}\n{body}\n{p.verdict}"
+  return f"{head}\n{body}\n{p.verdict}{_largest_line(p)}"
+
+
+def _largest_line(p: Plan) -> str:
+  if p.largest_batch is None:
+    return ""
+  at = (
+    f"at sampling.group_size={p.group_size}, "
+    f"sampling.max_new_tokens={p.max_new_tokens}"
+  )
+  if p.largest_batch == 0:
+    return (
+      f"\nno data.batch_size fits under {100 * FITS:.0f}% of HBM {at}: "
+      "raise optim.grad_accum, shard the model further (mesh.fsdp / "
+      "mesh.tensor) or lower them"
+    )
+  rows = p.largest_batch * p.group_size
+  return (
+    f"\nlargest data.batch_size that fits under {100 * FITS:.0f}% of HBM "
+    f"{at}: {p.largest_batch} prompts ({rows} sampled rows, "
+    f"{rows * p.max_new_tokens} new tokens per step)"
+  )

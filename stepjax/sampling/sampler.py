@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from stepjax import rows
 from stepjax.models import config as config_lib
 from stepjax.models import language, qwen25vl, rope_index, vision_index
 
@@ -276,10 +277,13 @@ def _generate(
   pad_id: int,
   share_prefix: bool,
   suppress_ids: tuple[int, ...] | None,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> SampleOutput:
   g, r = group_size, max_new_tokens
+  split = functools.partial(rows.constrain, mesh=mesh)
+  prompt = split(prompt)
   if not share_prefix:
-    prompt, g = repeat_group(prompt, group_size), 1
+    prompt, g = split(repeat_group(prompt, group_size)), 1
   ids = jnp.asarray(prompt.prompt_ids_PxT, jnp.int32)
   p, t = ids.shape
   b = p * g
@@ -289,7 +293,7 @@ def _generate(
   banned_V = np.zeros((cfg.text.vocab_size,), bool)
   banned_V[list(suppress_ids)] = True
   # The last sampled token is never fed back, so R - 1 decode slots.
-  cache = language.init_cache(cfg, p, t + r - 1)
+  cache = split(language.init_cache(cfg, p, t + r - 1))
   logits, _, cache = qwen25vl.forward(
     graphdef, params, ids, prompt.positions_3xPxT, prompt.prompt_mask_PxT,
     pixels_IxNxP=prompt.pixels_IxNxP, vision_meta=prompt.vision_meta,
@@ -299,6 +303,7 @@ def _generate(
   if g > 1:  # group prefix sharing: copy each prompt's cache G times
     logits_BxV = jnp.repeat(logits_BxV, g, axis=0)
     cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), cache)
+  cache = split(cache)
   num_real_B = jnp.repeat(jnp.asarray(prompt.num_real_P, jnp.int32), g)
   deltas_B = jnp.repeat(jnp.asarray(prompt.deltas_P, jnp.int32), g)
   rows_B = jnp.arange(b, dtype=jnp.int32)
@@ -327,7 +332,7 @@ def _generate(
       slogps, jnp.where(live, slp, zero)[:, None], col
     )
     done = done | jnp.isin(tok, stop_ids)
-    return (toks, logps, slogps, done), tok
+    return _split_state((toks, logps, slogps, done), mesh), tok
 
   state = (
     jnp.full((b, r), pad_id, jnp.int32),
@@ -352,7 +357,7 @@ def _generate(
       cache_index=t + step - 1,
     )  # fmt: skip
     state, tok = emit(state, logits[:, 0], step)
-    return step + 1, tok, cache, state
+    return step + 1, tok, split(cache), state
 
   carry = (jnp.asarray(1, jnp.int32), tok, cache, state)
   _, _, _, (toks, logps, slogps, done) = jax.lax.while_loop(cond, body, carry)
@@ -361,13 +366,22 @@ def _generate(
   is_stop = jnp.isin(toks, stop_ids).astype(jnp.int32)
   stops_before = jnp.cumsum(is_stop, axis=1) - is_stop
   mask = (stops_before == 0).astype(jnp.int32)
-  return SampleOutput(
-    tokens_BxR=jnp.where(mask > 0, toks, pad_id),
-    logp_BxR=logps,
-    sample_logp_BxR=slogps,
-    mask_BxR=mask,
-    lengths_B=mask.sum(1).astype(jnp.int32),
+  return split(
+    SampleOutput(
+      tokens_BxR=jnp.where(mask > 0, toks, pad_id),
+      logp_BxR=logps,
+      sample_logp_BxR=slogps,
+      mask_BxR=mask,
+      lengths_B=mask.sum(1).astype(jnp.int32),
+    )
   )
+
+
+def _split_state(state, mesh):
+  """The decode loop's (tokens, logps, sample logps, done), row-split."""
+  names = ("toks_BxR", "logps_BxR", "slogps_BxR", "done_B")
+  split = rows.constrain(dict(zip(names, state)), mesh)
+  return tuple(split[n] for n in names)
 
 
 _STATIC = (
@@ -381,6 +395,7 @@ _STATIC = (
   "pad_id",
   "share_prefix",
   "suppress_ids",
+  "mesh",
 )
 _generate_jit = jax.jit(_generate, static_argnames=_STATIC)
 
@@ -400,6 +415,7 @@ def generate(
   pad_id: int = 0,
   share_prefix: bool = True,
   suppress_ids: Sequence[int] | None = None,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> SampleOutput:
   """Samples G completions of up to R tokens per prompt, in one jit call.
 
@@ -412,6 +428,10 @@ def generate(
     prefill all P * G rows (same samples, slower; for checking).
   suppress_ids: ids never sampled; None = the image and video pad ids,
     which a teacher-forced forward would replace by image features.
+  mesh: split the prompts, KV cache and sampled rows over the mesh's batch
+    axes (data, fsdp) with the parameters as placed (`rows.place` the
+    prompt first; P must split evenly). Row b's randomness is still a
+    function of its global index, so the samples equal an unsplit run's.
   Returns a `SampleOutput` of B = P * G rows, row b = p * G + g. Compiles
   once per (shapes, graphdef, static options).
   """
@@ -441,6 +461,7 @@ def generate(
     suppress_ids=(
       None if suppress_ids is None else tuple(int(i) for i in suppress_ids)
     ),
+    mesh=mesh,
   )
 
 

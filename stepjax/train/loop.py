@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, logging
 from etils import epath
-from jax.experimental import multihost_utils
 
 from stepjax import config_checks
 from stepjax.data import pipeline
@@ -327,31 +326,21 @@ class Trainer:
   def sample(self, params, batch: dict, rng, *, group_size, temperature):
     """G completions per prompt of this process's `batch` (host numpy).
 
-    With several processes every process samples the global batch (all
-    processes' prompts, gathered; each row's randomness depends only on
-    its global index) and keeps its own rows.
+    The prompts are split over the mesh's batch axes: each device decodes
+    its own rows, each process gets its own completions back, and each
+    row's randomness depends only on its global index.
     """
-    local = {k: batch[k] for k in _PROMPT_KEYS}
-    nproc, pid = jax.process_count(), jax.process_index()
-    if nproc > 1:
-      local = {
-        k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
-        for k, v in local.items()
-      }
-    out = rollout.generate(
+    return rollout.generate(
       self.graphs,
       self.tok_info,
       self.config.sampling,
       params,
-      local,
+      {k: batch[k] for k in _PROMPT_KEYS if k in batch},
       rng,
       group_size=group_size,
       temperature=temperature,
+      mesh=self.mesh,
     )
-    if nproc > 1:
-      rows = out.tokens_BxR.shape[0] // nproc
-      out = jax.tree.map(lambda x: x[pid * rows : (pid + 1) * rows], out)
-    return out
 
   def rl_step(self, state, phase: Phase, batch: dict, step: int):
     """Sample, score, then `num_iterations` clipped updates."""

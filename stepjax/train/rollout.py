@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stepjax import rows
 from stepjax.eval import metrics as eval_metrics
 from stepjax.rl import advantages, losses, process, rewards, steps
 from stepjax.sampling import sampler
@@ -74,10 +75,21 @@ def generate(
   *,
   group_size: int,
   temperature: float,
+  mesh: Any = None,
 ) -> Any:
   """G sampled completions per prompt of a pipeline batch (host numpy
-  `SampleOutput`), with `sampling.*` limits and the tokenizer's stop id."""
+  `SampleOutput`), with `sampling.*` limits and the tokenizer's stop id.
+
+  With a `mesh`, `batch` holds this process's prompts: they are split over
+  the mesh's batch axes (data, fsdp), each device decodes its own rows and
+  this process gets back its own completions. Prompts are padded (the last
+  one repeated, its completions dropped) up to a multiple of this process's
+  row shards; with no padding the samples equal an unsplit run's.
+  """
   prompt = sampler.prepare_inputs(batch, graphs.cfg)
+  num = prompt.prompt_ids_PxT.shape[0]
+  if mesh is not None:
+    prompt = rows.place(_pad_rows(prompt, rows.local_shards(mesh)), mesh)
   out = sampler.generate(
     graphs.policy,
     params,
@@ -90,8 +102,27 @@ def generate(
     top_p=sampling_config.top_p,
     eos_ids=(tok_info.eos_id,),
     pad_id=tok_info.pad_id,
+    mesh=mesh,
   )
-  return jax.device_get(out)
+  if mesh is None:
+    return jax.device_get(out)
+  out = rows.local(out, mesh)
+  return jax.tree.map(lambda x: x[: num * group_size], out)
+
+
+def _pad_rows(prompt: sampler.PromptBatch, multiple: int):
+  """The prompts with the last one repeated up to a multiple of `multiple`."""
+  num = prompt.prompt_ids_PxT.shape[0]
+  extra = -num % multiple
+  if not extra:
+    return prompt
+  take = np.concatenate([np.arange(num), np.full(extra, num - 1)])
+
+  def pad(path, x):
+    axis = rows.row_axis(rows.leaf_name(path))
+    return np.take(np.asarray(x), take, axis=axis)
+
+  return jax.tree_util.tree_map_with_path(pad, prompt)
 
 
 def step_layout(

@@ -21,10 +21,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from stepjax import rows
 from stepjax.errors import InputError
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+BATCH_AXES = rows.BATCH_AXES
 
 
 def resolve_mesh_shape(
@@ -84,8 +85,9 @@ def check_batch_sizes(config: Any, mesh: Mesh) -> None:
     f"the {shards} batch shards of --config.mesh (data x fsdp = "
     f"{mesh.shape['data']} x {mesh.shape['fsdp']})"
   )
-  # Prompts are sampled replicated; the SFT batch and the RL update rows
-  # (prompts x G, per micro-batch) are split over the batch shards.
+  # The SFT batch and the RL update rows (prompts x G, per micro-batch) are
+  # split over the batch shards. Prompts are split for sampling too, padded
+  # to a multiple of the shards when they do not divide (rollout.generate).
   sft = config.sft.batch_size
   if config.sft.steps > 0 and sft % shards:
     raise InputError(

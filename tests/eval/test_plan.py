@@ -83,3 +83,42 @@ def _load_config(name):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def test_sampling_rows_split_over_the_batch_shards():
+  config = tiny_run.config(
+    **{
+      "model.preset": "bench",
+      "mesh.data": 2,
+      "mesh.fsdp": 2,
+      "mesh.tensor": 2,
+      "data.batch_size": 6,  # 4 shards: padded to 8, 2 prompts per device
+    }
+  )
+  p = plan_lib.plan(config, chip="v5e")
+  kv = p.row("KV cache (sampling)")
+  t = plan_lib.model_config(config).text
+  g = config.sampling.group_size
+  per_row = kv.total_bytes / (6 * g)
+  heads = 2 if t.num_kv_heads % 2 == 0 else 1
+  assert kv.device_bytes == 2 * g * per_row / heads
+  assert f"{2 * g} rows per device" in kv.note
+
+
+def test_largest_batch_is_the_edge_of_fitting():
+  module = _load_config("qwen25vl_3b_mrpo.py")
+  config = module.get_config("mesh=v5e16")
+  p = plan_lib.plan(config, chip="v5e")
+  shards = p.mesh_shape["data"] * p.mesh_shape["fsdp"]
+  largest = p.largest_batch
+  assert largest and largest % shards == 0
+  text = plan_lib.format_plan(p)
+  assert "largest data.batch_size that fits under 90% of HBM" in text
+
+  def used(batch):
+    with config.unlocked():
+      config.data.batch_size = batch
+    q = plan_lib.plan(config, chip="v5e")
+    return q.peak_device_bytes / (q.hbm_gib * plan_lib.GiB)
+
+  assert used(largest) < plan_lib.FITS <= used(largest + shards)

@@ -1,11 +1,7 @@
 """One RL update on a (2 data x 2 fsdp x 2 tensor) mesh equals 1 device,
 and two processes with 2 devices each equal one process (gloo)."""
 
-import os
 import pickle
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -98,35 +94,15 @@ def test_eight_device_mesh_equals_one_device(reference, tmp_path):
   assert param_diff <= TOL
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def test_two_processes_equal_one_process(reference, tmp_path):
+def test_two_processes_equal_one_process(reference, tmp_path, two_processes):
   update, _, _, _ = reference
   # The one-process reference on the same (1 x 2 x 2) mesh of 4 devices.
   trainer = _rl_trainer(tmp_path / "single", (1, 2, 2))
   _, after_single, metrics_single = _update_and_result(trainer, update)
   update_path = tmp_path / "update.pkl"
   update_path.write_bytes(pickle.dumps(update))
-  port = _free_port()
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-  env["JAX_PLATFORMS"] = "cpu"
   script = trainer_utils.REPO / "tests" / "train" / "multiprocess_update.py"
-  procs = [
-    subprocess.Popen(
-      [sys.executable, str(script), str(update_path), str(tmp_path),
-       f"127.0.0.1:{port}", str(pid)],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    for pid in range(2)
-  ]  # fmt: skip
-  outputs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
+  two_processes(script, update_path, tmp_path)
   result = pickle.loads((tmp_path / "result.pkl").read_bytes())
   loss_diff = abs(result["loss"] - float(metrics_single["loss"]))
   param_diff = trainer_utils.max_abs_diff(after_single, result["params"])
