@@ -61,9 +61,9 @@ def get_config(arg=None):
     base.train.keep_checkpoints = 3
   c.runs = runs
   c.baseline = runs[0][0]
-  c.compare = (
-    (("mrpo_long", "grpo_long"), ("mrpo_b12", "grpo_b12")) if not args.test else ()
-  )
+  c.compare = ()
+  if not args.test:
+    c.compare = (("mrpo_long", "grpo_long"), ("mrpo_b12", "grpo_b12"))
   c.parallel = args.parallel
   c.bootstrap_samples = 5000 if not args.test else 200
   c.lock()

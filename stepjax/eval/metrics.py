@@ -41,6 +41,7 @@ Conventions (exact; the tests pin every one of them):
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -214,3 +215,36 @@ def analyze(
     far_by_ffp={b: _mean(far_lists[b]) for b in BINS},
     far_counts={b: len(far_lists[b]) for b in BINS},
   )
+
+
+# A last step that states the answer: "So the answer is left kidney."
+_CONCLUSION = re.compile(r"\banswer is\s+(.+?)[\s.]*$", re.IGNORECASE)
+
+
+def chain_answer_agreement(
+  last_steps: Sequence[str | None], answers: Sequence[str]
+) -> dict[str, Any]:
+  """Whether each answer is the one its own reasoning concluded.
+
+  A completion is checked when its last step states an answer ("... answer
+  is X."); it contradicts its chain when X does not match the answer tag
+  (`rl.rewards.answers_match`, the accuracy's own rule). A policy trained
+  on answer and step rewards separately can learn answers that its chain
+  does not support; accuracy alone cannot show that.
+
+  Returns {"checked": n, "contradicted": m, "share": m / n (None if n = 0)}.
+  """
+  from stepjax.rl import rewards  # (it loads the ROUGE scorer: only here)
+
+  checked = contradicted = 0
+  for step, answer in zip(last_steps, answers, strict=True):
+    m = _CONCLUSION.search(step or "")
+    if m is None:
+      continue
+    checked += 1
+    contradicted += not rewards.answers_match(answer, m.group(1))
+  return {
+    "checked": checked,
+    "contradicted": contradicted,
+    "share": contradicted / checked if checked else None,
+  }

@@ -105,6 +105,10 @@ def _summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     "far": s.far,
     "far_by_ffp": s.far_by_ffp,
     "far_counts": {**s.far_counts, "undefined": s.num_far_undefined},
+    "answer_vs_chain": metrics.chain_answer_agreement(
+      [r["steps"][-1] if r.get("steps") else None for r in records],
+      [r["answer"] for r in records],
+    ),
   }
 
 

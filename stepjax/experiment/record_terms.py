@@ -3,7 +3,9 @@
 Every metric of `stepjax.eval.metrics.analyze` is sum(num_N) / sum(den_N)
 over the N eval records for some per-record numerator and denominator
 (accuracy: correct / 1; step validity: valid steps / steps; an FFP share:
-[failed in that bin] / [failed]; FAR: the record's FAR / [FAR defined]).
+[failed in that bin] / [failed]; FAR: the record's FAR / [FAR defined];
+answers contradicting the chain, `metrics.chain_answer_agreement`:
+[contradicted] / [last step states an answer]).
 Written that way, a bootstrap replicate that draws record i c_i times has
 the metric sum(c_i num_i) / sum(c_i den_i): one matrix product for all
 metrics at once (bootstrap.py). `ratios(terms(records))` equals `analyze`
@@ -31,6 +33,7 @@ METRICS = (
   "far_mid",
   "far_late",
   "mean_steps",
+  "answer_contradicts_chain",
 )
 
 
@@ -47,6 +50,12 @@ def terms(
     num["accuracy"][i], den["accuracy"][i] = float(bool(record["correct"])), 1
     num["step_validity"][i], den["step_validity"][i] = labels.sum(), k
     num["mean_steps"][i], den["mean_steps"][i] = k, 1
+    chain = metrics.chain_answer_agreement(
+      [record["steps"][-1] if record.get("steps") else None],
+      [record.get("answer", "")],
+    )
+    num["answer_contradicts_chain"][i] = chain["contradicted"]
+    den["answer_contradicts_chain"][i] = chain["checked"]
     if k == 0:
       continue  # no steps: neither a failure nor a "no failure"
     first = metrics.first_failure_index(labels)

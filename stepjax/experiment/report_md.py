@@ -18,6 +18,7 @@ _MAIN = (
   ("ffp_mid", "FFP mid"),
   ("ffp_late", "FFP late"),
   ("far", "FAR"),
+  ("answer_contradicts_chain", "Answer contradicts chain"),
 )
 _PER_SEED = (
   ("accuracy", "Acc"),
@@ -74,10 +75,32 @@ def render(results: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def _run_sizes(setup: Mapping[str, Any], runs: Sequence[str]) -> str:
+  """RL steps x prompts per step of the runs, and their sampling compute."""
+  g = setup["group_size"]
+  per_run = {name: setup["runs"][name] for name in runs}
+  sizes = {(r["rl_steps"], r.get("prompts_per_step")) for r in per_run.values()}
+  completions = {r["completions"] for r in per_run.values()}
+  if len(sizes) == 1:
+    ((steps, prompts),) = sizes
+    shape = f"Each run: {steps} RL steps of {prompts} prompts x G={g}"
+  else:
+    listed = ", ".join(
+      f"{name} {r['rl_steps']} x {r.get('prompts_per_step')}"
+      for name, r in per_run.items()
+    )
+    shape = f"RL steps x prompts per step (G={g}): {listed}"
+  if len(completions) == 1:
+    each = completions.pop()
+    return f"{shape} ({each} completions per run: equal sampling compute)."
+  return (
+    f"{shape}; completions per run differ: "
+    + ", ".join(f"{name} {r['completions']}" for name, r in per_run.items())
+    + "."
+  )
+
+
 def _summary(setup: Mapping[str, Any], runs: Sequence[str]) -> str:
-  steps = setup["rl_steps"]
-  steps = steps[0] if len(steps) == 1 else steps
-  completions = setup["runs"][runs[0]]["completions"]
   seeds = ", ".join(str(s) for s in setup["seeds"])
   periodic = (
     f", and every {setup['eval_every']} RL step(s)"
@@ -88,9 +111,7 @@ def _summary(setup: Mapping[str, Any], runs: Sequence[str]) -> str:
     f"{setup['dataset']} with the `{setup['model']}` model. Seeds {seeds} "
     f"({len(setup['seeds'])}); per seed one SFT warm start "
     f"({setup['sft_steps']} steps) that every run of the seed starts from. "
-    f"Each run: {steps} RL steps of {setup['prompts_per_step']} prompts x "
-    f"G={setup['group_size']} completions ({completions} completions: "
-    f"equal sampling compute). Evaluated greedily on {setup['eval_scans']} "
+    f"{_run_sizes(setup, runs)} Evaluated greedily on {setup['eval_scans']} "
     f"held-out scans per seed (one set per seed) at the end{periodic}. "
     "FFP shares are of the failing completions; FAR is the share of invalid "
     "steps after the first failure. CIs: hierarchical bootstrap "

@@ -183,6 +183,7 @@ def _setup(exp, workdir, records, command) -> dict[str, Any]:
         "algorithm": c.rl.algorithm,
         "process_source": c.rl.process_source,
         "rl_steps": c.train.steps,
+        "prompts_per_step": c.data.batch_size,
         "completions": spec.completions_sampled(c),
       }
       for name, c in run_configs.items()
@@ -191,7 +192,9 @@ def _setup(exp, workdir, records, command) -> dict[str, Any]:
     "eval_scans": scans[0] if len(scans) == 1 else scans,
     "sft_steps": exp.base.sft.steps,
     "rl_steps": sorted({c.train.steps for c in run_configs.values()}),
-    "prompts_per_step": exp.base.data.batch_size,
+    "prompts_per_step": sorted(
+      {c.data.batch_size for c in run_configs.values()}
+    ),
     "group_size": exp.base.sampling.group_size,
     "model": exp.base.model.preset,
     "dataset": exp.base.data.dataset,

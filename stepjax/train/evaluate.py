@@ -171,10 +171,11 @@ def summary_line(r: dict[str, Any]) -> str:
       f"calls={aj['calls']} cache_hits={aj['cache_hits']} "
       f"fallbacks={aj['fallbacks']})"
     )
+  contra = (r.get("answer_vs_chain") or {}).get("share")
   return (
     f"accuracy={_fmt(r['accuracy'])}{judged} step_validity="
     f"{_fmt(r['step_validity'])} early_failure_share={_fmt(early)} "
-    f"(n={r['num_records']})"
+    f"answers_contradicting_chain={_fmt(contra)} (n={r['num_records']})"
   )
 
 

@@ -258,3 +258,24 @@ def test_matches_reference_loop(data, step_labels):
   for name in metrics.BINS:
     assert _close(got.ffp_shares[name], want["shares"][name])
     assert _close(got.far_by_ffp[name], want["far_by_ffp"][name])
+
+
+def test_chain_answer_agreement_counts_contradicting_answers():
+  from stepjax.eval import metrics as m
+
+  got = m.chain_answer_agreement(
+    [
+      "So the answer is left.",  # answer "right": contradicts
+      "So the answer is left kidney.",  # matches
+      "So the Answer is two.",  # "2": matches after normalising
+      "The liver has 2 lesions.",  # states no answer: not checked
+      None,  # no steps: not checked
+    ],
+    ["right", "Left kidney", "2", "2", "3"],
+  )
+  assert got == {"checked": 3, "contradicted": 1, "share": 1 / 3}
+  assert m.chain_answer_agreement([], []) == {
+    "checked": 0,
+    "contradicted": 0,
+    "share": None,
+  }

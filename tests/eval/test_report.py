@@ -65,6 +65,20 @@ def test_build_report_fields():
   assert slake["ffp"]["none"] == 0.0
   assert r["per_dataset"]["vqa_rad"]["ffp"]["early"] == 1.0
   assert r["meta"] == {"checkpoint": "runs/a"}
+  # No record's last step states an answer ("Step 4."): nothing checked.
+  assert r["answer_vs_chain"] == {
+    "checked": 0,
+    "contradicted": 0,
+    "share": None,
+  }
+  concluding = [
+    {**RECORDS[0], "steps": ["So the answer is left lung."]},
+    {**RECORDS[1], "steps": ["So the answer is left lung."]},  # "right lung"
+  ]
+  for rec in concluding:
+    rec["step_labels"] = [1]
+  chain = report.build_report(concluding)["answer_vs_chain"]
+  assert chain == {"checked": 2, "contradicted": 1, "share": 0.5}
   json.dumps(r)  # serialisable, no NaN
   assert "NaN" not in json.dumps(r)
 

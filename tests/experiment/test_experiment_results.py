@@ -170,3 +170,30 @@ def test_moving_average_skips_missing_values():
   np.testing.assert_allclose(
     figures.moving_average(values, 2), [1.0, 1.0, 3.0, 4.0]
   )
+
+
+def test_run_sizes_name_each_runs_steps_and_prompts():
+  from stepjax.experiment import report_md
+
+  def setup(**runs):
+    return {
+      "group_size": 8,
+      "runs": {
+        name: {"rl_steps": s, "prompts_per_step": p, "completions": s * p * 8}
+        for name, (s, p) in runs.items()
+      },
+    }
+
+  same = setup(grpo=(150, 12), mrpo=(150, 12))
+  assert report_md._run_sizes(same, ["grpo", "mrpo"]) == (
+    "Each run: 150 RL steps of 12 prompts x G=8 (14400 completions per "
+    "run: equal sampling compute)."
+  )
+  mixed = setup(long=(450, 4), b12=(150, 12))
+  text = report_md._run_sizes(mixed, ["long", "b12"])
+  assert "long 450 x 4, b12 150 x 12" in text
+  assert "14400 completions per run: equal sampling compute" in text
+  unequal = setup(a=(150, 4), b=(150, 12))
+  assert "completions per run differ: a 4800, b 14400" in (
+    report_md._run_sizes(unequal, ["a", "b"])
+  )
