@@ -92,6 +92,23 @@ def load_config_file(
   return module.get_config(arg)
 
 
+def synthmed_grid_base(configs_dir: Any, test: bool) -> Any:
+  """The base job of the SynthMed experiment grids (an unlocked copy of
+  configs/synthmed_tiny.py): 512 held-out scans, a checkpoint every 50
+  steps, one kept. With `test`, the job's `:test` variant on one device,
+  4 eval scans and a checkpoint every step (3 kept)."""
+  base = load_config_file(
+    pathlib.Path(configs_dir) / "synthmed_tiny.py", "test" if test else None
+  )
+  base.unlock()
+  base.data.num_eval = 4 if test else 512
+  base.train.checkpoint_every = 1 if test else 50
+  base.train.keep_checkpoints = 3 if test else 1
+  if test:
+    base.mesh.data = 1
+  return base
+
+
 def dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list:
   """Every leaf key of `config` as a dotted path ("rl.algorithm")."""
   out = []

@@ -61,14 +61,7 @@ def get_config(arg=None):
     arg, parallel=1, seeds=3, core=False, test=False, only=""
   )
   c = ml_collections.ConfigDict()
-  c.base = config_utils.load_config_file(
-    _CONFIGS / "synthmed_tiny.py", "test" if args.test else None
-  )
-  base = c.base
-  base.unlock()
-  base.data.num_eval = 512
-  base.train.checkpoint_every = 50
-  base.train.keep_checkpoints = 1
+  c.base = config_utils.synthmed_grid_base(_CONFIGS, args.test)
   c.seeds = tuple(range(args.seeds))
   runs = RUNS
   if args.core:
@@ -98,10 +91,6 @@ def get_config(arg=None):
     runs = runs[:3]
     c.eval_every = 1
     c.bootstrap_samples = 200
-    base.mesh.data = 1
-    base.data.num_eval = 4
-    base.train.checkpoint_every = 1
-    base.train.keep_checkpoints = 3
   names = {name for name, _ in runs}
   c.runs = runs
   c.compare = tuple(p for p in pairs if set(p) <= names)

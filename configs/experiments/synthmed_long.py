@@ -37,14 +37,7 @@ RUNS = (
 def get_config(arg=None):
   args = config_utils.parse_arg(arg, parallel=1, seeds=2, test=False)
   c = ml_collections.ConfigDict()
-  c.base = config_utils.load_config_file(
-    _CONFIGS / "synthmed_tiny.py", "test" if args.test else None
-  )
-  base = c.base
-  base.unlock()
-  base.data.num_eval = 512
-  base.train.checkpoint_every = 50
-  base.train.keep_checkpoints = 1
+  c.base = config_utils.synthmed_grid_base(_CONFIGS, args.test)
   c.seeds = tuple(range(args.seeds))
   runs = RUNS
   c.eval_every = 150
@@ -55,10 +48,6 @@ def get_config(arg=None):
     )
     c.seeds = tuple(range(min(args.seeds, 2)))
     c.eval_every = 2
-    base.mesh.data = 1
-    base.data.num_eval = 4
-    base.train.checkpoint_every = 1
-    base.train.keep_checkpoints = 3
   c.runs = runs
   c.baseline = runs[0][0]
   c.compare = ()

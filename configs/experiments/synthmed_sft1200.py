@@ -39,15 +39,9 @@ RUNS = (
 def get_config(arg=None):
   args = config_utils.parse_arg(arg, parallel=1, seeds=3, test=False)
   c = ml_collections.ConfigDict()
-  c.base = config_utils.load_config_file(
-    _CONFIGS / "synthmed_tiny.py", "test" if args.test else None
-  )
+  c.base = config_utils.synthmed_grid_base(_CONFIGS, args.test)
   base = c.base
-  base.unlock()
-  base.data.num_eval = 512
   base.sft.steps = SFT_STEPS
-  base.train.checkpoint_every = 50
-  base.train.keep_checkpoints = 1
   c.seeds = tuple(range(args.seeds))
   runs = RUNS
   c.eval_every = 150  # the final eval only
@@ -55,10 +49,6 @@ def get_config(arg=None):
     c.seeds = tuple(range(min(args.seeds, 2)))
     c.eval_every = 1
     base.sft.steps = 2
-    base.mesh.data = 1
-    base.data.num_eval = 4
-    base.train.checkpoint_every = 1
-    base.train.keep_checkpoints = 3
     runs = tuple((n, o.replace("=12", "=2")) for n, o in RUNS)
   c.runs = runs
   c.baseline = runs[0][0]

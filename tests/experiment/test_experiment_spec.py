@@ -153,3 +153,19 @@ def test_runs_may_be_a_configdict():
   exp = spec.from_config(_config(runs=runs, baseline="a"))
   assert exp.run_names == ["a", "b"]
   assert dataclasses.replace(exp, parallel=2).parallel == 2
+
+
+@pytest.mark.parametrize(
+  "name", ["example", "synthmed", "synthmed_long", "synthmed_sft1200"]
+)
+@pytest.mark.parametrize("variant", [None, "test"])
+def test_every_shipped_experiment_config_is_valid(name, variant):
+  """Each configs/experiments file, full and :test, passes the spec's
+  checks (runs, overrides, compare pairs, equal sampling compute)."""
+  path = REPO / "configs" / "experiments" / f"{name}.py"
+  exp = spec.from_config(config_utils.load_config_file(path, variant))
+  assert exp.run_names and exp.seeds
+  if variant == "test":
+    assert exp.base.model.preset == "tiny" and exp.base.mesh.data == 1
+  elif name.startswith("synthmed"):
+    assert exp.base.data.num_eval == 512
