@@ -182,6 +182,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.dataset = "synthmed"  # synthmed | mrpo_json | vqa_rad | slake | ...
   c.data.path = ""  # file or directory for on-disk datasets (local or gs://)
   c.data.eval_path = ""  # mrpo_json: the evaluation file
+  # mrpo_json: the data root its images (paths relative to the json file,
+  # or absolute) must lie under; "" = the json file's directory.
+  c.data.image_root = ""
   c.data.train_split = "train"  # split names for multi-split datasets
   c.data.eval_split = "test"
   c.data.num_train = 256  # SynthMed: records generated for training

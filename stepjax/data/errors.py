@@ -60,6 +60,7 @@ class PathOutsideRootError(BadRecordError):
     file: str = "",
     record: str = "",
     what: str = "image path",
+    fix: str = "move the file under the root or fix the path",
   ):
     self.path = str(path)
     self.resolved = str(resolved)
@@ -67,7 +68,7 @@ class PathOutsideRootError(BadRecordError):
     self.what = what
     super().__init__(
       f"{what} {self.path} resolves to {self.resolved}, outside the data "
-      f"root {self.root}; move the file under the root or fix the path",
+      f"root {self.root}; {fix}",
       file=file,
       record=record,
     )

@@ -130,16 +130,25 @@ def _json_error(path: str, text: str, e: json.JSONDecodeError) -> str:
   return f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
 
 
+_ROOT_FIX = (
+  "move the image under it, fix the path, or set --config.data.image_root "
+  "to a directory that holds every image of the file"
+)
+
+
 class MrpoJsonSource:
   """The MRPO json format: a list of {"image", "problem", "solution"}.
 
-  `image` is a path relative to `image_root` (default: the json file's
-  directory) or an absolute (or gs://) path; either way it must resolve,
-  symlinks and `..` included, under `image_root`
-  (`readers.paths.inside_root`), else the record is a bad record
-  (`PathOutsideRootError`). `problem` is the question and `solution` the
-  reference answer, both non-empty; a numeric answer (e.g. 3 or 2.5) is
-  accepted and converted with `str()`; a non-finite one (JSON `NaN`,
+  `image` is a path relative to the json file's directory or an absolute
+  (or gs://) path (DATA_FORMATS); either way it must resolve, symlinks and
+  `..` included, under `image_root` (`data.image_root`, default the json
+  file's directory; `readers.paths.inside_root`), else the record is a
+  bad record (`PathOutsideRootError`, whose message names
+  `data.image_root`). A wider root admits images kept elsewhere, e.g.
+  `build-mrpo --images=reference` output ("../raw/...").
+  `problem` is the question and `solution` the reference answer, both
+  non-empty; a numeric answer (e.g. 3 or 2.5) is accepted and converted
+  with `str()`; a non-finite one (JSON `NaN`,
   `Infinity`) and other non-string answers are bad records
   (`records.text_value`). Optional keys: "id" (string or integer; default "<file
   name>#<index>"), "rationale" (gold reasoning text); any other key is kept
@@ -157,7 +166,8 @@ class MrpoJsonSource:
     check_on_bad_record(on_bad_record)
     self.path = str(path)
     self.dataset = dataset
-    self.image_root = image_root or str(epath.Path(self.path).parent)
+    self._file_dir = str(epath.Path(self.path).parent)
+    self.image_root = image_root or self._file_dir
     self.skipped: list[errors.BadRecordError] = []
     try:
       text = epath.Path(self.path).read_text()
@@ -237,8 +247,12 @@ class MrpoJsonSource:
     rationale = row.get("rationale", "")
     if not isinstance(rationale, str):
       raise bad(f"'rationale' must be a string, got {type(rationale).__name__}")
+    if not (posixpath.isabs(image) or paths.is_remote(image)):
+      image = posixpath.join(self._file_dir, image)  # relative to the file
     image_path = str(
-      paths.inside_root(self.image_root, image, file=self.path, record=where)
+      paths.inside_root(
+        self.image_root, image, file=self.path, record=where, fix=_ROOT_FIX
+      )
     )
     return records.Record(
       id=record_id,

@@ -51,6 +51,8 @@ def make_source(config: Any, split: str) -> Any:
       "evaluation file (evaluating on the training file hides overfitting)"
     )
   kwargs = {"on_bad_record": d.on_bad_record}
+  if d.dataset == "mrpo_json" and d.image_root:
+    kwargs["image_root"] = d.image_root
   if d.dataset != "mrpo_json":
     kwargs["split"] = d.train_split if split == "train" else d.eval_split
   return sources.make_source(d.dataset, path, **kwargs)

@@ -49,9 +49,15 @@ def test_loads_records(tmp_path):
 
 
 def test_image_root_override(tmp_path):
-  path = _write(tmp_path, GOOD[:1])
+  """A local json naming images in a bucket: absolute gs:// paths under a
+  gs:// image_root; a relative path is still relative to the json file."""
+  rows = [dict(GOOD[0], image="gs://bucket/data/imgs/a.png")]
+  path = _write(tmp_path, rows)
   source = sources.MrpoJsonSource(path, image_root="gs://bucket/data")
   assert source[0].image.path == "gs://bucket/data/imgs/a.png"
+  relative = _write(tmp_path, GOOD[:1])
+  with pytest.raises(errors.PathOutsideRootError, match="data.image_root"):
+    sources.MrpoJsonSource(relative, image_root="gs://bucket/data")
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ def inside_root(
   file: str = "",
   record: str = "",
   what: str = "image path",
+  fix: str = "",
 ) -> epath.Path:
   """The path policy: `path`, named by a record, resolved inside `root`.
 
@@ -57,6 +58,8 @@ def inside_root(
     path: relative to `root`, or absolute, as the record gives it.
     file, record: the data file and record, named in errors.
     what: what the path is, for messages ("image path").
+    fix: how the user fixes a path outside the root (the error's hint;
+      default: move the file under the root or fix the path).
 
   Returns:
     The resolved path (the real path, for local files).
@@ -82,8 +85,9 @@ def inside_root(
       ) from None
     inside = os.path.commonpath([resolved, real_root]) == real_root
   if not inside:
+    hint = {"fix": fix} if fix else {}
     raise errors.PathOutsideRootError(
-      path, resolved, real_root, file=file, record=record, what=what
+      path, resolved, real_root, file=file, record=record, what=what, **hint
     )
   return epath.Path(resolved)
 

@@ -1,12 +1,13 @@
 """`stepjax data build-mrpo` on fixtures: the selection, counts, round trip."""
 
 import json
+import os
 import pathlib
 
 import pytest
 from absl import app
 
-from stepjax.data import cli
+from stepjax.data import cli, errors, sources
 
 from . import fixtures
 
@@ -144,6 +145,18 @@ def test_reference_mode_and_absl_out(raw, tmp_path):
   )
   assert not (tmp_path / "images" / "vqa_rad").exists()
   assert (tmp_path / train["pathvqa/train/0"]["image"]).is_file()
+  # Trainable as written: with a data.image_root holding the raw folders
+  # the "../" paths resolve to the raw files; without it they are refused.
+  common = os.path.commonpath([str(raw), str(tmp_path)])
+  source = sources.MrpoJsonSource(
+    str(tmp_path / "train.json"), image_root=common
+  )
+  by_id = {r.id: r for r in source}
+  assert by_id["vqa_rad/train/0"].image.path == str(
+    (raw / "VQA_RAD" / "VQA_RAD Image Folder" / "synpic100.jpg").resolve()
+  )
+  with pytest.raises(errors.PathOutsideRootError, match="data.image_root"):
+    sources.MrpoJsonSource(str(tmp_path / "train.json"))
 
 
 def test_usage_errors(raw):

@@ -244,7 +244,10 @@ def test_escaping_image_path_fails_naming_the_record(
   assert e.root == str(image_dir.resolve())
   assert str(e).startswith(f"record {reader.record} in {file}: image path ")
   assert f"resolves to {secret.resolve()}, outside the data root" in str(e)
-  assert "move the file under the root or fix the path" in str(e)
+  if name == "mrpo_json":  # its root is a config key
+    assert "or set --config.data.image_root to a directory" in str(e)
+  else:
+    assert "move the file under the root or fix the path" in str(e)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -296,6 +299,48 @@ def test_absolute_and_dotted_paths_inside_the_root_work(tmp_path):
     str(root / "imgs" / "a.jpg"),
     str(root / "imgs" / "b.jpg"),
   ]
+
+
+def test_mrpo_image_root_admits_absolute_paths_elsewhere(tmp_path):
+  """data.image_root: images kept apart from the json (absolute paths, as
+  DATA_FORMATS allows) are read when they lie under it; relative paths stay
+  relative to the json file; anything outside it is still refused, and the
+  error names the key to set."""
+  root = _write_mrpo(tmp_path / "data" / "mrpo")
+  store = tmp_path / "data" / "scans"
+  store.mkdir()
+  (root / "imgs" / "a.jpg").rename(store / "a.jpg")
+  _set_json(root / "train.json", 0, "image", str(store / "a.jpg"))
+  with pytest.raises(errors.PathOutsideRootError, match="data.image_root"):
+    sources.MrpoJsonSource(str(root / "train.json"))
+  source = sources.MrpoJsonSource(
+    str(root / "train.json"), image_root=str(tmp_path / "data")
+  )
+  assert source[0].image.path == str(store / "a.jpg")
+  assert source[1].image.path == str(root / "imgs" / "b.jpg")  # relative
+  outside = tmp_path / "elsewhere.jpg"
+  outside.write_bytes((store / "a.jpg").read_bytes())
+  _set_json(root / "train.json", 0, "image", str(outside))
+  with pytest.raises(errors.PathOutsideRootError, match="outside the data"):
+    sources.MrpoJsonSource(
+      str(root / "train.json"), image_root=str(tmp_path / "data")
+    )
+  # The config key reaches the source.
+  from stepjax import config_utils
+  from stepjax.train import components
+
+  config = config_utils.with_updates(
+    config_utils.default_config(),
+    {
+      "data.dataset": "mrpo_json",
+      "data.path": str(root / "train.json"),
+      "data.image_root": str(tmp_path / "data"),
+    },
+  )
+  _set_json(root / "train.json", 0, "image", str(store / "a.jpg"))
+  assert components.make_source(config, "train")[0].image.path == str(
+    store / "a.jpg"
+  )
 
 
 def test_symlinked_image_folder_is_the_root(tmp_path):
