@@ -15,6 +15,10 @@ import ml_collections
 from stepjax import config_utils
 from stepjax.errors import UserError
 
+# eval.answer_judge and eval.answer_judge_fallback (eval/answer_judge.py).
+ANSWER_JUDGE_MODES = ("exact", "judge")
+ANSWER_JUDGE_FALLBACKS = ("mismatch", "exact", "skip")
+
 ALGORITHMS = ("grpo", "gdpo", "mrpo")
 PROCESS_SOURCES = ("verifier", "judge", "value_head", "hybrid")
 LOSS_AGGREGATIONS = ("seq_mean", "token_mean", "constant")
@@ -159,15 +163,13 @@ def _check_eval(config: ml_collections.ConfigDict) -> None:
   """The answer judge: a known mode and fallback, and an endpoint when it
   judges. A config without an eval group (a run's config.json from before
   it existed) evaluates by exact match."""
-  from stepjax.eval import answer_judge
-
   e = config.get("eval")
   if e is None:
     return
-  _one_of(e.answer_judge, answer_judge.MODES, "eval.answer_judge")
+  _one_of(e.answer_judge, ANSWER_JUDGE_MODES, "eval.answer_judge")
   _one_of(
     e.answer_judge_fallback,
-    answer_judge.FALLBACKS,
+    ANSWER_JUDGE_FALLBACKS,
     "eval.answer_judge_fallback",
   )
   _require(

@@ -86,7 +86,7 @@ flags.DEFINE_string(
 
 # subcommand -> (module, function, one-line help)
 _COMMANDS = {
-  "train": ("stepjax.train.loop", "main", "SFT then RL training."),
+  "train": ("stepjax.jobs", "main", "SFT then RL training."),
   "eval": ("stepjax.eval.run", "main", "Evaluate a checkpoint."),
   "judge-check": (
     "stepjax.eval.judge_check",
@@ -94,7 +94,7 @@ _COMMANDS = {
     "Measure a step judge against SynthMed's step truth.",
   ),
   "generate": ("stepjax.eval.generate", "main", "Reason on one image."),
-  "export": ("stepjax.train.export", "main", "Write an HF directory."),
+  "export": ("stepjax.eval.export", "main", "Write an HF directory."),
   "plan": ("stepjax.eval.plan", "main", "Per-device memory plan."),
   "synthmed": ("stepjax.data.synthmed_cli", "main", "Write SynthMed samples."),
   "data": ("stepjax.data.cli", "main", "Dataset tools (build-mrpo, ...)."),

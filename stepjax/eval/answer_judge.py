@@ -25,12 +25,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from stepjax import config_checks
 from stepjax.errors import InputError
 from stepjax.rl import judge as judge_lib
 from stepjax.rl import process
 
-MODES = ("exact", "judge")
-FALLBACKS = ("mismatch", "exact", "skip")
+MODES = config_checks.ANSWER_JUDGE_MODES
+FALLBACKS = config_checks.ANSWER_JUDGE_FALLBACKS
 
 SYSTEM_PROMPT = """\
 You grade the answers of a medical visual question answering model. Given \

@@ -15,7 +15,7 @@ judge's job in MRPO is to find the steps to penalise.
 - `confusion`: {"truth_valid" | "truth_invalid": {"judge_valid" |
   "judge_invalid": count}}.
 - `by_position`: the same numbers per step position, bucketed as the First
-  Failure Point is (`eval.metrics.ffp_bin` of the step's 0-based index:
+  Failure Point is (`rl.failures.ffp_bin` of the step's 0-based index:
   early [0, 1/3), mid [1/3, 2/3), late [2/3, 1] of the chain; a one-step
   chain is early).
 """
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from stepjax.eval import metrics
+from stepjax.rl import failures as metrics
 
 
 def _ratio(num: int, den: int) -> float | None:

@@ -144,9 +144,8 @@ def sampled_items(
   """`num` completions of `checkpoint` on SynthMed eval scans, their steps
   labelled by the verifier (`data.eval_verifier`) as `stepjax eval` does.
   Completions without steps are dropped (nothing to judge)."""
-  from stepjax.eval import checkpoints
+  from stepjax.eval import checkpoints, evaluate
   from stepjax.eval import run as eval_run
-  from stepjax.train import evaluate
 
   if config.data.dataset != "synthmed":
     raise InputError(

@@ -18,7 +18,8 @@ import matplotlib.figure
 import numpy as np
 from etils import epath
 
-from stepjax.eval import metrics, plots
+from stepjax.eval import plots
+from stepjax.rl import failures as metrics
 from stepjax.rl import process
 
 REPORT_JSON = "report.json"

@@ -9,7 +9,7 @@ A record is the outcome of one generated completion for one question:
 with len(steps) == len(step_labels) = K (K = 0 allowed), and with
 `eval.answer_judge=judge` also "judged_correct": bool | None (the answer
 judge's verdict; None when its calls failed and the fallback is skip).
-`build_report` aggregates them with `stepjax.eval.metrics.analyze`,
+`build_report` aggregates them with `stepjax.rl.failures.analyze`,
 overall and per dataset; `write` saves `report.json` and `records.jsonl`;
 `compare` lays several reports side by side. The JSON schema is documented
 field by field in docs/eval_report.md; bump SCHEMA_VERSION when a field
@@ -25,7 +25,7 @@ from typing import Any
 from etils import epath
 
 from stepjax.errors import InputError, MissingInputError
-from stepjax.eval import metrics
+from stepjax.rl import failures as metrics
 
 SCHEMA_VERSION = 1
 REPORT_FILE = "report.json"

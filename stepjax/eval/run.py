@@ -9,7 +9,7 @@ Evaluation decodes the split with the policy (greedy, or
 SynthMed verifier for records with a scene, else the configured
 `rl.process_source`) and checks answers (exact match, and with
 `--config.eval.answer_judge=judge` the LLM answer judge too), through the same
-`train.evaluate.evaluate` the training loop runs. It writes into --workdir:
+`eval.evaluate.evaluate` the training loop runs. It writes into --workdir:
 report.json, records.jsonl, ffp.png, far.png and, when --checkpoint is a
 run directory with a metrics.jsonl, curves.png (reward / accuracy / step
 validity over training).
@@ -39,9 +39,9 @@ from absl import app, logging
 from etils import epath
 
 from stepjax.errors import InputError, MissingInputError
-from stepjax.eval import checkpoints, plots
+from stepjax.eval import checkpoints, evaluate, plots
 from stepjax.eval import report as report_lib
-from stepjax.train import components, evaluate, rollout
+from stepjax.train import components, rollout
 from stepjax.train import metrics as train_metrics
 
 SPLITS = ("eval", "train")
@@ -117,7 +117,7 @@ def process_source(config: Any) -> Any:
 
   Only a judge (judge / hybrid sources) labels such records in evaluation;
   with the verifier or the value head their steps stay unlabelled and the
-  report holds accuracy only (`train.evaluate` decides).
+  report holds accuracy only (`eval.evaluate` decides).
   """
   return components.process_source(config)
 
@@ -126,7 +126,7 @@ def process_source(config: Any) -> Any:
 
 
 class EvalHost:
-  """What `train.evaluate.evaluate` needs of a `train.loop.Trainer`.
+  """What `eval.evaluate.evaluate` needs of a `train.loop.Trainer`.
 
   With `resample`, every sampler call draws from its own key (so the N
   copies of a record get different completions wherever they fall);

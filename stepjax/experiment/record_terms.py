@@ -1,6 +1,6 @@
 """Each eval metric as a ratio of per-record sums, for resampling.
 
-Every metric of `stepjax.eval.metrics.analyze` is sum(num_N) / sum(den_N)
+Every metric of `stepjax.rl.failures.analyze` is sum(num_N) / sum(den_N)
 over the N eval records for some per-record numerator and denominator
 (accuracy: correct / 1; step validity: valid steps / steps; an FFP share:
 [failed in that bin] / [failed]; FAR: the record's FAR / [FAR defined];
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from stepjax.eval import metrics
+from stepjax.rl import failures as metrics
 
 METRICS = (
   "accuracy",

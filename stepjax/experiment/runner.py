@@ -36,9 +36,8 @@ from typing import Any, TextIO
 from absl import logging
 from etils import epath
 
-from stepjax import config_checks
+from stepjax import config_checks, jobs
 from stepjax.experiment import compile_cache, config_io, grid, report_md, spec
-from stepjax.train import loop
 
 GRID_FILE = "grid.json"
 # XLA on one thread per worker (single_thread_workers): for more workers
@@ -210,7 +209,7 @@ class _InProcess:
       try:
         config = config_io.read(self.job.dir)
         logging.set_verbosity(config.log_level)
-        loop.run(config, self.job.dir)
+        jobs.train(config, self.job.dir)
         self.result = (True, "")
       except Exception as e:  # reported, and the other jobs go on
         traceback.print_exc(file=f)

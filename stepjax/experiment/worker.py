@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from absl import app, logging
 
+from stepjax import jobs
 from stepjax.experiment import config_io
-from stepjax.train import loop
 
 
 def main(argv: list[str]) -> None:
@@ -21,7 +21,7 @@ def main(argv: list[str]) -> None:
     )
   config = config_io.read(argv[1])
   logging.set_verbosity(config.log_level)
-  loop.run(config, argv[1])
+  jobs.train(config, argv[1])
 
 
 if __name__ == "__main__":

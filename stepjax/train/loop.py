@@ -8,8 +8,10 @@ a killed run started again with the same command continues from there and
 ends with the same parameters as an uninterrupted one: every random choice
 derives from (config.seed, step).
 
-Evaluation (greedy decoding, `train/evaluate.py`) runs after SFT (= before
-RL) and at the end, and every `train.eval_every` RL steps if set.
+Evaluation runs after SFT (= before RL) and at the end, and every
+`train.eval_every` RL steps if set, through the `evaluator` the Trainer is
+given (`stepjax.eval.evaluate`, wired by `stepjax/jobs.py`): train/ never
+imports eval/.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, logging
+from absl import logging
 from etils import epath
 
 from stepjax import config_checks
@@ -36,7 +38,6 @@ from stepjax.train import (
   checkpoint,
   components,
   distributed,
-  evaluate,
   metrics,
   optim,
   policy,
@@ -45,14 +46,6 @@ from stepjax.train import (
   steps,
 )
 from stepjax.train import state as state_lib
-
-
-def main(argv: list[str], config: Any, flag_values: Any) -> None:
-  if argv:
-    raise app.UsageError(f"train takes no positional arguments, got {argv}")
-  logging.set_verbosity(config.log_level)
-  run(config, flag_values.workdir)
-
 
 # ---------------------------------------------------------------- trainer
 
@@ -67,10 +60,18 @@ class Phase:
 
 
 class Trainer:
-  """Holds what one run needs; `run()` drives both phases."""
+  """Holds what one run needs; `run()` drives both phases.
 
-  def __init__(self, config: Any, workdir: str):
+  evaluator: what evaluates the policy during `run()` (a module or object
+  with `evaluate(trainer, params, name) -> report`, `summary_line(report)`,
+  `table(reports)` and `write_plots(workdir, reports)`:
+  `stepjax.eval.evaluate`). A Trainer without one can take steps
+  (`rl_step`, `sft_step`, `apply_update`) but not `run()`.
+  """
+
+  def __init__(self, config: Any, workdir: str, evaluator: Any = None):
     config_checks.check(config)
+    self.evaluator = evaluator
     distributed.maybe_initialize(config.distributed)
     self.config = config
     self.workdir = workdir
@@ -435,9 +436,10 @@ class Trainer:
   # -- driver
 
   def evaluate(self, state, name: str) -> dict:
-    report = evaluate.evaluate(self, state.params, name)
-    logging.info("eval %s: %s", name, evaluate.summary_line(report))
-    print(f"eval {name}: {evaluate.summary_line(report)}", flush=True)
+    report = self.evaluator.evaluate(self, state.params, name)
+    line = self.evaluator.summary_line(report)
+    logging.info("eval %s: %s", name, line)
+    print(f"eval {name}: {line}", flush=True)
     return report
 
   def _enter_rl(self, state, info: dict):
@@ -457,6 +459,11 @@ class Trainer:
 
   def run(self) -> dict:
     """Runs (or resumes) the job; returns the evaluation reports."""
+    if self.evaluator is None:
+      raise ValueError(
+        "Trainer.run needs an evaluator: use stepjax.jobs.train(config, "
+        "workdir), which passes stepjax.eval.evaluate"
+      )
     c = self.config
     state, done, info, self.ref_params = self.initial_state()
     self.writer.drop_from(done)
@@ -501,8 +508,8 @@ class Trainer:
     self.checkpointer.close()
     self.final_state = state
     if jax.process_index() == 0:
-      print(evaluate.table(info["evals"]), flush=True)
-      evaluate.write_plots(self.workdir, info["evals"])
+      print(self.evaluator.table(info["evals"]), flush=True)
+      self.evaluator.write_plots(self.workdir, info["evals"])
     return info["evals"]
 
   def save(self, state, done: int, info: dict) -> None:
@@ -530,8 +537,3 @@ _PROMPT_KEYS = (
   "patch_mask_BxN",
   "grid_thw_Bx3",
 )
-
-
-def run(config: Any, workdir: str) -> dict:
-  """Trains per `config` in `workdir` (resuming if it holds a checkpoint)."""
-  return Trainer(config, workdir).run()

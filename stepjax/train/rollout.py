@@ -25,8 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stepjax import rows
-from stepjax.eval import metrics as eval_metrics
-from stepjax.rl import advantages, losses, process, rewards, steps
+from stepjax.rl import advantages, failures, losses, process, rewards, steps
 from stepjax.sampling import sampler
 from stepjax.train import batches
 
@@ -341,7 +340,7 @@ def metrics(
   # Step statistics over the labelled completions only (accuracy is over
   # all of them, below).
   labels = [lab.labels for lab in scored.labels if not lab.skipped]
-  stats = eval_metrics.analyze(labels)
+  stats = failures.analyze(labels)
   m = {
     "reward": float(np.mean(scored.rewards.total)),
     "accuracy": float(np.mean(scored.correct_B)),

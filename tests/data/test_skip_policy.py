@@ -368,7 +368,8 @@ def test_reason_keys_and_report_field():
 def test_trainer_writes_skip_totals(tmp_path, monkeypatch):
   """A tiny SFT run whose train and eval data each hold one record with a
   missing image: metrics.jsonl and the eval report count it by reason."""
-  from stepjax.train import components, loop
+  from stepjax import jobs
+  from stepjax.train import components
   from stepjax.train import metrics as metrics_lib
 
   tiny_run = _load("tiny_run", "tests/eval/tiny_run.py")
@@ -397,7 +398,7 @@ def test_trainer_writes_skip_totals(tmp_path, monkeypatch):
     }
   )
   workdir = tmp_path / "run"
-  loop.run(config, str(workdir))
+  jobs.train(config, str(workdir))
   rows = metrics_lib.read_metrics(str(workdir))
   assert rows and all("data_skipped" in r for r in rows)
   last = rows[-1]

@@ -9,10 +9,9 @@ import pathlib
 import pytest
 
 from stepjax import config_checks, config_utils
-from stepjax.eval import answer_judge
+from stepjax.eval import answer_judge, evaluate
 from stepjax.eval import report as report_lib
 from stepjax.rl import judge as judge_lib
-from stepjax.train import evaluate
 
 _HERE = pathlib.Path(__file__).parent
 

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from stepjax import config_utils
-from stepjax.eval import judge_agreement, judge_check, metrics
+from stepjax.eval import judge_agreement, judge_check
+from stepjax.rl import failures as metrics
 
 _HERE = pathlib.Path(__file__).parent
 REPO = _HERE.parents[1]

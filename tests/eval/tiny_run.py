@@ -29,18 +29,18 @@ def config(**overrides):
 
 def run_dir(tmp_path_factory) -> str:
   """Trains the tiny run once per session; returns its workdir."""
-  from stepjax.train import loop
+  from stepjax import jobs
 
   path = tmp_path_factory.getbasetemp() / "tiny_run"
   if not (path / "DONE").exists():
-    loop.run(config(), str(path))
+    jobs.train(config(), str(path))
     (path / "DONE").write_text("ok\n")
   return str(path)
 
 
 def hf_dir(tmp_path_factory) -> str:
   """The tiny run exported with `stepjax export` (once per session)."""
-  from stepjax.train import export
+  from stepjax.eval import export
 
   run = run_dir(tmp_path_factory)
   path = tmp_path_factory.getbasetemp() / "tiny_run_hf"

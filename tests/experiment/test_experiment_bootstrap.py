@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from stepjax.eval import metrics
 from stepjax.experiment import bootstrap, record_terms
+from stepjax.rl import failures as metrics
 
 
 def _records(rng, n, p_correct=0.5):

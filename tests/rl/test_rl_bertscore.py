@@ -222,7 +222,8 @@ def test_training_run_uses_bertscore(tiny_bert, tmp_path, capsys, monkeypatch):
   """Two RL steps with rewards.bertscore_model set: the run says so once,
   scores each step's non-matching answers in one call, and logs their mean
   F1 per step."""
-  from stepjax.train import loop, metrics
+  from stepjax import jobs
+  from stepjax.train import metrics
 
   calls = []
   f1 = rewards.BertScorer.f1
@@ -243,7 +244,7 @@ def test_training_run_uses_bertscore(tiny_bert, tmp_path, capsys, monkeypatch):
       "rewards.bertscore_model": tiny_bert,
     }
   )
-  loop.run(config, str(tmp_path))
+  jobs.train(config, str(tmp_path))
   out = capsys.readouterr().out
   line = f"answer reward: BERTScore from {tiny_bert} ({LAYERS} layers)"
   assert out.count(line) == 1

@@ -455,7 +455,8 @@ def _trainer_utils():
 def test_run_writes_judge_totals_per_step(server, tmp_path, capsys):
   """Two RL steps judged over HTTP: each step's metrics.jsonl record and
   progress line hold its totals, and they add up to what the server saw."""
-  from stepjax.train import loop, metrics
+  from stepjax import jobs
+  from stepjax.train import metrics
 
   server.force = "mixed"
   config = _trainer_utils().test_config(
@@ -472,7 +473,7 @@ def test_run_writes_judge_totals_per_step(server, tmp_path, capsys):
       "judge.max_retries": 0,
     }
   )
-  loop.run(config, str(tmp_path))
+  jobs.train(config, str(tmp_path))
   records = metrics.read_metrics(str(tmp_path))
   assert [r["phase"] for r in records] == ["rl", "rl"]
   for r in records:

@@ -1,4 +1,4 @@
-"""Tests for stepjax.eval.metrics: hand-computed fixtures and a property test.
+"""Tests for stepjax.rl.failures: hand-computed fixtures and a property test.
 
 The fixture's numbers are worked out by hand in the comments; the property
 test checks `analyze` against a plain loop written here with exact
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepjax.eval import metrics
+from stepjax.rl import failures as metrics
 
 # Completion: labels           K  k*  FFP   bin    FAR (steps after k*)
 # a: 1 1 1 1                   4  -   -     -      -
@@ -261,7 +261,7 @@ def test_matches_reference_loop(data, step_labels):
 
 
 def test_chain_answer_agreement_counts_contradicting_answers():
-  from stepjax.eval import metrics as m
+  from stepjax.rl import failures as m
 
   got = m.chain_answer_agreement(
     [

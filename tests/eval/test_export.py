@@ -11,11 +11,11 @@ import torch
 import transformers
 
 from stepjax.data import tokenizer as tokenizer_lib
-from stepjax.eval import checkpoints
+from stepjax.eval import checkpoints, export
 from stepjax.eval import generate as gen
 from stepjax.models import qwen25vl
 from stepjax.sampling import sampler
-from stepjax.train import export, loop
+from stepjax.train import loop
 
 _spec = importlib.util.spec_from_file_location(
   "tiny_run",
