@@ -69,6 +69,10 @@ def test_7b_plan_for_v5e16():
   assert moments.total_bytes >= 2 * params.total_bytes
   text = plan_lib.format_plan(p)
   assert "per-device GiB" in text and "HBM (v5e)" in text
+  # 96% of HBM at its own batch: no batch size fits under 90%, and the
+  # plan says what to change.
+  assert p.largest_batch == 0
+  assert "no data.batch_size fits" in text and "optim.grad_accum" in text
 
 
 def test_chip_from_config_arg_and_bad_chip():
