@@ -110,14 +110,23 @@ def test_sampling_rows_split_over_the_batch_shards():
 
 
 def test_largest_batch_is_the_edge_of_fitting():
-  module = _load_config("qwen25vl_3b_mrpo.py")
-  config = module.get_config("mesh=v5e16")
+  """The named batch size fits under 90% of HBM; the next multiple of the
+  batch shards does not (whole plans recomputed at both sizes)."""
+  config = tiny_run.config(
+    **{
+      "model.preset": "bench",
+      "mesh.data": 2,
+      "mesh.fsdp": 2,
+      "mesh.tensor": 2,
+    }
+  )
   p = plan_lib.plan(config, chip="v5e")
   shards = p.mesh_shape["data"] * p.mesh_shape["fsdp"]
   largest = p.largest_batch
   assert largest and largest % shards == 0
   text = plan_lib.format_plan(p)
   assert "largest data.batch_size that fits under 90% of HBM" in text
+  assert f": {largest} prompts" in text
 
   def used(batch):
     with config.unlocked():

@@ -34,9 +34,14 @@ def _command(workdir):
   ]  # fmt: skip
 
 
-def _env():
+def _env(cache_dir):
+  """One device; one persistent compilation cache for the test's four runs
+  of the same job (the later runs load their executables instead of
+  compiling them again: the same programs, only sooner)."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   return env
 
 
@@ -72,12 +77,13 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   """Also: truncating the latest checkpoint afterwards and rerunning falls
   back to the previous checkpoint and ends with the same parameters."""
   straight, killed = tmp_path / "straight", tmp_path / "killed"
+  env = _env(tmp_path / "jax_cache")
   reference = subprocess.Popen(
-    _command(straight), env=_env(), stdout=subprocess.PIPE,
+    _command(straight), env=env, stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT, text=True,
   )  # fmt: skip
   victim = subprocess.Popen(
-    _command(killed), env=_env(), stdout=subprocess.DEVNULL,
+    _command(killed), env=env, stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
   )  # fmt: skip
   # Checkpoint 3 = SFT (2 steps) and the first RL step done; kill before
@@ -89,7 +95,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   out = reference.communicate(timeout=600)[0]
   assert reference.returncode == 0, out[-3000:]
   resumed = subprocess.run(
-    _command(killed), env=_env(), capture_output=True, text=True,
+    _command(killed), env=env, capture_output=True, text=True,
     timeout=600,
   )  # fmt: skip
   assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
@@ -108,7 +114,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   assert "final" in resumed.stdout
   # A truncated latest checkpoint falls back to the previous one (the
   # killed run's workdir is reused: one more short run, not two).
-  _truncate_latest_and_rerun(killed, params_a)
+  _truncate_latest_and_rerun(killed, params_a, env)
 
 
 def _largest_file(directory):
@@ -116,7 +122,7 @@ def _largest_file(directory):
   return max(files, key=lambda p: p.stat().st_size)
 
 
-def _truncate_latest_and_rerun(workdir, params_uninterrupted):
+def _truncate_latest_and_rerun(workdir, params_uninterrupted, env):
   """Truncates the largest state file of checkpoint 5 (the last) and runs
   the same command again: it must resume from checkpoint 4, keep the
   damaged checkpoint aside and end with the uninterrupted parameters."""
@@ -124,7 +130,7 @@ def _truncate_latest_and_rerun(workdir, params_uninterrupted):
   data = damaged.read_bytes()
   damaged.write_bytes(data[: len(data) // 2])
   rerun = subprocess.run(
-    _command(workdir), env=_env(), capture_output=True, text=True,
+    _command(workdir), env=env, capture_output=True, text=True,
     timeout=600,
   )  # fmt: skip
   assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr
