@@ -18,12 +18,7 @@ from stepjax.train import loop
 def train(config: Any, workdir: str) -> dict:
   """Trains per `config` in `workdir` (resuming if it holds a checkpoint);
   returns the evaluation reports."""
-  return trainer(config, workdir).run()
-
-
-def trainer(config: Any, workdir: str) -> loop.Trainer:
-  """A Trainer that evaluates with `stepjax.eval.evaluate`."""
-  return loop.Trainer(config, workdir, evaluator=evaluate)
+  return loop.Trainer(config, workdir, evaluator=evaluate).run()
 
 
 def main(argv: list[str], config: Any, flag_values: Any) -> None:

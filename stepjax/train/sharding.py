@@ -4,7 +4,8 @@ Mesh axes: `data` (pure data parallel), `fsdp` (data parallel with sharded
 parameters) and `tensor` (model parallel). Model parameters carry logical axis
 names (`embed`, `mlp`, `heads`, ...); `config.logical_axis_rules` maps them to
 mesh axes, so one model runs on 1 CPU or a TPU pod unchanged. Batches are
-split over (`data`, `fsdp`) along their leading dimension.
+split over (`data`, `fsdp`) along the row axis their array names give
+(`stepjax/rows.py`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from stepjax import rows
 from stepjax.errors import InputError
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = rows.BATCH_AXES
 
 
 def resolve_mesh_shape(
@@ -161,57 +161,28 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-  """Leading dimension over (data, fsdp), the rest replicated."""
-  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
-
-
-def place_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
-  """Places this process's slice of a batch as global sharded arrays.
-
-  Each process passes only its local rows; the global batch is the
-  concatenation over processes in process order.
-  """
-  out = {}
-  for key, value in batch.items():
-    value = np.asarray(value)
-    sharding = batch_sharding(mesh, value.ndim)
-    out[key] = jax.make_array_from_process_local_data(sharding, value)
-  return out
-
-
 # Update-batch keys that are not split by row: the P images and their
 # metadata (small; gathered from all processes and replicated, every device
-# encodes them) and the M-RoPE positions, whose row axis is 1.
+# encodes them). Every other array is split by the row axis its name gives
+# (`rows.row_axis`: positions_3xBxL over axis 1, the rest over axis 0).
 _REPLICATED_KEYS = ("pixels_IxNxP", "vision_meta")
-_ROW_AXIS_1_KEYS = ("positions_3xBxL",)
 
 
 def place_update_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
   """Places an update batch (train/steps.py layout) on the mesh.
 
   Per-row arrays are this process's rows of the global batch, split over
-  (data, fsdp); images and their metadata (this process's prompts) are
-  gathered from all processes in process order and replicated.
+  (data, fsdp) (`rows.place`); images and their metadata (this process's
+  prompts) are gathered from all processes in process order and replicated.
   """
-  out = {}
-  for key, value in batch.items():
-    if key in _REPLICATED_KEYS:
+  split = {k: v for k, v in batch.items() if k not in _REPLICATED_KEYS}
+  out = rows.place(split, mesh)
+  for key in _REPLICATED_KEYS:
+    if key in batch:
       out[key] = jax.tree.map(
-        lambda x: _global_replicated(np.asarray(x), mesh), value
+        lambda x: _global_replicated(np.asarray(x), mesh), batch[key]
       )
-    elif key in _ROW_AXIS_1_KEYS:
-      value = np.asarray(value)
-      spec = P(None, BATCH_AXES, *([None] * (value.ndim - 2)))
-      out[key] = jax.make_array_from_process_local_data(
-        NamedSharding(mesh, spec), value
-      )
-    else:
-      value = np.asarray(value)
-      out[key] = jax.make_array_from_process_local_data(
-        batch_sharding(mesh, value.ndim), value
-      )
-  return out
+  return {key: out[key] for key in batch}
 
 
 def _global_replicated(x: np.ndarray, mesh: Mesh) -> jax.Array:
