@@ -9,11 +9,12 @@ the judged accuracy (`eval.report`).
 
 The client is the step judge's (`stepjax.rl.judge.JudgeClient.ask`): the
 same pooled HTTP client, retries with backoff, API-key handling and
-redaction, cache (by question, reference and answer, so a repeated answer
-costs no call) and fallbacks counted by cause. When every attempt for an
-answer fails, `eval.answer_judge_fallback` decides its verdict: mismatch
-(not matching), exact (the exact-match verdict) or skip (no judged
-verdict; left out of the judged accuracy).
+redaction, cache (by judge model, question, reference and answer, so a
+repeated answer costs no call and another judge model asks again) and
+fallbacks counted by cause. When every attempt for an answer fails,
+`eval.answer_judge_fallback` decides its verdict: mismatch (not
+matching), exact (the exact-match verdict) or skip (no judged verdict;
+left out of the judged accuracy).
 """
 
 from __future__ import annotations
@@ -92,10 +93,16 @@ def parse_verdict(text: str) -> tuple[int]:
   raise judge_lib.InvalidReply(f'"match" is {value!r:.20}, not 0 or 1')
 
 
-def cache_key(question: str, reference: str, answer: str) -> str:
+def cache_key(
+  question: str, reference: str, answer: str, model: str = ""
+) -> str:
   """The cache key of one verdict; "answer" keeps it apart from the step
-  judge's keys when both share a cache file."""
-  blob = json.dumps(["answer", question, reference, answer], ensure_ascii=False)
+  judge's keys when both share a cache file, and the judge's model keeps
+  one judge's verdicts from answering for another's (comparing answer
+  judges over one `judge.cache_path`)."""
+  blob = json.dumps(
+    ["answer", model, question, reference, answer], ensure_ascii=False
+  )
   return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -152,7 +159,7 @@ class AnswerJudge:
     call (the fallback verdict: False, `exact`, or None for skip)."""
     labels = self.client.ask(
       record_id or question[:40],
-      cache_key(question, reference, answer),
+      cache_key(question, reference, answer, self.client.model),
       lambda: {
         "model": self.client.model,
         "messages": build_messages(question, reference, answer),

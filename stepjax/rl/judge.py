@@ -77,8 +77,14 @@ class _Fatal(Exception):
     self.kind = kind
 
 
-def cache_key(record_id: str, step_texts: Sequence[str]) -> str:
-  blob = json.dumps([str(record_id), list(step_texts)], ensure_ascii=False)
+def cache_key(
+  record_id: str, step_texts: Sequence[str], model: str = ""
+) -> str:
+  """The cache key of one completion's labels: its record, its steps and
+  the judge model (two models sharing a cache file never share labels)."""
+  blob = json.dumps(
+    [str(record_id), list(step_texts), str(model)], ensure_ascii=False
+  )
   return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -132,7 +138,8 @@ class JudgeClient:
     concurrency: parallel requests (thread pool and connection pool size).
     fallback: "invalid" (all steps 0), "valid" (all 1) or "skip" (no
       process reward for the completion) when every attempt failed.
-    cache_path: JSONL file caching labels by (record id, step texts);
+    cache_path: JSONL file caching labels by (record id, step texts,
+      judge model);
       "" keeps the cache in memory only.
     backoff_s, backoff_max_s: exponential backoff base and cap; each delay
       is scaled by a jitter in [0.5, 1.5) from a `seed`ed rng, and is at
@@ -468,7 +475,7 @@ class JudgeClient:
     k = len(req.step_texts)
     labels = self.ask(
       req.record_id,
-      cache_key(req.record_id, req.step_texts),
+      cache_key(req.record_id, req.step_texts, self.model),
       lambda: self._payload(req),
       lambda text: parse_reply(text, k),
       self.fallback,

@@ -218,6 +218,13 @@ def test_cache_answers_repeats_without_a_call(server, tmp_path):
   again.judge_rows([_row(3, "2", "timeout")])
   assert len(cache.read_text().splitlines()) == 2
   assert chat_server.SECRET not in cache.read_text()
+  # Another judge model over the same cache file asks for itself.
+  other = _fast_judge(
+    config_utils.with_updates(config, {"judge.model": "other-judge"}), server
+  )
+  assert [other.judge_rows([r])[0] for r in rows] == [True, True, False]
+  assert other.summary()["calls"] == 2 and other.summary()["cache_hits"] == 1
+  assert server.calls["ok"] == 4
 
 
 def test_exact_mode_leaves_rows_and_report_as_they_were():

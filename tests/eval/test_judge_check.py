@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from stepjax import config_utils
@@ -325,4 +326,115 @@ def test_sampled_completions_of_a_checkpoint(tmp_path_factory):
   if sampled["steps"]:
     assert sampled["agreement"] == 1.0
   assert report["sets"]["rationales"]["completions"] == 4
+  assert "sampled" in (out / "report.md").read_text()
+
+
+def test_sampled_completions_with_steps_are_judged(
+  tmp_path_factory, monkeypatch
+):
+  """The sampled set with steps to judge. The tiny policy writes no steps,
+  so its decoding is replaced by completions of known steps (gold chains,
+  chains with one corrupted step, and one completion without steps),
+  labelled by the verifier as `stepjax eval` labels them; a scripted
+  server flips 10% of the labels."""
+  from stepjax.data import synthmed
+  from stepjax.eval import evaluate
+  from stepjax.rl import process
+
+  num = 9
+  config = tiny_run.config()
+  # What the server knows: the rationales' truth, then the sampled rows'.
+  truth_of = {
+    (it.request.question, it.request.rationale, it.request.step_texts): (
+      it.truth
+    )
+    for it in judge_check.rationale_items(config, num)
+  }
+  sampled = []  # (row, record) of every completion written
+
+  def fake_score(host, params):
+    del params
+    verify = synthmed.step_verifier(host.config.data.eval_verifier)
+    rows = []
+    for i in range(len(host.eval_source)):
+      record = host.eval_source[i]
+      scene = synthmed.scene_of(record)
+      steps = synthmed.gold_steps(scene)
+      if i % 3 == 1:
+        made = judge_check._corrupt_one(steps, scene, np.random.default_rng(i))
+        assert made is not None
+        steps = made[0]
+      if i == num - 1:
+        steps = []  # nothing to judge: left out of the set
+      labels = [int(v) for v in verify(steps, record.meta["scene"])]
+      row = {
+        "id": record.id,
+        "question": record.question,
+        "gold_answer": record.answer,
+        "answer": record.answer,
+        "correct": True,
+        "steps": list(steps),
+        "step_labels": labels if steps else [],
+        "dataset": "synthmed",
+        "completion": "",
+      }
+      key = (record.question, record.rationale, tuple(steps))
+      assert truth_of.setdefault(key, tuple(labels)) == tuple(labels)
+      rows.append(row)
+      sampled.append((row, record))
+    return rows, {}
+
+  monkeypatch.setattr(evaluate, "score", fake_score)
+  server = _server(truth_of, 0.1)
+  out = tmp_path_factory.mktemp("judge_check_sampled_steps")
+  try:
+    report = judge_check.run(
+      tiny_run.config(
+        **{
+          "judge.base_url": server.url,
+          "judge.model": "scripted-judge",
+          "judge.api_key_env": chat_server.KEY_ENV,
+          "judge.timeout_s": chat_server.PATIENT_TIMEOUT_S,
+          "judge.max_retries": 0,
+        }
+      ),
+      str(out),
+      num=num,
+      checkpoint=tiny_run.run_dir(tmp_path_factory),
+    )
+  finally:
+    server.close()
+  assert len(sampled) == num
+  items = [
+    judge_check.Item(
+      "sampled",
+      "sampled",
+      "sampled",
+      process.StepRequest(
+        record_id=row["id"],
+        question=row["question"],
+        reference=row["gold_answer"],
+        step_texts=tuple(row["steps"]),
+        rationale=record.rationale,
+      ),
+      tuple(row["step_labels"]),
+    )
+    for row, record in sampled
+    if row["steps"]
+  ]
+  got = report["sets"]["sampled"]
+  assert got["completions"] == len(items) == num - 1
+  assert got["by_kind"]["sampled"]["completions"] == num - 1
+  assert 0 < got["truth_invalid_share"] < 0.5  # the corrupted steps
+  want = _expected(items, 0.1)
+  _check_scores(got, want)
+  for b in metrics.BINS:
+    _check_scores(got["by_position"][b], want["by_position"][b])
+  # One call per completion; each set has its own cost.
+  assert got["cost"]["calls"] == num - 1
+  assert report["sets"]["rationales"]["cost"]["calls"] == num
+  assert report["cost"]["calls"] == server.calls["ok"] == 2 * num - 1
+  assert report["all"]["steps"] == (
+    got["steps"] + report["sets"]["rationales"]["steps"]
+  )
   assert "sampled" in (out / "report.md").read_text()

@@ -281,6 +281,11 @@ def test_cache_persisted(server, tmp_path):
   # Fallbacks are not cached; empty step lists need no call.
   again.judge([req("500", rid="rec3"), req("ok", k=0, rid="rec4")])
   assert len(open(path).read().splitlines()) == 2
+  # Another judge model on the same file asks for itself.
+  other = make_client(server, cache_path=path)
+  other.model = "another-judge-model"
+  assert other.judge([req("ok", rid="rec1")])[0].labels == GOOD
+  assert server.calls["ok"] == 3 and other.stats["cache_hits"] == 0
 
 
 def test_bounded_concurrency_and_image(server):
