@@ -9,6 +9,7 @@ the model agree on `<|image_pad|>`, eos and padding.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import jax
@@ -29,8 +30,17 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def is_hf_dir(path: str) -> bool:
-  """True for a transformers checkpoint directory (has config.json)."""
-  return bool(path) and (epath.Path(path) / "config.json").exists()
+  """True for a transformers checkpoint directory: a config.json that names
+  a `model_type` (or that does not parse, so that loading it reports the
+  broken file). A training run's own config.json (what `stepjax
+  experiment` writes into each run directory) is not one."""
+  config = epath.Path(path) / "config.json" if path else None
+  if config is None or not config.exists():
+    return False
+  try:
+    return "model_type" in json.loads(config.read_text())
+  except (ValueError, UnicodeDecodeError):
+    return True
 
 
 def model_config(config: Any, tok_info: Any) -> config_lib.ModelConfig:

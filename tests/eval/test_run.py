@@ -7,6 +7,7 @@ import types
 
 import pytest
 
+from stepjax.eval import checkpoints
 from stepjax.eval import report as report_lib
 from stepjax.eval import run as eval_run
 
@@ -117,3 +118,19 @@ def test_train_writes_its_plots(run_dir):
   for name in ("ffp.png", "far.png", "rl_curves.png"):
     png = plots_dir / name
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_a_run_directory_with_its_job_config_is_not_an_hf_directory(tmp_path):
+  # `stepjax experiment` writes each run's job config as config.json next
+  # to checkpoints/; only a config.json naming a model_type is an HF model.
+  run = tmp_path / "run"
+  (run / "checkpoints").mkdir(parents=True)
+  (run / "config.json").write_text(json.dumps({"seed": 0, "model": {}}))
+  loc = checkpoints.locate(str(run))
+  assert loc.kind == "orbax" and loc.manager_dir == str(run / "checkpoints")
+  hf = tmp_path / "hf"
+  hf.mkdir()
+  (hf / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+  assert checkpoints.locate(str(hf)).kind == "hf"
+  (hf / "config.json").write_text("{not json")
+  assert checkpoints.locate(str(hf)).kind == "hf"  # loading names the file
