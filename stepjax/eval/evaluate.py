@@ -20,7 +20,7 @@ from stepjax.data import pipeline, synthmed
 from stepjax.eval import answer_judge, plots
 from stepjax.eval import report as report_lib
 from stepjax.rl import process, rewards
-from stepjax.train import batches, rollout
+from stepjax.train import batches, distributed, rollout
 from stepjax.train import metrics as metrics_lib
 
 
@@ -48,8 +48,7 @@ def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
   (report.json, records.jsonl) by process 0.
   """
   c = trainer.config
-  rows, skipped = score(trainer, params)
-  judged = judge_answers(c, rows)
+  rows, skipped, judged = score_and_judge(trainer, params)
   report = report_lib.build_report(
     [report_lib.record_fields(r) for r in rows],
     meta={
@@ -76,7 +75,26 @@ def score(
   trainer: Any, params: Any
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
   """(`score_rows`, {reason: count} of the eval records skipped as bad
-  records, `pipeline.skip_counts`)."""
+  records, `pipeline.skip_counts`), over every process's slice."""
+  rows, skipped = _score_local(trainer, params)
+  rows, skipped, _ = _from_all_processes(rows, skipped, None)
+  return rows, skipped
+
+
+def score_and_judge(
+  trainer: Any, params: Any
+) -> tuple[list[dict[str, Any]], dict[str, int], dict | None]:
+  """`score`, plus the answer judge's verdicts (`judge_answers`): each
+  process asks the judge about its own rows only, then rows, skip counts
+  and the judge's counts are gathered from every process."""
+  rows, skipped = _score_local(trainer, params)
+  judged = judge_answers(trainer.config, rows)
+  return _from_all_processes(rows, skipped, judged)
+
+
+def _score_local(
+  trainer: Any, params: Any
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
   c = trainer.config
   verifier = process.VerifierSource(
     synthmed.step_verifier(c.data.eval_verifier)
@@ -124,6 +142,41 @@ def score(
         }
       )
   return rows, pipeline.skip_counts(iterator)
+
+
+def _from_all_processes(
+  rows: list[dict[str, Any]], skipped: dict[str, int], judged: dict | None
+) -> tuple[list[dict[str, Any]], dict[str, int], dict | None]:
+  """Every process's rows (in process order), summed skip counts and
+  summed judge counts: each process decodes (and judges) its own slice of
+  the eval split; the report covers them all."""
+  if jax.process_count() == 1:
+    return rows, skipped, judged
+  parts = distributed.all_processes(
+    {"rows": rows, "skipped": skipped, "judged": judged}
+  )
+  rows = [row for part in parts for row in part["rows"]]
+  total = _sum_counts([part["skipped"] for part in parts])
+  total = dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
+  if judged is not None:
+    judged = _sum_counts([part["judged"] for part in parts])
+  return rows, total, judged
+
+
+def _sum_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+  """Numbers summed key by key over the union of keys (nested dicts too);
+  other values are taken from the first part that has them (the judge's
+  model, url, mode, fallback)."""
+  out: dict[str, Any] = {}
+  for part in parts:
+    for key, value in part.items():
+      out.setdefault(key, value)
+  for key, value in out.items():
+    if isinstance(value, dict):
+      out[key] = _sum_counts([p.get(key) or {} for p in parts])
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      out[key] = type(value)(sum(p.get(key, 0) for p in parts))
+  return out
 
 
 def judge_answers(config: Any, rows: list[dict[str, Any]]) -> dict | None:

@@ -199,8 +199,7 @@ def run(
   out = epath.Path(workdir)
   out.mkdir(parents=True, exist_ok=True)
   host = EvalHost(loaded, config, str(out), source, labeller, num_samples > 1)
-  rows, skipped = evaluate.score(host, loaded.params)
-  judged = evaluate.judge_answers(config, rows)
+  rows, skipped, judged = evaluate.score_and_judge(host, loaded.params)
   meta = {
     "eval": split,
     "algorithm": config.rl.algorithm,

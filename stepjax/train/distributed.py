@@ -8,10 +8,12 @@ several processes, collectives go through gloo.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 
 from stepjax.errors import InputError
@@ -58,3 +60,32 @@ def maybe_initialize(dist: Any) -> bool:
     jax.device_count(),
   )
   return True
+
+
+def all_processes(value: Any) -> list[Any]:
+  """[value of process 0, value of process 1, ...]: a JSON-serialisable
+  value from every process, in process order (a collective: every process
+  must call it). One process: [value], without any communication."""
+  if jax.process_count() == 1:
+    return [value]
+  from jax.experimental import multihost_utils
+
+  text = json.dumps(value, default=_plain)
+  blob = np.frombuffer(text.encode("utf-8"), np.uint8)
+  sizes = multihost_utils.process_allgather(np.int64(blob.size))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[: blob.size] = blob
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  return [
+    json.loads(bytes(row[: int(n)]).decode("utf-8"))
+    for row, n in zip(gathered, np.asarray(sizes).reshape(-1))
+  ]
+
+
+def _plain(value: Any) -> Any:
+  """numpy scalars and arrays as plain JSON values."""
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  raise TypeError(f"cannot send a {type(value).__name__} to other processes")
