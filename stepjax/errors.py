@@ -9,6 +9,9 @@ and how to fix it.
 
 from __future__ import annotations
 
+import logging
+import sys
+
 
 class UserError(Exception):
   """Bad input, a bad flag or a bad file: the message says what to fix."""
@@ -20,3 +23,45 @@ class InputError(UserError, ValueError):
 
 class MissingInputError(UserError, FileNotFoundError):
   """A file or directory the user named does not exist."""
+
+
+def quiet_failed_restore_reports() -> None:
+  """Drops the stacks that an Orbax restore failing halfway leaves behind.
+
+  When a restore fails (a truncated checkpoint, another model), the reads
+  still in flight end later: TensorStore calls back into the event loop
+  Orbax ran them on, closed by then (Python reports each unraisable
+  RuntimeError('Event loop is closed') with its stack), and asyncio logs
+  each of the failed read tasks and futures as '... exception was never
+  retrieved' with its stack. Dozens of stacks around the one line that
+  says what went wrong and what was done about it (`stepjax train` falls
+  back to the previous checkpoint, `eval` names the file). Installed once
+  (by `stepjax.main` and before each restore in `eval.checkpoints`):
+  exactly those reports are dropped; anything else reaches the previous
+  hook or handler.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "stepjax_quiet", False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.stepjax_quiet = True
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_orbax_task_filter)
+
+
+def _orbax_task_filter(record: logging.LogRecord) -> bool:
+  """False for asyncio's report of an unretrieved error of one of Orbax's
+  read tasks or TensorStore's read futures."""
+  message = record.getMessage()
+  return not (
+    message.startswith(
+      ("Task exception was never retrieved", "Future exception was never")
+    )
+    and ("orbax" in message or "tensorstore_spec" in message)
+  )

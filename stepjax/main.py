@@ -112,7 +112,15 @@ _COMMANDS = {
 
 
 # Subcommands that take a job config (checked before any work starts).
-_JOB_COMMANDS = ("train", "eval", "generate", "export", "plan", "judge-check")
+_JOB_COMMANDS = (
+  "train",
+  "eval",
+  "generate",
+  "export",
+  "plan",
+  "judge-check",
+  "synthmed",
+)
 
 
 def _usage() -> str:
@@ -127,12 +135,18 @@ def _main(argv: list[str]) -> None:
     _fail(f"unknown command {given!r}; commands: {', '.join(_COMMANDS)}")
   module_name, fn_name, _ = _COMMANDS[argv[1]]
   config = _CONFIG.value
-  try:
-    config.keys()  # a config file that failed to load raises only when used
-  except (AttributeError, OSError, ValueError) as e:
-    if _LOG_LEVEL.value == "debug":
-      raise
-    _fail(_flag_problem(sys.argv) or f"--config: {e}")
+  # A config file that failed to load raises only when used: --config and
+  # --suite are touched here, inside the error boundary.
+  loaded = [("config", config)]
+  if _SUITE.value is not None:
+    loaded.append(("suite", _SUITE.value))
+  for name, value in loaded:
+    try:
+      value.keys()
+    except (AttributeError, OSError, ValueError) as e:
+      if _LOG_LEVEL.value == "debug":
+        raise
+      _fail(_flag_problem(sys.argv) or f"--{name}: {e}")
   if argv[1] != "experiment" and "base" in config:
     _fail(
       "--config is an experiment config (configs/experiments/); "
@@ -178,6 +192,7 @@ def _fail(message: str) -> None:
 
 def cli() -> None:
   """Console-script entry point."""
+  errors.quiet_failed_restore_reports()
   if _CONFIG_PROBLEM is not None:
     if "--log_level=debug" in sys.argv:
       raise _CONFIG_PROBLEM

@@ -7,6 +7,7 @@ fail before jax is imported (about a second each); the last few need the
 session's tiny trained run.
 """
 
+import csv
 import importlib.util
 import json
 import os
@@ -23,13 +24,21 @@ TEST_CONFIG = os.path.join(REPO, "configs", "synthmed_tiny.py") + ":test"
 _LOG_LINE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|E0000 )")
 
 
-def _tiny_run():
+def _load(name, *path):
   spec = importlib.util.spec_from_file_location(
-    "tiny_run", os.path.join(REPO, "tests", "eval", "tiny_run.py")
+    name, os.path.join(REPO, "tests", *path)
   )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def _tiny_run():
+  return _load("tiny_run", "eval", "tiny_run.py")
+
+
+def _fixtures():
+  return _load("fixtures", "data", "readers", "fixtures.py")
 
 
 def run_cli(*args, devices=1, cwd=None):
@@ -77,6 +86,11 @@ FAST_CASES = [
   ),
   ("missing_config_file", ["train", "--config=configs/nope.py"], ["nope.py"]),
   ("config_not_python", ["train", "--config=README.md"], ["README.md"]),
+  (
+    "missing_suite_file",
+    ["eval", "--suite=configs/nope.py", "--checkpoint=x"],
+    ["--suite", "nope.py"],
+  ),
   (
     "unknown_config_variant",
     ["train", "--config=configs/synthmed_tiny.py:foo=1"],
@@ -141,6 +155,13 @@ FAST_CASES = [
     ["zz", "unknown runs"],
   ),
   ("bad_log_level_flag", ["train", "--log_level=loud"], ["log_level"]),
+  ("synthmed_num_zero", ["synthmed", "--num=0"], ["--num", ">= 1"]),
+  ("synthmed_positional", ["synthmed", "extra"], ["positional", "extra"]),
+  (
+    "synthmed_nan_difficulty",
+    ["synthmed", "--config.data.difficulty=nan"],
+    ["data.difficulty", "finite"],
+  ),
 ]
 
 
@@ -158,6 +179,41 @@ def test_debug_log_level_shows_the_stack():
   assert result.returncode != 0
   assert "Traceback" in result.stderr
   assert "optim.learning_rate" in result.stderr
+
+
+def test_internal_bug_keeps_its_stack():
+  """Only user errors are cut to one line: any other exception is a bug
+  and shows its traceback."""
+  code = (
+    "import sys\n"
+    "from stepjax.data import cli\n"
+    "def boom(*args):\n"
+    "  raise RuntimeError('an internal bug')\n"
+    "cli.main = boom\n"
+    "sys.argv = ['stepjax', 'data', 'build-mrpo']\n"
+    "from stepjax import main\n"
+    "main.cli()\n"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=600,
+  )
+  assert result.returncode not in (0, 2), result.stderr
+  assert "Traceback" in result.stderr
+  assert "RuntimeError: an internal bug" in result.stderr
+  assert "error: an internal bug" not in result.stderr
+
+
+def test_synthmed_image_too_small_writes_nothing(tmp_path):
+  out = tmp_path / "samples"
+  result = run_cli(
+    "synthmed", "--num=2", "--config.data.image_size=16", f"--out={out}"
+  )
+  assert_one_line_error(result, "data.image_size", ">= 32", "16")
+  assert not out.exists()
 
 
 def test_mrpo_json_without_path(tmp_path):
@@ -230,6 +286,15 @@ def test_export_refuses_a_non_empty_directory(tiny_run, tmp_path):
   )  # fmt: skip
   assert_one_line_error(result, "not empty", "--overwrite")
   assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+  # --overwrite writes there (and leaves files export does not write).
+  result = run_cli(
+    "export", f"--config={TEST_CONFIG}", "--config.mesh.data=1",
+    f"--checkpoint={tiny_run}", f"--out={out}", "--overwrite",
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (out / "config.json").is_file()
+  assert (out / "model.safetensors").is_file()
+  assert (out / "notes.txt").read_text() == "keep me\n"
 
 
 def test_resume_with_another_preset_names_both(tiny_run, tmp_path):
@@ -240,6 +305,81 @@ def test_resume_with_another_preset_names_both(tiny_run, tmp_path):
     "--config.model.preset=synthmed", f"--workdir={workdir}",
   )  # fmt: skip
   assert_one_line_error(result, "model.preset", "'tiny'", "'synthmed'")
+
+
+def test_eval_with_another_preset_names_both(tiny_run, tmp_path):
+  # Checked against the run info before any array is read: no Orbax
+  # traceback from a restore stopped halfway.
+  result = run_cli(
+    "eval", f"--config={TEST_CONFIG}", "--config.mesh.data=1",
+    "--config.model.preset=synthmed", f"--checkpoint={tiny_run}",
+    f"--workdir={tmp_path / 'w'}",
+  )  # fmt: skip
+  assert_one_line_error(result, "model.preset", "'tiny'", "'synthmed'")
+
+
+def _truncate_latest(run):
+  """Cuts each array data file of the run's latest checkpoint to a tenth
+  (evaluation reads only the parameters: they must be among the bytes
+  cut); returns (latest step dir, previous step dir)."""
+  root = run / "checkpoints"
+  steps = [p for p in root.iterdir() if p.name.isdigit()]
+  steps.sort(key=lambda p: int(p.name))
+  assert len(steps) >= 2, steps
+  data_files = [
+    p
+    for p in (steps[-1] / "state").rglob("*")
+    if p.is_file() and p.parent.name == "d" and p.stat().st_size > 1000
+  ]
+  assert data_files
+  for path in data_files:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 10])
+  return steps[-1], steps[-2]
+
+
+def test_eval_falls_back_from_a_truncated_latest_checkpoint(tiny_run, tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(tiny_run, run)
+  latest, previous = _truncate_latest(run)
+  before = {str(p): p.read_bytes() for p in latest.rglob("*") if p.is_file()}
+  result = run_cli(
+    "eval", f"--config={TEST_CONFIG}", "--config.mesh.data=1",
+    f"--checkpoint={run}", f"--workdir={tmp_path / 'w'}",
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr + result.stdout
+  assert f"cannot read checkpoint {latest.name} ({latest})" in result.stdout
+  assert f"using checkpoint {previous.name} ({previous})" in result.stdout
+  assert (tmp_path / "w" / "report.json").is_file()
+  # Evaluation never moves, repairs or deletes the damaged checkpoint.
+  after = {str(p): p.read_bytes() for p in latest.rglob("*") if p.is_file()}
+  assert after == before
+  # The damaged step named directly: one line naming its state folder.
+  result = run_cli(
+    "eval", f"--config={TEST_CONFIG}", "--config.mesh.data=1",
+    f"--checkpoint={latest}", f"--workdir={tmp_path / 'w2'}",
+  )  # fmt: skip
+  assert_one_line_error(result, "cannot read", str(latest / "state"))
+
+
+def test_train_falls_back_from_a_truncated_latest_checkpoint(
+  tiny_run, tmp_path
+):
+  """The run itself (tests/train/test_resume.py checks its parameters):
+  one warning naming step and path, the damaged step set aside, and no
+  stack from Orbax's reads that were in flight when the restore failed."""
+  run = tmp_path / "run"
+  shutil.copytree(tiny_run, run)
+  latest, _ = _truncate_latest(run)
+  result = run_cli(
+    "train", f"--config={TEST_CONFIG}", "--config.mesh.data=1",
+    "--config.data.num_eval=4", f"--workdir={run}",
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr + result.stdout, result.stderr
+  assert f"cannot read checkpoint {latest.name} ({latest})" in result.stdout
+  assert (run / "checkpoints_unreadable" / latest.name / "state").is_dir()
 
 
 def test_generate_missing_image(tiny_run, tmp_path):
@@ -296,3 +436,86 @@ def test_build_mrpo_missing_flag_is_one_line(tmp_path):
     "data", "build-mrpo", f"--out={tmp_path / 'out'}", "--vqa_rad=x"
   )
   assert_one_line_error(result, "--medthink")
+
+
+# The path policy through the command line: a record's image outside the
+# data root stops the run on one line naming the record and where the path
+# leads; nothing outside the root is read or copied.
+
+
+def _secret(tmp_path, name, data):
+  """tmp_path/outside/NAME holding `data`: never under a data root."""
+  path = tmp_path / "outside" / name
+  path.parent.mkdir(exist_ok=True)
+  path.write_bytes(data)
+  return path
+
+
+def test_train_symlink_image_outside_the_root(tmp_path):
+  fixtures = _fixtures()
+  secret = _secret(tmp_path, "secret.jpg", fixtures.image_bytes("secret"))
+  data = tmp_path / "data"
+  (data / "imgs").mkdir(parents=True)
+  (data / "imgs" / "a.jpg").write_bytes(fixtures.image_bytes("a"))
+  (data / "imgs" / "evil.jpg").symlink_to(secret)
+  rows = [
+    {"id": f"r{i}", "image": image, "problem": "Which?", "solution": "x"}
+    for i, image in enumerate(["imgs/a.jpg", "imgs/evil.jpg"])
+  ]
+  (data / "train.json").write_text(json.dumps(rows))
+  result = run_cli(
+    "train", f"--config={TEST_CONFIG}", "--config.data.dataset=mrpo_json",
+    f"--config.data.path={data / 'train.json'}",
+    f"--config.data.eval_path={data / 'train.json'}",
+    "--config.rl.process_source=value_head", f"--workdir={tmp_path / 'w'}",
+  )  # fmt: skip
+  assert_one_line_error(
+    result, "record r1", "imgs/evil.jpg", str(secret), "outside the data root"
+  )
+
+
+def test_train_pmc_vqa_figure_path_with_dotdot(tmp_path):
+  fixtures = _fixtures()
+  secret = _secret(tmp_path, "secret.jpg", fixtures.image_bytes("secret"))
+  root = fixtures.write_pmc_vqa(tmp_path / "pmc")
+  escaping = "../../outside/secret.jpg"
+  for name in ("train.csv", "test_clean.csv"):
+    with open(root / name, newline="") as f:
+      rows = list(csv.reader(f))
+    rows[1][0] = escaping  # the first record's Figure_path
+    with open(root / name, "w", newline="") as f:
+      csv.writer(f).writerows(rows)
+  result = run_cli(
+    "train", f"--config={TEST_CONFIG}", "--config.data.dataset=pmc_vqa",
+    f"--config.data.path={root}", "--config.data.train_split=train",
+    "--config.data.eval_split=test_clean",
+    "--config.rl.process_source=value_head", f"--workdir={tmp_path / 'w'}",
+  )  # fmt: skip
+  assert_one_line_error(
+    result, "pmc_vqa/train/0", escaping, str(secret), "outside the data root"
+  )
+
+
+def test_build_mrpo_refuses_to_copy_a_file_outside_the_root(tmp_path):
+  fixtures = _fixtures()
+  secret = _secret(tmp_path, "secret.txt", b"top secret: not an image\n")
+  raw = tmp_path / "raw"
+  fixtures.write_vqa_rad(raw / "VQA_RAD")
+  fixtures.write_medthink(raw / "MedThink")
+  json_file = raw / "VQA_RAD" / "VQA_RAD Dataset Public.json"
+  items = json.loads(json_file.read_text())
+  items[0]["image_name"] = "../../../outside/secret.txt"
+  json_file.write_text(json.dumps(items))
+  out = tmp_path / "out"
+  result = run_cli(
+    "data", "build-mrpo", f"--out={out}", "--",
+    f"--vqa_rad={raw / 'VQA_RAD'}", f"--medthink={raw / 'MedThink'}",
+  )  # fmt: skip
+  assert_one_line_error(
+    result, "vqa_rad/train/0", str(secret), "outside the data root"
+  )
+  # Nothing under --out holds the secret's bytes (out may not exist).
+  secret_bytes = secret.read_bytes()
+  assert all(
+    p.read_bytes() != secret_bytes for p in out.rglob("*") if p.is_file()
+  )

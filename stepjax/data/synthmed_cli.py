@@ -65,15 +65,14 @@ def contact_sheet(
 def main(argv: list[str], config: Any, flag_values: Any) -> None:
   """Entry point called by stepjax.main with the parsed config and flags."""
   if argv:
-    raise SystemExit(
+    raise InputError(
       f"stepjax synthmed takes no positional arguments; got {argv}. Use "
       "--out=DIR --num=N and --config.data.* overrides."
     )
   out = flag_values.out or DEFAULT_OUT
   num = int(flag_values.num)
   if num < 1:
-    raise SystemExit(f"--num must be >= 1 for stepjax synthmed; got {num}")
-  os.makedirs(out, exist_ok=True)
+    raise InputError(f"--num must be >= 1 for stepjax synthmed; got {num}")
   start = time.perf_counter()
   records = synthmed.generate(
     num,
@@ -83,6 +82,7 @@ def main(argv: list[str], config: Any, flag_values: Any) -> None:
     cascade_rate=float(config.data.cascade_rate),
   )
   elapsed = time.perf_counter() - start
+  os.makedirs(out, exist_ok=True)  # after the values proved good
   json_path = synthmed.export_mrpo_json(records, out)
   sheet = contact_sheet(records[:32], os.path.join(out, "contact_sheet.png"))
   print(f"wrote {len(records)} SynthMed records to {json_path}")

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from stepjax.data import synthmed_scene as scene_lib
+from stepjax.errors import InputError
 
 
 def _paint_ellipse(
@@ -122,7 +123,7 @@ def _draw_bones(
 def render(scene: scene_lib.Scene, image_size: int = 112) -> np.ndarray:
   """Renders the scene as a uint8 HxW image (H = W = image_size)."""
   if image_size < 32:
-    raise ValueError(
+    raise InputError(
       f"SynthMed image_size must be >= 32 (data.image_size); got {image_size}"
     )
   rng = np.random.default_rng(scene.render_seed)

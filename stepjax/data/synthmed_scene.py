@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from stepjax.errors import InputError
+
 MODALITIES = ("ct", "mri", "x-ray")
 REGIONS = ("chest", "abdomen")
 QUESTION_KINDS = (
@@ -386,7 +388,7 @@ def sample_scene(rng: np.random.Generator, difficulty: float) -> Scene:
   decide it, and stay smaller than the lesion a "largest" question is about.
   """
   if not 0.0 <= difficulty <= 1.0:
-    raise ValueError(
+    raise InputError(
       f"SynthMed difficulty must be in [0, 1] (data.difficulty); got "
       f"{difficulty}"
     )

@@ -9,6 +9,10 @@
     under `checkpoints/` (and its metrics.jsonl for training curves);
   - an Orbax checkpoint directory: the `checkpoints/` folder of a run (the
     latest step) or one step's folder (`checkpoints/N`, holding `state`).
+A latest checkpoint that cannot be read is reported by step and path and
+the previous one is used (its files are left as they are); a checkpoint
+saved for another model (model.preset, model.step_value_hidden in its run
+info) is refused before any array is read, naming both values.
 For Orbax checkpoints the model is the one `--config` describes (same
 config as training: `model.preset`, `tokenizer.path`, `init_from`); only
 the policy's (and step-value head's) parameters are read, the optimizer
@@ -25,7 +29,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from stepjax import config_utils
+from stepjax import config_utils, errors
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.errors import InputError, MissingInputError
 from stepjax.models import config as config_lib
@@ -120,9 +124,16 @@ def param_shardings(abstract_params: Any, config: Any, mesh) -> Any:
 
 
 def _restore_orbax(
-  loc: Location, abstract_params: Any, abstract_value: Any, checkpoint: str
+  loc: Location,
+  abstract_params: Any,
+  abstract_value: Any,
+  checkpoint: str,
+  model: Any = None,
 ) -> tuple[Any, Any, int | None]:
-  """(params, value params or None, step): a partial restore of `state`."""
+  """(params, value params or None, step): a partial restore of `state`.
+
+  model: the config's `model` block, checked against the one saved with
+  the checkpoint before any array is read (None: not checked)."""
   target = {"params": abstract_params}
   has_value = bool(jax.tree.leaves(abstract_value))
   if has_value:
@@ -136,36 +147,118 @@ def _restore_orbax(
   args = ocp.args.PyTreeRestore(
     target, restore_args=restore_args, partial_restore=True
   )
-  step = None
-  try:
-    if loc.step_dir:
-      restored = ocp.PyTreeCheckpointer().restore(
-        epath.Path(loc.step_dir) / "state", args=args
-      )
-    else:
-      manager = ocp.CheckpointManager(
-        epath.Path(loc.manager_dir),
-        item_names=("state",),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-      )
-      step = manager.latest_step()
-      if step is None:
-        raise MissingInputError(
-          f"--checkpoint={checkpoint}: no Orbax checkpoint found (expected "
-          "a run directory, its checkpoints/ folder, a step folder holding "
-          "`state`, or an HF directory with config.json)"
-        )
-      restored = manager.restore(step, args=ocp.args.Composite(state=args))[
-        "state"
-      ]
-  except (ValueError, KeyError) as e:
-    raise InputError(
-      f"--checkpoint={checkpoint}: its parameters do not fit the model of "
-      "--config (use the config the run was trained with: model.preset, "
-      f"tokenizer.path, init_from, model.step_value_hidden): {e}"
-    ) from e
+  errors.quiet_failed_restore_reports()
+  if loc.step_dir:
+    state_dir = epath.Path(loc.step_dir) / "state"
+    _check_same_model(epath.Path(loc.step_dir), model, checkpoint)
+    try:
+      restored = ocp.PyTreeCheckpointer().restore(state_dir, args=args)
+    except Exception as e:  # noqa: BLE001 - damage or another model
+      raise InputError(
+        f"--checkpoint={checkpoint}: cannot read {state_dir} "
+        f"({_first_line(e)}): its files are damaged (pick another step) "
+        "or --config describes another model (use the config the run was "
+        "trained with: model.preset, tokenizer.path, init_from, "
+        "model.step_value_hidden)"
+      ) from e
+    step = None
+  else:
+    restored, step = _restore_newest_readable(
+      loc.manager_dir, args, checkpoint, model
+    )
   value = restored.get("value_params") if has_value else None
   return restored["params"], value, step
+
+
+def _restore_newest_readable(
+  manager_dir: str, args: Any, checkpoint: str, model: Any = None
+) -> tuple[Any, int]:
+  """(the restored `state` item, its step): the newest checkpoint under
+  `manager_dir` that can be read. One that cannot is reported by step and
+  path and the next older one is tried; the files are left where they are
+  (evaluation never changes a run). When no step can be read and every
+  failure was a structure error, the parameters do not fit the model of
+  --config (the same model reads every step of a run)."""
+  manager = ocp.CheckpointManager(
+    epath.Path(manager_dir),
+    item_names=("state",),
+    item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+  )
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    raise MissingInputError(
+      f"--checkpoint={checkpoint}: no Orbax checkpoint found (expected "
+      "a run directory, its checkpoints/ folder, a step folder holding "
+      "`state`, or an HF directory with config.json)"
+    )
+  problems, mismatch = [], None
+  for step in steps:
+    path = epath.Path(manager_dir) / str(step)
+    _check_same_model(path, model, checkpoint)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(state=args))
+    except Exception as e:  # noqa: BLE001 - damage or another model
+      if isinstance(e, (ValueError, KeyError)) and mismatch is None:
+        mismatch = e
+      problems.append(f"checkpoint {step} ({path}): {_first_line(e)}")
+      continue
+    for problem in problems:  # reported only when an older step was read
+      print(f"warning: cannot read {problem}", flush=True)
+    if problems:
+      print(f"warning: using checkpoint {step} ({path})", flush=True)
+    return restored["state"], step
+  if mismatch is not None and len(problems) == len(steps):
+    raise _mismatch(checkpoint, mismatch) from mismatch
+  raise InputError(
+    f"--checkpoint={checkpoint}: no readable checkpoint: " + "; ".join(problems)
+  )
+
+
+# What shapes the stored parameters, in the model block saved with each
+# checkpoint's run info (the compute dtype, remat and attention do not).
+_SHAPE_KEYS = ("preset", "step_value_hidden")
+
+
+def _check_same_model(step_dir: epath.Path, model: Any, checkpoint: str):
+  """InputError naming both values when checkpoint `step_dir` was saved
+  for another model than `model` (the config's `model` block); read before
+  the arrays, so a mismatch is not found halfway through a restore. Says
+  nothing when the run info cannot be read (the restore reports that)."""
+  if model is None:
+    return
+  try:
+    info = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+      step_dir / "info", args=ocp.args.JsonRestore()
+    )
+    saved = dict(info.get("model") or {})
+  except Exception:  # noqa: BLE001 - no or damaged run info: not checked
+    return
+  changes = ", ".join(
+    f"model.{k}: saved {saved[k]!r}, config {model.get(k)!r}"
+    for k in _SHAPE_KEYS
+    if k in saved and saved[k] != model.get(k)
+  )
+  if changes:
+    raise InputError(
+      f"--checkpoint={checkpoint}: checkpoint {step_dir.name} holds another "
+      f"model ({changes}); evaluate it with the config it was trained with"
+    )
+
+
+def _mismatch(checkpoint: str, error: Exception) -> InputError:
+  return InputError(
+    f"--checkpoint={checkpoint}: its parameters do not fit the model of "
+    "--config (use the config the run was trained with: model.preset, "
+    f"tokenizer.path, init_from, model.step_value_hidden): {error}"
+  )
+
+
+def _first_line(error: Exception) -> str:
+  """The first line of what went wrong: the cause's where the error wraps
+  one (Orbax wraps TensorStore's read errors in a bare Exception)."""
+  error = error.__cause__ or error
+  lines = str(error).strip().splitlines() or [""]
+  return f"{type(error).__name__}: {lines[0]}"[:300]
 
 
 def load(config: Any, checkpoint: str) -> LoadedPolicy:
@@ -188,7 +281,7 @@ def load(config: Any, checkpoint: str) -> LoadedPolicy:
       abstract_value, param_shardings(abstract_value, config, mesh)
     )
     params, value_params, step = _restore_orbax(
-      loc, target, value_target, checkpoint
+      loc, target, value_target, checkpoint, config.model
     )
   return LoadedPolicy(
     config=config,

@@ -205,7 +205,13 @@ def test_cli_train_on_all_bad_data_exits_2(tmp_path):
     timeout=600,
   )
   assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr + result.stdout, result.stderr
+  errors_printed = [
+    line for line in result.stderr.splitlines() if line.startswith("error:")
+  ]
+  assert len(errors_printed) == 1, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]
+  assert last == errors_printed[0]
   assert last.startswith(f"error: data file {path}: all 5 records"), last
   assert "(5 image file not found)" in last
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from stepjax import config_utils
 from stepjax.data import synthmed_cli
+from stepjax.errors import InputError
 
 
 def _config(image_size=64):
@@ -33,12 +34,18 @@ def test_cli_writes_samples_and_contact_sheet(tmp_path, capsys):
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
-  flags = types.SimpleNamespace(out=str(tmp_path), num=0)
-  with pytest.raises(SystemExit, match="--num"):
+  """User errors (one `error:` line from stepjax.main), raised before the
+  output directory is created."""
+  out = tmp_path / "samples"
+  flags = types.SimpleNamespace(out=str(out), num=0)
+  with pytest.raises(InputError, match="--num"):
     synthmed_cli.main([], _config(), flags)
   flags.num = 2
-  with pytest.raises(SystemExit, match="positional"):
+  with pytest.raises(InputError, match="positional"):
     synthmed_cli.main(["extra"], _config(), flags)
+  with pytest.raises(InputError, match="data.image_size"):
+    synthmed_cli.main([], _config(image_size=16), flags)
+  assert not out.exists()
 
 
 def test_cli_default_out_and_entry_point(tmp_path):

@@ -542,11 +542,12 @@ def test_build_mrpo_never_copies_a_file_outside_the_root(
   assert _snapshot(tmp_path, out, skip_out) == before
 
 
-def test_build_mrpo_reference_mode_refuses_too(tmp_path, raw_with_secret):
+@pytest.mark.parametrize("kind", KINDS)
+def test_build_mrpo_reference_mode_refuses_too(tmp_path, raw_with_secret, kind):
   raw, secret = raw_with_secret
   image_dir = raw / "VQA_RAD" / "VQA_RAD Image Folder"
   json_file = raw / "VQA_RAD" / "VQA_RAD Dataset Public.json"
-  _set_json(json_file, 0, "image_name", _escape("symlink", image_dir, secret))
+  _set_json(json_file, 0, "image_name", _escape(kind, image_dir, secret))
   out = tmp_path / "mrpo"
   counts = cli.build_mrpo(
     _build_args(raw, out, "--images=reference", "--on_bad_record=skip")[1:],
@@ -554,6 +555,9 @@ def test_build_mrpo_reference_mode_refuses_too(tmp_path, raw_with_secret):
   )
   assert counts["skipped"] == 1
   train = json.loads((out / "train.json").read_text())
+  assert "vqa_rad/train/0" not in {e["id"] for e in train}
+  referenced = {os.path.realpath(out / e["image"]) for e in train}
+  assert str(secret.resolve()) not in referenced
   assert all("evil" not in e["image"] for e in train)
 
 
@@ -589,11 +593,12 @@ def test_build_mrpo_never_writes_outside_out(tmp_path, raw_with_secret):
 
 
 # ----------------------------------------------------------------- TFDS
-def test_tfds_build_refuses_and_skips(tmp_path, secret):
+@pytest.mark.parametrize("kind", KINDS)
+def test_tfds_build_refuses_and_skips(tmp_path, secret, kind):
   raw = fixtures.write_vqa_rad(tmp_path / "vqa_rad")
   image_dir = raw / "VQA_RAD Image Folder"
   json_file = raw / "VQA_RAD Dataset Public.json"
-  _set_json(json_file, 0, "image_name", _escape("symlink", image_dir, secret))
+  _set_json(json_file, 0, "image_name", _escape(kind, image_dir, secret))
   with pytest.raises(errors.PathOutsideRootError, match="vqa_rad/train/0"):
     tfds_builders.build("vqa_rad", raw, tmp_path / "tfds_fail")
   tfds_builders.build("vqa_rad", raw, tmp_path / "tfds", on_bad_record="skip")
