@@ -3,6 +3,7 @@ r"""The `stepjax` command line: parses flags, then hands over to one function.
   stepjax train --config=configs/synthmed_tiny.py --workdir=runs/a \
       --config.rl.algorithm=grpo
   stepjax synthmed --out=runs/samples --num=16
+  stepjax probe --checkpoint=runs/a --num=256
   stepjax bench sampler|train|rl|data|rollout|gpu
   stepjax experiment --config=configs/experiments/example.py:test \
       --workdir=runs/grid
@@ -93,6 +94,11 @@ _COMMANDS = {
     "main",
     "Measure a step judge against SynthMed's step truth.",
   ),
+  "probe": (
+    "stepjax.eval.image_probe",
+    "main",
+    "Does a policy see lesions and their side? (SynthMed)",
+  ),
   "generate": ("stepjax.eval.generate", "main", "Reason on one image."),
   "export": ("stepjax.eval.export", "main", "Write an HF directory."),
   "plan": ("stepjax.eval.plan", "main", "Per-device memory plan."),
@@ -120,6 +126,7 @@ _JOB_COMMANDS = (
   "plan",
   "judge-check",
   "synthmed",
+  "probe",
 )
 
 

@@ -85,6 +85,12 @@ FAST_CASES = [
     ["learning_rate", "abc"],
   ),
   ("missing_config_file", ["train", "--config=configs/nope.py"], ["nope.py"]),
+  ("probe_without_checkpoint", ["probe"], ["--checkpoint"]),
+  (
+    "probe_missing_checkpoint",
+    ["probe", "--checkpoint=runs/does_not_exist"],
+    ["runs/does_not_exist"],
+  ),
   ("config_not_python", ["train", "--config=README.md"], ["README.md"]),
   (
     "missing_suite_file",

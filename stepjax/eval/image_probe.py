@@ -22,8 +22,11 @@ change from the own scan:
     it mixes seeing the lesions' side with seeing an unusual scan (a heart
     on the wrong side); reported for comparison.
 
-  python -m stepjax.eval.image_probe --config=configs/synthmed_tiny.py \
-      --checkpoint=runs/synthmed --num=512 --out=runs/synthmed/probe.json
+  stepjax probe --checkpoint=runs/synthmed --num=512 \
+      --config.data.num_eval=512 --out=runs/synthmed/probe.json
+
+(`--num` records of the eval split, at most `data.num_eval`; the config is
+the one the run was trained with, as for `stepjax eval`.)
 """
 
 from __future__ import annotations
@@ -232,20 +235,11 @@ def run(
   return result
 
 
-def _main(argv):
-  from absl import flags
-
-  del argv
-  f = flags.FLAGS
-  run(f.config, f.checkpoint, f.num, f.out)
-
-
-if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "Job config file.")
-  flags.DEFINE_string("checkpoint", "", "Run or checkpoint directory.")
-  flags.DEFINE_integer("num", 256, "Eval records to probe.")
-  flags.DEFINE_string("out", "", "JSON file to write.")
-  app.run(_main)
+def main(argv: list[str], config: Any, flag_values: Any) -> None:
+  """`stepjax probe --checkpoint=RUN [--num=N] [--out=probe.json]`."""
+  if argv:
+    raise InputError(f"probe takes no positional arguments, got {argv}")
+  if not flag_values.checkpoint:
+    raise InputError("probe needs --checkpoint=RUN_OR_CHECKPOINT_DIR")
+  num = flag_values.num if flag_values["num"].present else 256
+  run(config, flag_values.checkpoint, num, flag_values.out)
