@@ -48,11 +48,20 @@ def quiet_failed_restore_reports() -> None:
     e = unraisable.exc_value
     if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
       return
+    if _is_orbax_coroutine(unraisable.object):
+      return  # a read still in flight when its restore had already failed
     previous(unraisable)
 
   hook.stepjax_quiet = True
   sys.unraisablehook = hook
   logging.getLogger("asyncio").addFilter(_orbax_task_filter)
+
+
+def _is_orbax_coroutine(obj) -> bool:
+  """Whether `obj` is a coroutine of Orbax's code (Python reports one whose
+  error nobody awaited as 'Exception ignored in: <coroutine ...>')."""
+  code = getattr(obj, "cr_code", None)
+  return code is not None and "orbax" in code.co_filename
 
 
 def _orbax_task_filter(record: logging.LogRecord) -> bool:
