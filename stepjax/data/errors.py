@@ -109,10 +109,15 @@ def count_reasons(reasons: Iterable[str]) -> dict[str, int]:
   return dict(counts.most_common())
 
 
+def most_common_first(counts: Mapping[str, int]) -> dict[str, int]:
+  """{key: n} ordered by count, largest first, then by key."""
+  return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def describe_counts(counts: Mapping[str, int], top: int = 3) -> str:
   """{key: n} -> "12 image file not found, 2 duplicate id" (most common
   `top`, then "and N more")."""
-  ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+  ranked = list(most_common_first(counts).items())
   parts = [f"{n} {key.replace('_', ' ')}" for key, n in ranked[:top]]
   rest = sum(n for _, n in ranked[top:])
   if rest:

@@ -307,7 +307,7 @@ def skip_counts(iterator: Any) -> dict[str, int]:
   counts = dict(stats.load_skipped_by_reason)
   for key, n in stats.skipped_by_reason.items():
     counts[key] = counts.get(key, 0) + n
-  return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+  return errors.most_common_first(counts)
 
 
 def skip_metrics(iterator: Any) -> dict[str, float]:

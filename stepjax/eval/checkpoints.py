@@ -233,10 +233,8 @@ def _check_same_model(step_dir: epath.Path, model: Any, checkpoint: str):
     saved = dict(info.get("model") or {})
   except Exception:  # noqa: BLE001 - no or damaged run info: not checked
     return
-  changes = ", ".join(
-    f"model.{k}: saved {saved[k]!r}, config {model.get(k)!r}"
-    for k in _SHAPE_KEYS
-    if k in saved and saved[k] != model.get(k)
+  changes = checkpoint_lib.model_changes(
+    saved, model, tuple(k for k in _SHAPE_KEYS if k in saved)
   )
   if changes:
     raise InputError(

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 from etils import epath
 
+from stepjax.data import errors as data_errors
 from stepjax.data import pipeline, synthmed
 from stepjax.eval import answer_judge, plots
 from stepjax.eval import report as report_lib
@@ -150,14 +151,13 @@ def _from_all_processes(
   """Every process's rows (in process order), summed skip counts and
   summed judge counts: each process decodes (and judges) its own slice of
   the eval split; the report covers them all."""
-  if jax.process_count() == 1:
-    return rows, skipped, judged
   parts = distributed.all_processes(
     {"rows": rows, "skipped": skipped, "judged": judged}
   )
   rows = [row for part in parts for row in part["rows"]]
-  total = _sum_counts([part["skipped"] for part in parts])
-  total = dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
+  total = data_errors.most_common_first(
+    _sum_counts([part["skipped"] for part in parts])
+  )
   if judged is not None:
     judged = _sum_counts([part["judged"] for part in parts])
   return rows, total, judged

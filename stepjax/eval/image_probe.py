@@ -40,12 +40,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepjax.data import pipeline, synthmed
+from stepjax.data import pipeline, sources, synthmed
 from stepjax.data import synthmed_render as render_lib
 from stepjax.data import synthmed_scene as scene_lib
 from stepjax.errors import InputError
 from stepjax.eval import checkpoints
 from stepjax.train import batches, components, steps
+
+# One compiled program per model and batch shape, whichever scans it reads.
+_sequence_logp = jax.jit(steps.sequence_logp, static_argnums=(0, 3))
 
 VARIANTS = (
   "own",
@@ -54,19 +57,6 @@ VARIANTS = (
   "mirrored",
   "other_scan",
 )
-
-
-class _ListSource:
-  """A random-access source over a list of records."""
-
-  def __init__(self, records: Sequence[Any]):
-    self.records = list(records)
-
-  def __len__(self) -> int:
-    return len(self.records)
-
-  def __getitem__(self, index: int):
-    return self.records[int(index)]
 
 
 def _with_array(record, array_HxW: np.ndarray):
@@ -139,12 +129,9 @@ def gold_logp(loaded: Any, records: Sequence[Any], batch_size: int):
     drop_remainder=False,
     batch_size=batch_size,
   )
-  logp_fn = jax.jit(
-    lambda params, batch: steps.sequence_logp(loaded.graphs, params, batch, 1)
-  )
   out = []
   dataset = pipeline.make_dataset(
-    _ListSource(records),
+    sources.InMemorySource(records, name="image probe"),
     loaded.tokenizer,
     opts,
     think_tag=config.tokenizer.think_tag,
@@ -156,7 +143,9 @@ def gold_logp(loaded: Any, records: Sequence[Any], batch_size: int):
     device = {
       k: v if k == "vision_meta" else jnp.asarray(v) for k, v in inputs.items()
     }
-    logp = np.asarray(logp_fn(loaded.params, device), np.float64)
+    logp = np.asarray(
+      _sequence_logp(loaded.graphs, loaded.params, device, 1), np.float64
+    )
     mask = inputs["loss_mask_BxL"][:, 1:]
     out.append((logp * mask).sum(axis=1))
   return np.concatenate(out)

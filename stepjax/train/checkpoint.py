@@ -33,6 +33,21 @@ def absolute(path: str) -> str:
   return path if "://" in path else os.path.abspath(path)
 
 
+def model_changes(
+  saved: dict[str, Any] | None, current: Any, keys: tuple[str, ...]
+) -> str:
+  """ "model.K: saved A, config B, ..." for each of `keys` where the model
+  block saved with a checkpoint's run info differs from the config's
+  `current` one ("" when none differs or none was saved)."""
+  if not saved:
+    return ""
+  return ", ".join(
+    f"model.{k}: saved {saved.get(k)!r}, config {current.get(k)!r}"
+    for k in keys
+    if saved.get(k) != current.get(k)
+  )
+
+
 class Checkpointer:
   """Saves and restores (state, data iterator, info) under `directory`."""
 

@@ -221,16 +221,13 @@ class Trainer:
   def _check_same_model(self, info: dict, step: int) -> None:
     """InputError if checkpoint `step` was saved for a model of another
     shape (remat, attention or compute dtype may change on resume)."""
-    saved = info.get("model")
-    current = self.config.model.to_dict()
-    keys = ("preset", "param_dtype", "step_value_hidden")
-    if saved is None or all(saved.get(k) == current.get(k) for k in keys):
-      return
-    changes = ", ".join(
-      f"model.{k}: saved {saved.get(k)!r}, config {current.get(k)!r}"
-      for k in keys
-      if saved.get(k) != current.get(k)
+    changes = checkpoint.model_changes(
+      info.get("model"),
+      self.config.model.to_dict(),
+      ("preset", "param_dtype", "step_value_hidden"),
     )
+    if not changes:
+      return
     raise InputError(
       f"--workdir={self.workdir}: checkpoint {step} holds another model "
       f"({changes}); resume with the saved settings or use a new --workdir"
