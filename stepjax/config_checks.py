@@ -205,6 +205,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     "optim.warmup_steps",
     "optim.weight_decay",
     "sft.steps",
+    "sft.findings_scans",
     "train.steps",
     "train.eval_every",
     "data.num_workers",

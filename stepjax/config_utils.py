@@ -284,6 +284,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.sft.steps = 0
   c.sft.learning_rate = 1e-3
   c.sft.batch_size = 16
+  # SynthMed: scans with a findings report (every organ's lesion count)
+  # mixed into SFT next to the training records; 0 = none.
+  c.sft.findings_scans = 0
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 10  # RL steps

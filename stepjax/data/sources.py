@@ -26,6 +26,7 @@ import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 from absl import logging
 from etils import epath
 
@@ -95,6 +96,31 @@ class InMemorySource:
 
   def __repr__(self) -> str:
     return f"InMemorySource({self.name}, {len(self)} records)"
+
+
+class ConcatSource:
+  """The records of several sources, one after another (index order)."""
+
+  def __init__(self, parts: Sequence[Any]):
+    if not parts:
+      raise ValueError("ConcatSource needs at least one source")
+    self.parts = tuple(parts)
+    self.skipped = [e for p in self.parts for e in getattr(p, "skipped", [])]
+    self._ends = np.cumsum([len(p) for p in self.parts])
+
+  def __len__(self) -> int:
+    return int(self._ends[-1])
+
+  def __getitem__(self, index: int) -> records.Record:
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of range for {len(self)} records")
+    part = int(np.searchsorted(self._ends, index, side="right"))
+    start = int(self._ends[part - 1]) if part else 0
+    return self.parts[part][index - start]
+
+  def __repr__(self) -> str:
+    return f"ConcatSource({', '.join(repr(p) for p in self.parts)})"
 
 
 def _handle_bad(

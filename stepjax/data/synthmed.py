@@ -4,6 +4,9 @@ Public API:
   SynthMedSource(num_records, seed, image_size=112, difficulty=0.3,
                  cascade_rate=0.0)     Grain random-access source of Records
   make_record(seed, index, ...)      record `index`, a pure function of both
+  FindingsSource / make_findings_record   scans whose target is a findings
+                                     report (every organ's lesion count),
+                                     mixed into SFT by sft.findings_scans
   generate(num, seed, ...)           the first `num` records as a list
   scene_of(record) / Scene.from_dict the scene behind a record
   verify_step(sentence, scene), verify_steps(sentences, scene)
@@ -155,6 +158,26 @@ def make_record(
   )
 
 
+def make_findings_record(
+  seed: int, index: int, *, image_size: int = 112, difficulty: float = 0.3
+) -> records_lib.Record:
+  """Scan `index` of set `seed` with a findings report as its target:
+  every organ's lesion count, the total as the answer (an SFT record that
+  grounds lesions; the scan is the one `make_record(seed, index)` draws)."""
+  scene = make_scene(seed, index, difficulty)
+  claims = text_lib.findings_claims(scene)
+  return records_lib.Record(
+    id=f"synthmed_findings_s{seed}_{index:07d}",
+    question=text_lib.FINDINGS_QUESTION,
+    answer=claims[-1].args[0],
+    image=records_lib.ImageRef(array=render_lib.render(scene, image_size)),
+    rationale=" ".join(text_lib.render_claim(c) for c in claims[:-1]),
+    dataset=DATASET,
+    origin=f"synthmed_findings(seed={seed}, index={index})",
+    meta={"scene": scene.to_dict(), "question_kind": "findings"},
+  )
+
+
 def scene_of(record: records_lib.Record) -> Scene:
   """Rebuilds the scene from a SynthMed record's meta["scene"]."""
   scene = record.meta.get("scene") if record.meta else None
@@ -215,6 +238,45 @@ class SynthMedSource:
       f"SynthMedSource(num_records={self.num_records}, seed={self.seed}, "
       f"image_size={self.image_size}, difficulty={self.difficulty}, "
       f"cascade_rate={self.cascade_rate})"
+    )
+
+
+class FindingsSource:
+  """Grain random-access source of `make_findings_record` records."""
+
+  def __init__(
+    self,
+    num_records: int,
+    seed: int,
+    image_size: int = 112,
+    difficulty: float = 0.3,
+  ):
+    if num_records < 0:
+      raise ValueError(
+        f"FindingsSource num_records must be >= 0; got {num_records}"
+      )
+    self.num_records = int(num_records)
+    self.seed = int(seed)
+    self.image_size = int(image_size)
+    self.difficulty = float(difficulty)
+
+  def __len__(self) -> int:
+    return self.num_records
+
+  def __getitem__(self, index: int) -> records_lib.Record:
+    index = int(index)
+    if not 0 <= index < self.num_records:
+      raise IndexError(
+        f"findings index {index} out of range for {self.num_records} records"
+      )
+    return make_findings_record(
+      self.seed, index, image_size=self.image_size, difficulty=self.difficulty
+    )
+
+  def __repr__(self) -> str:
+    return (
+      f"FindingsSource(num_records={self.num_records}, seed={self.seed}, "
+      f"image_size={self.image_size}, difficulty={self.difficulty})"
     )
 
 

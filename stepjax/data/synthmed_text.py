@@ -171,6 +171,26 @@ def gold_steps(scene: scene_lib.Scene) -> list[str]:
   return [render_claim(c) for c in gold_claims(scene)]
 
 
+FINDINGS_QUESTION = "How many lesions does each organ have?"
+
+
+def findings_claims(scene: scene_lib.Scene) -> list[Claim]:
+  """A findings report of the scan: modality, every organ of the region
+  with its lesion count, then the total as the answer. It names where the
+  lesions are organ by organ: several lesion-deciding sentences per scan
+  where a task rationale has one or two."""
+  claims = [Claim("modality", (scene.modality, scene.region))]
+  total = 0
+  for name in scene_lib.region_organs(scene.region):
+    organ = scene.organ(name)
+    if organ is None:
+      continue
+    claims.append(Claim("count", (name, str(len(organ.lesions)))))
+    total += len(organ.lesions)
+  claims.append(Claim("answer", (str(total),)))
+  return claims
+
+
 def _flip(side: str) -> str:
   return {"left": "right", "right": "left"}.get(side, side)
 

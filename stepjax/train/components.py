@@ -13,11 +13,12 @@ from absl import logging
 from stepjax.data import sources, synthmed
 from stepjax.errors import InputError
 from stepjax.rl import process, rewards
-from stepjax.train import policy
+from stepjax.train import batches, policy
 
 SPLITS = ("train", "eval")
 # SynthMed's eval scans come from their own seed stream, never trained on.
 SYNTHMED_EVAL_SEED_OFFSET = 10_000
+SYNTHMED_FINDINGS_SEED_OFFSET = 30_000
 
 
 def make_source(config: Any, split: str) -> Any:
@@ -56,6 +57,29 @@ def make_source(config: Any, split: str) -> Any:
   if d.dataset != "mrpo_json":
     kwargs["split"] = d.train_split if split == "train" else d.eval_split
   return sources.make_source(d.dataset, path, **kwargs)
+
+
+def sft_source(config: Any, train_source: Any) -> Any:
+  """What SFT imitates: the training records' SFT targets, plus
+  `sft.findings_scans` SynthMed findings reports (scans of their own seed)
+  when set."""
+  view = batches.SftView(train_source)
+  n = int(config.sft.findings_scans)
+  if n <= 0:
+    return view
+  d = config.data
+  if d.dataset != "synthmed":
+    raise InputError(
+      f"--config.sft.findings_scans={n} needs SynthMed scenes; "
+      f"--config.data.dataset={d.dataset!r} has none (set it to 0)"
+    )
+  findings = synthmed.FindingsSource(
+    n,
+    config.seed + SYNTHMED_FINDINGS_SEED_OFFSET,
+    image_size=d.image_size,
+    difficulty=d.difficulty,
+  )
+  return sources.ConcatSource([view, findings])
 
 
 def tokenizer_path(config: Any) -> str:

@@ -116,7 +116,7 @@ class Trainer:
           c.sft.steps,
           optim.sft_optimizer(c),
           pipeline.make_dataset(
-            batches.SftView(self.train_source),
+            components.sft_source(c, self.train_source),
             self.tokenizer,
             opts,
             think_tag=think,

@@ -200,3 +200,26 @@ def test_registry_lazy_import_errors_are_clear():
     "_test_lazy", "stepjax.data.sources:InMemorySource", takes_path=False
   )
   assert len(sources.make_source("_test_lazy", items=[])) == 0
+
+
+def test_concat_source_reads_parts_in_order():
+  def recs(prefix, n):
+    return [
+      records.Record(
+        id=f"{prefix}{i}",
+        question="q",
+        answer="a",
+        image=records.ImageRef(path="a.png"),
+      )
+      for i in range(n)
+    ]
+
+  a = sources.InMemorySource(recs("a", 3))
+  b = sources.InMemorySource(recs("b", 0))
+  c = sources.InMemorySource(recs("c", 2))
+  both = sources.ConcatSource([a, b, c])
+  assert len(both) == 5
+  assert [both[i].id for i in range(5)] == ["a0", "a1", "a2", "c0", "c1"]
+  with pytest.raises(IndexError, match="out of range"):
+    both[5]
+  assert pickle.loads(pickle.dumps(both))[3].id == "c0"

@@ -377,3 +377,31 @@ def test_step_verifier_by_name():
   assert synthmed.step_verifier("truth") is synthmed.verify_steps
   with pytest.raises(ValueError, match="data.verifier"):
     synthmed.step_verifier("judge")
+
+
+def test_findings_report_counts_every_organ_of_the_scan():
+  source = synthmed.FindingsSource(40, seed=5, image_size=64)
+  assert len(source) == 40
+  with pytest.raises(IndexError, match="out of range"):
+    source[40]
+  for i in range(40):
+    rec = source[i]
+    scene = synthmed.scene_of(rec)
+    # The same scan the task set draws at (seed, index).
+    assert scene == synthmed.make_scene(5, i)
+    np.testing.assert_array_equal(rec.image.array, render_lib.render(scene, 64))
+    steps = _split_steps(rec.rationale)
+    assert text_lib.verify_steps(steps, scene) == [True] * len(steps)
+    organs = [o.name for o in scene.organs]
+    assert len(steps) == 1 + len(organs)  # modality, then one per organ
+    for name, step in zip(organs, steps[1:]):
+      assert step.startswith(f"The {name} has ")
+    assert rec.answer == str(sum(len(o.lesions) for o in scene.organs))
+    assert rec.meta["question_kind"] == "findings"
+  # A changed lesion count is caught by the verifier.
+  rec = source[0]
+  scene = synthmed.scene_of(rec)
+  name = scene.organs[-1].name
+  n = len(scene.organs[-1].lesions)
+  wrong = text_lib.render_claim(text_lib.Claim("count", (name, str(n + 1))))
+  assert not text_lib.verify_step(wrong, scene)
