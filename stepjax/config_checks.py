@@ -206,6 +206,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     "optim.weight_decay",
     "sft.steps",
     "sft.findings_scans",
+    "sft.grounding_weight",
     "train.steps",
     "train.eval_every",
     "data.num_workers",

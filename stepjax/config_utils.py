@@ -287,6 +287,9 @@ def default_config() -> ml_collections.ConfigDict:
   # SynthMed: scans with a findings report (every organ's lesion count)
   # mixed into SFT next to the training records; 0 = none.
   c.sft.findings_scans = 0
+  # SynthMed: weight of an extra SFT loss on the image features (a readout
+  # must tell which organs have lesions; step_value.py); 0 = off.
+  c.sft.grounding_weight = 0.0
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 10  # RL steps

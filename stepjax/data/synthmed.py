@@ -178,6 +178,25 @@ def make_findings_record(
   )
 
 
+# What the grounding readout predicts per scan: lesions in each organ.
+FINDINGS = tuple(scene_lib.ORGANS)
+
+
+def finding_labels(meta: Mapping[str, Any] | None) -> tuple[np.ndarray, ...]:
+  """(labels float32[F], mask float32[F]) over FINDINGS: 1 where the organ
+  has a lesion; mask 1 for the organs the scan shows. A record with no
+  SynthMed scene in its meta gets an all-zero mask."""
+  labels = np.zeros(len(FINDINGS), np.float32)
+  mask = np.zeros(len(FINDINGS), np.float32)
+  scene = (meta or {}).get("scene")
+  if isinstance(scene, Mapping):
+    for organ in scene.get("organs", ()):
+      k = FINDINGS.index(organ["name"])
+      mask[k] = 1.0
+      labels[k] = float(len(organ["lesions"]) > 0)
+  return labels, mask
+
+
 def scene_of(record: records_lib.Record) -> Scene:
   """Rebuilds the scene from a SynthMed record's meta["scene"]."""
   scene = record.meta.get("scene") if record.meta else None

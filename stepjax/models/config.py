@@ -96,6 +96,9 @@ class ModelConfig:
   attention: str = "dense"
   # Width of the step-value head's hidden layer (step_value.py).
   value_hidden_size: int = 256
+  # Outputs of the grounding readout on the image features (SFT's
+  # sft.grounding_weight; step_value.py); 0: none.
+  grounding_outputs: int = 0
 
   def __post_init__(self):
     t, v = self.text, self.vision

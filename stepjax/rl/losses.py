@@ -231,6 +231,28 @@ def step_logits(
   return out[:, :k_pad]
 
 
+def grounding_loss(
+  logits_IxF: jax.Array, labels_IxF: jax.Array, mask_IxF: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """BCE of the grounding readout against per-image findings labels.
+
+  Args:
+    logits_IxF: float[I, F] readout logits (finding f present in image i).
+    labels_IxF: {0,1}[I, F] the truth.
+    mask_IxF: {0,1}[I, F] which labels exist (an organ not in the scan,
+      or an image without findings labels, counts for nothing).
+
+  Returns:
+    (scalar loss: mean over labelled pairs, metrics: loss, accuracy).
+  """
+  x = logits_IxF.astype(jnp.float32)
+  y = jnp.asarray(labels_IxF, jnp.float32)
+  m = jnp.asarray(mask_IxF, jnp.float32)
+  loss = _masked_mean(jax.nn.softplus(x) - x * y, m)
+  correct = ((x >= 0).astype(jnp.float32) == y).astype(jnp.float32)
+  return loss, {"loss": loss, "accuracy": _masked_mean(correct, m)}
+
+
 def step_value_loss(
   value_logits_BxT: jax.Array,
   step_id_BxT: jax.Array,

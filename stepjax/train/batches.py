@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from stepjax.data import records
+from stepjax.data import records, synthmed
 from stepjax.errors import InputError
 from stepjax.models import config as config_lib
 from stepjax.models import rope_index, vision_index
@@ -79,6 +79,10 @@ def sft_batch(
     1,
   )
   out.update(vision_inputs(batch, cfg))
+  if cfg.grounding_outputs > 0:
+    pairs = [synthmed.finding_labels(m) for m in batch["metas"]]
+    out["findings_BxF"] = np.stack([p[0] for p in pairs])
+    out["findings_mask_BxF"] = np.stack([p[1] for p in pairs])
   return out
 
 

@@ -16,6 +16,7 @@ import jax
 from etils import epath
 from flax import nnx
 
+from stepjax.data import synthmed
 from stepjax.errors import InputError
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert, qwen25vl, step_value
@@ -84,7 +85,22 @@ def model_config(config: Any, tok_info: Any) -> config_lib.ModelConfig:
     remat=config.model.remat,
     attention=attention_impl(config),
     value_hidden_size=max(int(config.model.step_value_hidden), 1),
+    grounding_outputs=grounding_outputs(config),
   )
+
+
+def grounding_outputs(config: Any) -> int:
+  """Outputs of the grounding readout: SynthMed's findings when
+  `sft.grounding_weight` > 0, else 0."""
+  if float(config.sft.grounding_weight) <= 0:
+    return 0
+  if config.data.dataset != "synthmed":
+    raise InputError(
+      f"--config.sft.grounding_weight={config.sft.grounding_weight} needs "
+      "SynthMed's findings labels; --config.data.dataset="
+      f"{config.data.dataset!r} has none (set it to 0)"
+    )
+  return len(synthmed.FINDINGS)
 
 
 def attention_impl(config: Any) -> str:

@@ -44,6 +44,7 @@ class StepOptions:
   use_old_logp: bool = False  # False: one pass, old = stop_gradient(logp)
   value_loss_weight: float = 0.1
   train_value_head: bool = True
+  grounding_weight: float = 0.0  # SFT: weight of the grounding readout loss
 
 
 def options_from_config(config) -> StepOptions:
@@ -58,6 +59,7 @@ def options_from_config(config) -> StepOptions:
     use_old_logp=rl.num_iterations > 1,
     value_loss_weight=rl.value_loss_weight,
     train_value_head=rl.value_loss_weight > 0,
+    grounding_weight=float(config.sft.grounding_weight),
   )
 
 
@@ -69,6 +71,11 @@ def forward(graphs, params, batch, group_size: int):
   img_IxMxD, valid_IxM = qwen25vl.encode_images(
     graphs.policy, params, batch["pixels_IxNxP"], batch["vision_meta"]
   )
+  return decode(graphs, params, batch, img_IxMxD, valid_IxM, group_size)
+
+
+def decode(graphs, params, batch, img_IxMxD, valid_IxM, group_size: int):
+  """`forward` from already encoded images (one per prompt)."""
   if group_size > 1:
     img_IxMxD = jnp.repeat(img_IxMxD, group_size, axis=0)
     valid_IxM = jnp.repeat(valid_IxM, group_size, axis=0)
@@ -137,10 +144,27 @@ def rl_loss(trainables, batch, graphs, opts: StepOptions):
 
 
 def sft_loss(trainables, batch, graphs, opts: StepOptions):
-  logits, _ = forward(graphs, trainables["policy"], batch, 1)
+  """Cross-entropy on the gold completion; with `opts.grounding_weight`,
+  plus that weight times the grounding readout's loss on the image
+  features (metrics keep "loss" the cross-entropy, "objective" the sum)."""
+  params = trainables["policy"]
+  img_IxMxD, valid_IxM = qwen25vl.encode_images(
+    graphs.policy, params, batch["pixels_IxNxP"], batch["vision_meta"]
+  )
+  logits, _ = decode(graphs, params, batch, img_IxMxD, valid_IxM, 1)
   loss, metrics = losses.sft_loss(
     logits[:, :-1], batch["ids_BxL"][:, 1:], batch["loss_mask_BxL"][:, 1:]
   )
+  if opts.grounding_weight > 0:
+    readout_IxF = step_value.grounding_logits(
+      graphs.value, trainables["value"], img_IxMxD, valid_IxM
+    )
+    g_loss, g_metrics = losses.grounding_loss(
+      readout_IxF, batch["findings_BxF"], batch["findings_mask_BxF"]
+    )
+    metrics.update({f"grounding_{k}": v for k, v in g_metrics.items()})
+    loss = loss + opts.grounding_weight * g_loss
+    metrics["objective"] = loss
   return loss, metrics
 
 

@@ -1,0 +1,121 @@
+"""The grounding readout: SynthMed findings labels, its loss, and an SFT
+step that trains the vision tower through it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stepjax.data import synthmed
+from stepjax.errors import InputError
+from stepjax.models import step_value
+from stepjax.rl import losses
+from stepjax.train import batches, loop, policy, steps
+
+from . import trainer_utils
+
+
+def test_finding_labels_follow_the_scene():
+  record = synthmed.make_record(0, 3)  # an abdomen: left kidney, 3 lesions
+  labels, mask = synthmed.finding_labels(record.meta)
+  scene = synthmed.scene_of(record)
+  for k, name in enumerate(synthmed.FINDINGS):
+    organ = scene.organ(name)
+    assert mask[k] == (organ is not None)
+    assert labels[k] == (organ is not None and len(organ.lesions) > 0)
+  assert labels[synthmed.FINDINGS.index("left kidney")] == 1
+  assert mask[synthmed.FINDINGS.index("heart")] == 0
+  empty_labels, empty_mask = synthmed.finding_labels({"other": 1})
+  assert not empty_mask.any() and not empty_labels.any()
+
+
+def test_grounding_loss_is_masked_bce():
+  logits = jnp.array([[2.0, -1.0, 30.0], [0.5, 0.0, -3.0]])
+  labels = jnp.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+  mask = jnp.array([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+  loss, m = losses.grounding_loss(logits, labels, mask)
+  # Masked pairs: (2, y=1), (-1, y=1), (0.5, y=0), (-3, y=1).
+  want = np.mean(
+    [np.log1p(np.exp(-2.0)), np.log1p(np.exp(1.0))]
+    + [
+      np.log1p(np.exp(0.5)),
+      np.log1p(np.exp(3.0)),
+    ]
+  )
+  np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+  assert float(m["accuracy"]) == pytest.approx(1 / 4)
+
+
+def test_readout_takes_the_strongest_valid_token():
+  config = trainer_utils.test_config(
+    **{"sft.grounding_weight": 1.0, "mesh.data": 1}
+  )
+  trainer = loop.Trainer(config, "/nonexistent-unused")
+  cfg = trainer.cfg
+  assert cfg.grounding_outputs == len(synthmed.FINDINGS)
+  _, value_params = policy.init(cfg, 0)
+  e = cfg.vision.out_hidden_size
+  img = jax.random.normal(jax.random.key(0), (2, 4, e))
+  valid = jnp.array([[True, True, True, False], [True, False, False, False]])
+  got = step_value.grounding_logits(
+    trainer.graphs.value, value_params, img, valid
+  )
+  head = value_params["grounding"]
+  per_token = img @ head["kernel"][...] + head["bias"][...]
+  for i in range(2):
+    n = int(valid[i].sum())
+    want = jax.nn.logsumexp(per_token[i, :n], axis=0)
+    np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
+  # Changing an invalid token changes nothing.
+  img2 = img.at[0, 3].set(100.0)
+  again = step_value.grounding_logits(
+    trainer.graphs.value, value_params, img2, valid
+  )
+  np.testing.assert_allclose(again, got, rtol=1e-6)
+
+
+def test_grounding_needs_synthmed():
+  config = trainer_utils.test_config(**{"sft.grounding_weight": 0.5})
+  config.data.dataset = "vqa_rad"
+  with pytest.raises(InputError, match="sft.grounding_weight=0.5"):
+    policy.grounding_outputs(config)
+  config.sft.grounding_weight = 0.0
+  assert policy.grounding_outputs(config) == 0
+
+
+def _sft_grads(weight, workdir):
+  config = trainer_utils.test_config(
+    **{"sft.grounding_weight": weight, "mesh.data": 1}
+  )
+  trainer = loop.Trainer(config, str(workdir))
+  phase = trainer.phases[0]
+  state = trainer.fresh_state(phase.tx)
+  inputs = batches.sft_batch(next(iter(phase.dataset)), trainer.cfg)
+  opts = steps.options_from_config(config)
+  (obj, metrics), grads = jax.value_and_grad(steps.sft_loss, has_aux=True)(
+    state.trainables(), inputs, trainer.graphs, opts
+  )
+  return inputs, obj, metrics, grads
+
+
+def test_sft_step_adds_the_weighted_readout_loss(tmp_path):
+  inputs, obj, metrics, grads = _sft_grads(0.5, tmp_path / "on")
+  assert inputs["findings_BxF"].shape == (len(inputs["ids_BxL"]), 7)
+  assert inputs["findings_mask_BxF"].sum() > 0
+  np.testing.assert_allclose(
+    float(obj),
+    float(metrics["loss"]) + 0.5 * float(metrics["grounding_loss"]),
+    rtol=1e-6,
+  )
+  readout = np.abs(np.asarray(grads["value"]["grounding"]["kernel"][...]))
+  assert readout.max() > 0
+  _, _, off_metrics, off_grads = _sft_grads(0.0, tmp_path / "off")
+  assert "grounding_loss" not in off_metrics
+  assert "grounding" not in off_grads["value"]
+  # Same cross-entropy either way; the readout adds gradient to the tower.
+  np.testing.assert_allclose(
+    float(metrics["loss"]), float(off_metrics["loss"]), rtol=1e-6
+  )
+  tower_on = trainer_utils.flat_params(grads["policy"]["visual"])
+  tower_off = trainer_utils.flat_params(off_grads["policy"]["visual"])
+  assert trainer_utils.max_abs_diff(tower_on, tower_off) > 0
