@@ -245,6 +245,9 @@ def default_config() -> ml_collections.ConfigDict:
   # simulated fallible judge. 0 = labels as given.
   c.rl.label_noise = 0.0
   c.rl.value_loss_weight = 0.1
+  # No RL updates to the policy's vision tower (what SFT taught it to see
+  # stays; the policy gradient reaches the language model only).
+  c.rl.freeze_vision = False
 
   c.judge = ml_collections.ConfigDict()
   c.judge.base_url = ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import optax
 
 from stepjax.errors import InputError
@@ -73,9 +74,34 @@ def sft_optimizer(config: Any) -> optax.GradientTransformation:
 
 def rl_optimizer(config: Any) -> optax.GradientTransformation:
   """The RL phase's optimizer; with accumulation one RL step makes
-  `optim.grad_accum` micro-updates."""
-  return make_optimizer(
+  `optim.grad_accum` micro-updates. With `rl.freeze_vision` the policy's
+  vision tower gets no updates (nor weight decay; it is left out of the
+  clipping norm too)."""
+  tx = make_optimizer(
     config.optim,
     config.optim.learning_rate,
     max(config.train.steps, 1) * config.optim.grad_accum,
   )
+  if not config.rl.freeze_vision:
+    return tx
+  # Zeroed before (no moments, no share of the clipping norm) and after
+  # (no decoupled weight decay). Stateless, so the optimizer state keeps
+  # the structure the checkpoints and shardings expect.
+  return optax.chain(_zero_vision(), tx, _zero_vision())
+
+
+def is_vision_param(path: tuple) -> bool:
+  """True for a path into the policy's vision tower in a
+  {"policy": ..., "value": ...} trainables tree."""
+  return [getattr(k, "key", None) for k in path[:2]] == ["policy", "visual"]
+
+
+def _zero_vision() -> optax.GradientTransformation:
+  def zero(updates, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(
+      lambda path, u: jax.numpy.zeros_like(u) if is_vision_param(path) else u,
+      updates,
+    )
+
+  return optax.stateless(zero)

@@ -119,3 +119,19 @@ def test_sft_step_adds_the_weighted_readout_loss(tmp_path):
   tower_on = trainer_utils.flat_params(grads["policy"]["visual"])
   tower_off = trainer_utils.flat_params(off_grads["policy"]["visual"])
   assert trainer_utils.max_abs_diff(tower_on, tower_off) > 0
+
+
+def test_frozen_vision_tower_gets_no_rl_update(tmp_path):
+  config = trainer_utils.test_config(
+    **{"rl.freeze_vision": True, "mesh.data": 1, "optim.weight_decay": 0.1}
+  )
+  trainer = loop.Trainer(config, str(tmp_path))
+  phase = trainer.phases[-1]
+  assert phase.name == "rl"
+  state = trainer.fresh_state(phase.tx)
+  grads = jax.tree.map(jnp.ones_like, state.trainables())
+  updates, _ = phase.tx.update(grads, state.opt_state, state.trainables())
+  vision = trainer_utils.flat_params(updates["policy"]["visual"])
+  language = trainer_utils.flat_params(updates["policy"]["language"])
+  assert max(np.abs(v).max() for v in vision.values()) == 0
+  assert min(np.abs(v).max() for v in language.values()) > 0
