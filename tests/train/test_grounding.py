@@ -1,6 +1,9 @@
 """The grounding readout: SynthMed findings labels, its loss, and an SFT
 step that trains the vision tower through it."""
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +11,10 @@ import pytest
 
 from stepjax.data import synthmed
 from stepjax.errors import InputError
+from stepjax.models import config as models_config
 from stepjax.models import step_value
 from stepjax.rl import losses
-from stepjax.train import batches, loop, policy, steps
+from stepjax.train import batches, loop, optim, policy, steps
 
 from . import trainer_utils
 
@@ -46,15 +50,25 @@ def test_grounding_loss_is_masked_bce():
   assert float(m["accuracy"]) == pytest.approx(1 / 4)
 
 
-def test_readout_takes_the_strongest_valid_token():
+@pytest.fixture(scope="module")
+def grounded(tmp_path_factory):
+  """A trainer with the readout on (weight 0.5), its fresh state and one
+  SFT batch."""
   config = trainer_utils.test_config(
-    **{"sft.grounding_weight": 1.0, "mesh.data": 1}
+    **{"sft.grounding_weight": 0.5, "mesh.data": 1}
   )
-  trainer = loop.Trainer(config, "/nonexistent-unused")
-  cfg = trainer.cfg
-  assert cfg.grounding_outputs == len(synthmed.FINDINGS)
-  _, value_params = policy.init(cfg, 0)
-  e = cfg.vision.out_hidden_size
+  trainer = loop.Trainer(config, str(tmp_path_factory.mktemp("grounded")))
+  phase = trainer.phases[0]
+  state = trainer.fresh_state(phase.tx)
+  inputs = batches.sft_batch(next(iter(phase.dataset)), trainer.cfg)
+  return trainer, state, inputs
+
+
+def test_readout_takes_the_strongest_valid_token(grounded):
+  trainer, state, _ = grounded
+  assert trainer.cfg.grounding_outputs == len(synthmed.FINDINGS)
+  value_params = state.value_params
+  e = trainer.cfg.vision.out_hidden_size
   img = jax.random.normal(jax.random.key(0), (2, 4, e))
   valid = jnp.array([[True, True, True, False], [True, False, False, False]])
   got = step_value.grounding_logits(
@@ -83,54 +97,49 @@ def test_grounding_needs_synthmed():
   assert policy.grounding_outputs(config) == 0
 
 
-def _sft_grads(weight, workdir):
-  config = trainer_utils.test_config(
-    **{"sft.grounding_weight": weight, "mesh.data": 1}
-  )
-  trainer = loop.Trainer(config, str(workdir))
-  phase = trainer.phases[0]
-  state = trainer.fresh_state(phase.tx)
-  inputs = batches.sft_batch(next(iter(phase.dataset)), trainer.cfg)
-  opts = steps.options_from_config(config)
-  (obj, metrics), grads = jax.value_and_grad(steps.sft_loss, has_aux=True)(
-    state.trainables(), inputs, trainer.graphs, opts
-  )
-  return inputs, obj, metrics, grads
+def test_sft_step_adds_the_weighted_readout_loss(grounded):
+  trainer, state, inputs = grounded
+  opts = steps.options_from_config(trainer.config)
+  assert opts.grounding_weight == 0.5
 
+  @functools.partial(jax.jit, static_argnums=(2,))
+  def grads(trainables, batch, opts):
+    return jax.value_and_grad(steps.sft_loss, has_aux=True)(
+      trainables, batch, trainer.graphs, opts
+    )
 
-def test_sft_step_adds_the_weighted_readout_loss(tmp_path):
-  inputs, obj, metrics, grads = _sft_grads(0.5, tmp_path / "on")
+  batch = {
+    k: v if k == "vision_meta" else jnp.asarray(v) for k, v in inputs.items()
+  }
   assert inputs["findings_BxF"].shape == (len(inputs["ids_BxL"]), 7)
   assert inputs["findings_mask_BxF"].sum() > 0
+  (obj, metrics), on = grads(state.trainables(), batch, opts)
   np.testing.assert_allclose(
     float(obj),
     float(metrics["loss"]) + 0.5 * float(metrics["grounding_loss"]),
     rtol=1e-6,
   )
-  readout = np.abs(np.asarray(grads["value"]["grounding"]["kernel"][...]))
+  readout = np.abs(np.asarray(on["value"]["grounding"]["kernel"][...]))
   assert readout.max() > 0
-  _, _, off_metrics, off_grads = _sft_grads(0.0, tmp_path / "off")
+  off_opts = dataclasses.replace(opts, grounding_weight=0.0)
+  (off_obj, off_metrics), off = grads(state.trainables(), batch, off_opts)
   assert "grounding_loss" not in off_metrics
-  assert "grounding" not in off_grads["value"]
   # Same cross-entropy either way; the readout adds gradient to the tower.
-  np.testing.assert_allclose(
-    float(metrics["loss"]), float(off_metrics["loss"]), rtol=1e-6
-  )
-  tower_on = trainer_utils.flat_params(grads["policy"]["visual"])
-  tower_off = trainer_utils.flat_params(off_grads["policy"]["visual"])
+  np.testing.assert_allclose(float(off_obj), float(metrics["loss"]), rtol=1e-6)
+  tower_on = trainer_utils.flat_params(on["policy"]["visual"])
+  tower_off = trainer_utils.flat_params(off["policy"]["visual"])
   assert trainer_utils.max_abs_diff(tower_on, tower_off) > 0
 
 
-def test_frozen_vision_tower_gets_no_rl_update(tmp_path):
+def test_frozen_vision_tower_gets_no_rl_update():
   config = trainer_utils.test_config(
-    **{"rl.freeze_vision": True, "mesh.data": 1, "optim.weight_decay": 0.1}
+    **{"rl.freeze_vision": True, "optim.weight_decay": 0.1}
   )
-  trainer = loop.Trainer(config, str(tmp_path))
-  phase = trainer.phases[-1]
-  assert phase.name == "rl"
-  state = trainer.fresh_state(phase.tx)
-  grads = jax.tree.map(jnp.ones_like, state.trainables())
-  updates, _ = phase.tx.update(grads, state.opt_state, state.trainables())
+  tx = optim.rl_optimizer(config)
+  params, value_params = policy.init(models_config.ModelConfig.tiny(), 0)
+  trainables = {"policy": params, "value": value_params}
+  grads = jax.tree.map(jnp.ones_like, trainables)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(trainables), trainables)
   vision = trainer_utils.flat_params(updates["policy"]["visual"])
   language = trainer_utils.flat_params(updates["policy"]["language"])
   assert max(np.abs(v).max() for v in vision.values()) == 0
