@@ -171,6 +171,9 @@ def default_config() -> ml_collections.ConfigDict:
   # loop, fastest on CPU; auto uses it on CPU when the batch is unsharded).
   c.model.attention = "auto"
   c.model.step_value_hidden = 64  # 0 disables the step-value head
+  # Qwen3-VL's interleaved M-RoPE in the decoder (presets only; such a
+  # model cannot be saved as a Qwen2.5-VL HF checkpoint).
+  c.model.mrope_interleaved = False
   c.init_from = ""  # HF directory or Orbax checkpoint directory
 
   # Tokenizer: "" uses the built-in SynthMed tokenizer; else an HF dir.

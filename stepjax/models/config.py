@@ -63,6 +63,11 @@ class TextConfig:
   rms_norm_eps: float = 1e-6
   rope_theta: float = 1e6
   mrope_section: tuple[int, int, int] = (16, 24, 24)
+  # Qwen3-VL's interleaved M-RoPE: rotary frequency j follows height when
+  # j % 3 == 1 (j < 3 * sections[1]), width when j % 3 == 2 (j < 3 *
+  # sections[2]), else time; so every axis gets high and low frequencies.
+  # False: Qwen2.5-VL's contiguous sections (time highest, width lowest).
+  mrope_interleaved: bool = False
   max_position_embeddings: int = 128000
   hidden_act: str = "silu"
 
@@ -393,6 +398,12 @@ class ModelConfig:
   def to_hf_dict(self) -> dict[str, Any]:
     """The nested `config.json` dict transformers' Qwen2_5_VLConfig reads."""
     v, t = self.vision, self.text
+    if t.mrope_interleaved:
+      raise InputError(
+        "this model uses interleaved M-RoPE (model.mrope_interleaved, "
+        "Qwen3-VL's layout), which a Qwen2.5-VL checkpoint cannot describe;"
+        " it can be trained and evaluated but not saved in HF format"
+      )
     torch_dtype = self.param_dtype
     return {
       "model_type": "qwen2_5_vl",

@@ -19,19 +19,32 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from stepjax.models import config as config_lib
 from stepjax.models import layers
 
 
+def mrope_axes(cfg: config_lib.TextConfig) -> np.ndarray:
+  """int32[K/2]: the position axis (0 time, 1 height, 2 width) that rotary
+  frequency j turns with: contiguous sections, or interleaved."""
+  half = cfg.head_dim // 2
+  if not cfg.mrope_interleaved:
+    return np.concatenate(
+      [np.full((n,), i, np.int32) for i, n in enumerate(cfg.mrope_section)]
+    )
+  axes = np.zeros(half, np.int32)
+  for axis in (1, 2):
+    axes[axis : 3 * cfg.mrope_section[axis] : 3] = axis
+  return axes
+
+
 def mrope_cos_sin(positions_3xBxT, cfg: config_lib.TextConfig, dtype):
   """cos, sin (B x T x K): frequency j rotates with axis section_of[j]."""
   freq = layers.inv_freq(cfg.head_dim, cfg.rope_theta)  # K/2
   ang = positions_3xBxT[..., None].astype(jnp.float32) * freq  # 3xBxTxK/2
-  axis_of = jnp.concatenate(
-    [jnp.full((n,), i % 3, jnp.int32) for i, n in enumerate(cfg.mrope_section)]
-  )
+  axis_of = jnp.asarray(mrope_axes(cfg))
   ang = jnp.take_along_axis(ang, axis_of[None, None, None, :], axis=0)[0]
   ang = jnp.concatenate([ang, ang], axis=-1)
   return jnp.cos(ang).astype(dtype), jnp.sin(ang).astype(dtype)

@@ -68,6 +68,15 @@ def model_config(config: Any, tok_info: Any) -> config_lib.ModelConfig:
         f"--config.model.preset={preset!r}: expected one of "
         f"{_SMALL_PRESETS + _LARGE_PRESETS}"
       )
+  if config.model.mrope_interleaved:
+    if init_from and is_hf_dir(init_from):
+      raise InputError(
+        "--config.model.mrope_interleaved=True changes a Qwen2.5-VL "
+        f"checkpoint's rotary layout ({init_from}); use it with a preset"
+      )
+    cfg = cfg.replace(
+      text=dataclasses.replace(cfg.text, mrope_interleaved=True)
+    )
   if tok_info.vocab_size > cfg.text.vocab_size:
     raise InputError(
       f"the tokenizer has {tok_info.vocab_size} tokens but the model's "
