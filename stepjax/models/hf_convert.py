@@ -345,6 +345,7 @@ def save_hf(params, config: config_lib.ModelConfig, directory: str) -> None:
   """
   if isinstance(params, nnx.Module):
     params = nnx.state(params, nnx.Param)
+  hf_cfg = config.to_hf_dict()  # before any file: it refuses some models
   os.makedirs(directory, exist_ok=True)
   tensors: dict[str, np.ndarray] = {}
   for path, var in nnx.to_flat_state(params):
@@ -358,7 +359,6 @@ def save_hf(params, config: config_lib.ModelConfig, directory: str) -> None:
         break
     else:
       raise ValueError(f"parameter {name} has no HF name in hf_convert.RULES")
-  hf_cfg = config.to_hf_dict()
   with open(os.path.join(directory, "config.json"), "w") as f:
     json.dump(hf_cfg, f, indent=2)
   _write_safetensors(os.path.join(directory, "model.safetensors"), tensors)

@@ -72,11 +72,17 @@ def test_axes_of_each_layout():
   ]  # fmt: skip
 
 
-def test_interleaved_model_is_not_saved_as_qwen25vl():
+def test_interleaved_model_is_not_saved_as_qwen25vl(tmp_path):
+  from stepjax.models import hf_convert, qwen25vl
+
   cfg = config_lib.ModelConfig.tiny()
   cfg = cfg.replace(text={"mrope_interleaved": True})
   with pytest.raises(InputError, match="interleaved M-RoPE"):
     cfg.to_hf_dict()
+  out = tmp_path / "export"
+  with pytest.raises(InputError, match="interleaved M-RoPE"):
+    hf_convert.save_hf(qwen25vl.create(cfg), cfg, str(out))
+  assert not out.exists()  # refused before writing anything
 
 
 def test_job_config_switches_presets_only(tmp_path):
