@@ -244,6 +244,9 @@ class SynthMedSource:
       raise IndexError(
         f"SynthMed index {index} out of range for {self.num_records} records"
       )
+    return self._record(index)
+
+  def _record(self, index: int) -> records_lib.Record:
     return make_record(
       self.seed,
       index,
@@ -260,7 +263,7 @@ class SynthMedSource:
     )
 
 
-class FindingsSource:
+class FindingsSource(SynthMedSource):
   """Grain random-access source of `make_findings_record` records."""
 
   def __init__(
@@ -270,24 +273,9 @@ class FindingsSource:
     image_size: int = 112,
     difficulty: float = 0.3,
   ):
-    if num_records < 0:
-      raise ValueError(
-        f"FindingsSource num_records must be >= 0; got {num_records}"
-      )
-    self.num_records = int(num_records)
-    self.seed = int(seed)
-    self.image_size = int(image_size)
-    self.difficulty = float(difficulty)
+    super().__init__(num_records, seed, image_size, difficulty)
 
-  def __len__(self) -> int:
-    return self.num_records
-
-  def __getitem__(self, index: int) -> records_lib.Record:
-    index = int(index)
-    if not 0 <= index < self.num_records:
-      raise IndexError(
-        f"findings index {index} out of range for {self.num_records} records"
-      )
+  def _record(self, index: int) -> records_lib.Record:
     return make_findings_record(
       self.seed, index, image_size=self.image_size, difficulty=self.difficulty
     )
