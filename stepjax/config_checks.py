@@ -109,6 +109,14 @@ def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
   _one_of(config.judge.simulate, ("", "verifier"), "judge.simulate")
   _one_of(data.verifier, ("aligned", "truth"), "data.verifier")
   _one_of(data.eval_verifier, ("aligned", "truth"), "data.eval_verifier")
+  for flag in ("sft.findings_scans", "sft.grounding_weight"):
+    value = _get(config, flag)
+    _require(
+      not training or value <= 0 or data.dataset == "synthmed",
+      flag,
+      f"is {value}; it needs SynthMed scenes and data.dataset="
+      f"{data.dataset!r} has none (set it to 0)",
+    )
   _require(
     0.0 <= rl.label_noise <= 0.5,
     "rl.label_noise",

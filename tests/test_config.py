@@ -74,6 +74,21 @@ def test_semantic_checks_name_the_flag(key, value, flag):
     config_checks.check(config)
 
 
+@pytest.mark.parametrize(
+  "key, value", [("findings_scans", 8), ("grounding_weight", 0.5)]
+)
+def test_grounding_options_need_synthmed(key, value):
+  config = _load()
+  with config.unlocked():
+    config.sft[key] = value
+  config_checks.check(config)  # SynthMed: fine
+  with config.unlocked():
+    config.data.dataset = "vqa_rad"
+    config.rl.process_source = "value_head"
+  with pytest.raises(config_checks.ConfigError, match=f"--config.sft.{key}"):
+    config_checks.check(config)
+
+
 def _cli(*args):
   return subprocess.run(
     [sys.executable, "-m", "stepjax", *args],
