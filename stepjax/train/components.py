@@ -67,12 +67,7 @@ def sft_source(config: Any, train_source: Any) -> Any:
   n = int(config.sft.findings_scans)
   if n <= 0:
     return view
-  d = config.data
-  if d.dataset != "synthmed":
-    raise InputError(
-      f"--config.sft.findings_scans={n} needs SynthMed scenes; "
-      f"--config.data.dataset={d.dataset!r} has none (set it to 0)"
-    )
+  d = config.data  # SynthMed only: config_checks refuses other datasets
   findings = synthmed.FindingsSource(
     n,
     config.seed + SYNTHMED_FINDINGS_SEED_OFFSET,

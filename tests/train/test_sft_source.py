@@ -2,9 +2,8 @@
 
 import pytest
 
-from stepjax import config_utils
-from stepjax.errors import InputError
-from stepjax.train import batches, components
+from stepjax import config_checks, config_utils
+from stepjax.train import batches, components, loop
 
 
 def _config(**sft):
@@ -41,8 +40,10 @@ def test_findings_scans_follow_the_task_records_on_their_own_seed():
   assert not seen & {r.meta["scene"]["body"] for r in findings}
 
 
-def test_findings_need_synthmed():
+def test_findings_need_synthmed(tmp_path):
   c = _config(findings_scans=3)
   c.data.dataset = "vqa_rad"
-  with pytest.raises(InputError, match="sft.findings_scans=3"):
-    components.sft_source(c, [])
+  c.rl.process_source = "value_head"
+  # The trainer's config checks refuse it before any data is read.
+  with pytest.raises(config_checks.ConfigError, match="sft.findings_scans"):
+    loop.Trainer(c, str(tmp_path))
