@@ -1,25 +1,37 @@
-"""Qwen2.5-VL model configuration: frozen dataclasses with named presets.
+"""Model configuration (Qwen2.5-VL, Qwen3-VL): frozen dataclasses, presets.
 
 `ModelConfig` holds a `VisionConfig`, a `TextConfig` and the special token
 ids. Presets: `tiny()`, `tiny_alt()` (tests), `synthmed()` (CPU default),
-`bench()`, `qwen25vl_3b()`, `qwen25vl_7b()`. `from_hf_config(dict)` reads a
-transformers `config.json` dict (nested v5 layout or the older flat one);
-`to_hf_dict()` writes the nested layout `Qwen2_5_VLConfig` accepts.
+`bench()`, `qwen25vl_3b()`, `qwen25vl_7b()`; Qwen3-VL: `qwen3vl_2b()`,
+`qwen3vl_4b()`, `qwen3vl_8b()`, `tiny_qwen3()`, `tiny_qwen3_alt()` (tests),
+`synthmed_qwen3()`. `from_hf_config(dict)` / `to_hf_dict()` translate
+transformers' `config.json` (`hf_config.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from stepjax.errors import InputError
 
 _DTYPES = ("float32", "bfloat16", "float16")
+FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
-  """Vision tower (ViT with window attention and a 2x2 patch merger)."""
+  """Vision tower: a ViT with a 2x2 patch merger.
+
+  Qwen2.5-VL (family qwen2_5_vl): RMSNorm, gated SiLU MLPs, window
+  attention except in `fullatt_block_indexes`, no learned positions.
+  Qwen3-VL (qwen3_vl): LayerNorm, GELU (tanh) MLPs, full attention in every
+  block (`window_size` 0), a learned `num_position_embeddings` grid
+  bilinearly resampled to each image, and DeepStack: the outputs of blocks
+  `deepstack_visual_indexes` go through their own mergers and are added to
+  the decoder's hidden state at the image tokens after its first layers.
+  """
 
   depth: int = 32
   hidden_size: int = 1280
@@ -35,10 +47,23 @@ class VisionConfig:
   tokens_per_second: int = 2
   rope_theta: float = 10000.0
   hidden_act: str = "silu"
+  num_position_embeddings: int = 0
+  deepstack_visual_indexes: tuple[int, ...] = ()
 
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
+
+  @property
+  def num_full_attention_blocks(self) -> int:
+    """Blocks attending over the whole frame (all of them without windows)."""
+    if not self.window_size:
+      return self.depth
+    return len(self.fullatt_block_indexes)
+
+  @property
+  def num_deepstack(self) -> int:
+    return len(self.deepstack_visual_indexes)
 
   @property
   def patch_dim(self) -> int:
@@ -52,7 +77,7 @@ class VisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
-  """Qwen2 decoder with M-RoPE."""
+  """Qwen2 / Qwen3 decoder with M-RoPE (Qwen3: `qk_norm`, no biases)."""
 
   vocab_size: int = 151936
   hidden_size: int = 2048
@@ -70,16 +95,58 @@ class TextConfig:
   mrope_interleaved: bool = False
   max_position_embeddings: int = 128000
   hidden_act: str = "silu"
+  # 0: hidden_size // num_heads (Qwen2); Qwen3 sets it (128 at every size).
+  explicit_head_dim: int = 0
+  # RMSNorm of each query and key head before the rotary (Qwen3).
+  qk_norm: bool = False
+  # Biases on the q, k, v projections (Qwen2: yes; Qwen3: no).
+  attention_bias: bool = True
 
   @property
   def head_dim(self) -> int:
-    return self.hidden_size // self.num_heads
+    return self.explicit_head_dim or self.hidden_size // self.num_heads
+
+
+# Qwen3-VL's shared settings: the 2B/4B vision tower and the text decoder
+# of the 4B/8B (presets change the sizes).
+QWEN3VL_VISION_SMALL = VisionConfig(
+  depth=24,
+  hidden_size=1024,
+  intermediate_size=4096,
+  num_heads=16,
+  patch_size=16,
+  window_size=0,
+  out_hidden_size=2560,
+  fullatt_block_indexes=(),
+  hidden_act="gelu_pytorch_tanh",
+  num_position_embeddings=2304,
+  deepstack_visual_indexes=(5, 11, 17),
+)
+QWEN3VL_TEXT = TextConfig(
+  vocab_size=151936,
+  hidden_size=2560,
+  intermediate_size=9728,
+  num_layers=36,
+  num_heads=32,
+  num_kv_heads=8,
+  explicit_head_dim=128,
+  rope_theta=5e6,
+  mrope_section=(24, 20, 20),
+  mrope_interleaved=True,
+  max_position_embeddings=262144,
+  qk_norm=True,
+  attention_bias=False,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """The whole policy: vision tower, decoder, token ids, dtypes."""
 
+  # Model family, as transformers' `model_type`: "qwen2_5_vl" or "qwen3_vl".
+  # It picks the vision tower's layers and the HF conversion table; the
+  # RL code never branches on it.
+  family: str = "qwen2_5_vl"
   vision: VisionConfig = VisionConfig()
   text: TextConfig = TextConfig()
   tie_word_embeddings: bool = True
@@ -108,7 +175,7 @@ class ModelConfig:
   def __post_init__(self):
     t, v = self.text, self.vision
     problems = []
-    if t.hidden_size % t.num_heads:
+    if t.hidden_size % t.num_heads and not t.explicit_head_dim:
       problems.append("text.hidden_size must divide by text.num_heads")
     if t.num_heads % t.num_kv_heads:
       problems.append("text.num_heads must divide by text.num_kv_heads")
@@ -125,6 +192,13 @@ class ModelConfig:
       )
     if any(not 0 <= i < v.depth for i in v.fullatt_block_indexes):
       problems.append("fullatt_block_indexes must lie in [0, vision.depth)")
+    if any(not 0 <= i < v.depth for i in v.deepstack_visual_indexes):
+      problems.append("deepstack_visual_indexes must lie in [0, vision.depth)")
+    if v.num_deepstack > t.num_layers:
+      problems.append("more deepstack_visual_indexes than decoder layers")
+    problems += self._family_problems()
+    if self.family not in FAMILIES:
+      problems.append(f"family {self.family!r} must be one of {FAMILIES}")
     if self.attention not in ("dense", "rows"):
       problems.append(f"attention {self.attention!r} must be dense or rows")
     for name in ("param_dtype", "dtype"):
@@ -141,6 +215,35 @@ class ModelConfig:
       problems.append(f"special token ids {ids} must be < vocab {t.vocab_size}")
     if problems:
       raise InputError("Invalid ModelConfig: " + "; ".join(problems))
+
+  def _family_problems(self) -> list[str]:
+    """What this family's layers need of the config."""
+    t, v = self.text, self.vision
+    side = math.isqrt(v.num_position_embeddings)
+    if self.family == "qwen3_vl":
+      wanted = {
+        "vision.window_size": (v.window_size, 0),
+        "vision.fullatt_block_indexes": (v.fullatt_block_indexes, ()),
+        "text.qk_norm": (t.qk_norm, True),
+        "text.attention_bias": (t.attention_bias, False),
+        "text.mrope_interleaved": (t.mrope_interleaved, True),
+      }
+      if side < 2 or side * side != v.num_position_embeddings:
+        return ["qwen3_vl: vision.num_position_embeddings must be a square"]
+    else:
+      wanted = {
+        "vision.num_position_embeddings": (v.num_position_embeddings, 0),
+        "vision.deepstack_visual_indexes": (v.deepstack_visual_indexes, ()),
+        "text.qk_norm": (t.qk_norm, False),
+        "text.attention_bias": (t.attention_bias, True),
+      }
+      if v.window_size <= 0:
+        return [f"{self.family}: vision.window_size must be positive"]
+    return [
+      f"{self.family} needs {name}={want!r} (got {got!r})"
+      for name, (got, want) in wanted.items()
+      if got != want
+    ]
 
   def replace(self, **overrides: Any) -> ModelConfig:
     """Copy with overrides; `vision=`/`text=` may be dicts of field values."""
@@ -182,11 +285,16 @@ class ModelConfig:
 
   @classmethod
   def _small(
-    cls, vision: VisionConfig, text: TextConfig, tied: bool
+    cls,
+    vision: VisionConfig,
+    text: TextConfig,
+    tied: bool,
+    family: str = "qwen2_5_vl",
   ) -> ModelConfig:
     """Small model whose special ids sit at the top of the vocabulary."""
     n = text.vocab_size
     return cls(
+      family=family,
       vision=vision,
       text=text,
       tie_word_embeddings=tied,
@@ -304,154 +412,175 @@ class ModelConfig:
       tied=False,
     )
 
+  # --------------------------------------------------- Qwen3-VL presets
+
+  @classmethod
+  def _qwen3vl(
+    cls, vision: VisionConfig, text: TextConfig, tied: bool
+  ) -> ModelConfig:
+    """A full-size Qwen3-VL: Qwen's token ids, bf16."""
+    return cls(
+      family="qwen3_vl",
+      vision=vision,
+      text=text,
+      tie_word_embeddings=tied,
+      param_dtype="bfloat16",
+      dtype="bfloat16",
+    )
+
+  @classmethod
+  def qwen3vl_2b(cls) -> ModelConfig:
+    return cls._qwen3vl(
+      dataclasses.replace(QWEN3VL_VISION_SMALL, out_hidden_size=2048),
+      dataclasses.replace(
+        QWEN3VL_TEXT,
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_layers=28,
+        num_heads=16,
+      ),
+      tied=True,
+    )
+
+  @classmethod
+  def qwen3vl_4b(cls) -> ModelConfig:
+    return cls._qwen3vl(
+      QWEN3VL_VISION_SMALL,
+      dataclasses.replace(
+        QWEN3VL_TEXT, hidden_size=2560, intermediate_size=9728
+      ),
+      tied=True,
+    )
+
+  @classmethod
+  def qwen3vl_8b(cls) -> ModelConfig:
+    return cls._qwen3vl(
+      dataclasses.replace(
+        QWEN3VL_VISION_SMALL,
+        depth=27,
+        hidden_size=1152,
+        intermediate_size=4304,
+        out_hidden_size=4096,
+        deepstack_visual_indexes=(8, 16, 24),
+      ),
+      dataclasses.replace(
+        QWEN3VL_TEXT, hidden_size=4096, intermediate_size=12288
+      ),
+      tied=False,
+    )
+
+  @classmethod
+  def tiny_qwen3(cls, vocab_size: int = 512) -> ModelConfig:
+    """Tests: Qwen3-VL layers, head_dim 32 != hidden / heads, tied."""
+    return cls._small(
+      VisionConfig(
+        depth=3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=16,
+        window_size=0,
+        out_hidden_size=64,
+        fullatt_block_indexes=(),
+        hidden_act="gelu_pytorch_tanh",
+        num_position_embeddings=16,
+        deepstack_visual_indexes=(0, 1),
+      ),
+      dataclasses.replace(
+        QWEN3VL_TEXT,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        explicit_head_dim=32,
+        mrope_section=(4, 6, 6),
+        rope_theta=1e6,
+        max_position_embeddings=4096,
+      ),
+      tied=True,
+      family="qwen3_vl",
+    )
+
+  @classmethod
+  def tiny_qwen3_alt(cls, vocab_size: int = 384) -> ModelConfig:
+    """Tests: 6x6 position grid, one DeepStack level, untied."""
+    return cls._small(
+      VisionConfig(
+        depth=4,
+        hidden_size=48,
+        intermediate_size=80,
+        num_heads=3,
+        patch_size=16,
+        window_size=0,
+        out_hidden_size=96,
+        fullatt_block_indexes=(),
+        hidden_act="gelu_pytorch_tanh",
+        num_position_embeddings=36,
+        deepstack_visual_indexes=(2,),
+      ),
+      dataclasses.replace(
+        QWEN3VL_TEXT,
+        vocab_size=vocab_size,
+        hidden_size=96,
+        intermediate_size=160,
+        num_layers=3,
+        num_heads=6,
+        num_kv_heads=3,
+        explicit_head_dim=16,
+        mrope_section=(2, 3, 3),
+        rope_theta=10000.0,
+        max_position_embeddings=4096,
+      ),
+      tied=False,
+      family="qwen3_vl",
+    )
+
+  @classmethod
+  def synthmed_qwen3(cls, vocab_size: int = 2048) -> ModelConfig:
+    """SynthMed on CPU with Qwen3-VL's layers, the size of `synthmed()`."""
+    return cls._small(
+      VisionConfig(
+        depth=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=4,
+        patch_size=16,
+        window_size=0,
+        out_hidden_size=128,
+        fullatt_block_indexes=(),
+        hidden_act="gelu_pytorch_tanh",
+        num_position_embeddings=64,
+        deepstack_visual_indexes=(0,),
+      ),
+      dataclasses.replace(
+        QWEN3VL_TEXT,
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        explicit_head_dim=32,
+        mrope_section=(4, 6, 6),
+        max_position_embeddings=8192,
+      ),
+      tied=True,
+      family="qwen3_vl",
+    )
+
   # ------------------------------------------------------ HF conversion
 
   @classmethod
   def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> ModelConfig:
-    """Builds a config from a transformers Qwen2.5-VL `config.json` dict."""
-    model_type = hf.get("model_type")
-    if model_type != "qwen2_5_vl":
-      raise InputError(
-        f"Unsupported model_type {model_type!r}: only 'qwen2_5_vl' "
-        "(Qwen2.5-VL) checkpoints can be converted."
-      )
-    text = dict(hf.get("text_config") or {})
-    for key, value in hf.items():  # Older flat layout keeps text at top.
-      if key not in ("vision_config", "text_config"):
-        text.setdefault(key, value)
-    vis = hf.get("vision_config") or {}
-    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) not in (
-      "default",
-      "mrope",
-    ):
-      raise InputError(f"Unsupported rope scaling {rope!r} in config.json")
-    if text.get("use_sliding_window"):
-      raise InputError("Sliding-window attention is not supported.")
-    if (
-      vis.get("hidden_act", "silu") != "silu"
-      or text.get("hidden_act", "silu") != "silu"
-    ):
-      raise InputError("Only hidden_act='silu' is supported.")
-    d = VisionConfig()
-    vrope = vis.get("rope_parameters") or {}
-    vision = VisionConfig(
-      depth=vis.get("depth", d.depth),
-      hidden_size=vis.get("hidden_size", d.hidden_size),
-      intermediate_size=vis.get("intermediate_size", d.intermediate_size),
-      num_heads=vis.get("num_heads", d.num_heads),
-      in_channels=vis.get("in_channels", vis.get("in_chans", 3)),
-      patch_size=vis.get("patch_size", d.patch_size),
-      temporal_patch_size=vis.get("temporal_patch_size", d.temporal_patch_size),
-      spatial_merge_size=vis.get("spatial_merge_size", d.spatial_merge_size),
-      window_size=vis.get("window_size", d.window_size),
-      out_hidden_size=vis.get("out_hidden_size", d.out_hidden_size),
-      fullatt_block_indexes=tuple(
-        vis.get("fullatt_block_indexes", d.fullatt_block_indexes)
-      ),
-      tokens_per_second=vis.get("tokens_per_second", d.tokens_per_second),
-      rope_theta=vrope.get("rope_theta", d.rope_theta),
-    )
-    t = TextConfig()
-    tc = TextConfig(
-      vocab_size=text.get("vocab_size", t.vocab_size),
-      hidden_size=text.get("hidden_size", t.hidden_size),
-      intermediate_size=text.get("intermediate_size", t.intermediate_size),
-      num_layers=text.get("num_hidden_layers", t.num_layers),
-      num_heads=text.get("num_attention_heads", t.num_heads),
-      num_kv_heads=text.get("num_key_value_heads")
-      or text.get("num_attention_heads", t.num_heads),
-      rms_norm_eps=text.get("rms_norm_eps", t.rms_norm_eps),
-      rope_theta=rope.get("rope_theta", text.get("rope_theta", t.rope_theta)),
-      mrope_section=tuple(rope.get("mrope_section", t.mrope_section)),
-      max_position_embeddings=text.get(
-        "max_position_embeddings", t.max_position_embeddings
-      ),
-    )
-    eos = text.get("eos_token_id", 151645)
-    if isinstance(eos, list):
-      eos = eos[0]
-    tied = bool(hf.get("tie_word_embeddings", False)) or bool(
-      (hf.get("text_config") or {}).get("tie_word_embeddings", False)
-    )
-    pad = text.get("pad_token_id")
-    bos = text.get("bos_token_id", 151643)
-    kwargs = dict(
-      vision=vision,
-      text=tc,
-      tie_word_embeddings=tied,
-      bos_token_id=bos,
-      eos_token_id=eos,
-      pad_token_id=bos if pad is None else pad,
-      vision_start_token_id=hf.get("vision_start_token_id", 151652),
-      vision_end_token_id=hf.get("vision_end_token_id", 151653),
-      image_pad_token_id=hf.get("image_token_id", 151655),
-      video_pad_token_id=hf.get("video_token_id", 151656),
-      initializer_range=text.get("initializer_range", 0.02),
-    )
-    stored = hf.get("dtype") or hf.get("torch_dtype") or "float32"
-    if stored in _DTYPES:  # Compute in the checkpoint's dtype by default.
-      kwargs.update(param_dtype=stored, dtype=stored)
-    kwargs.update(overrides)
-    return cls(**kwargs)
+    """A config from a transformers `config.json` dict (see hf_config)."""
+    from stepjax.models import hf_config  # noqa: PLC0415 (it imports us)
+
+    return hf_config.from_hf(hf, **overrides)
 
   def to_hf_dict(self) -> dict[str, Any]:
-    """The nested `config.json` dict transformers' Qwen2_5_VLConfig reads."""
-    v, t = self.vision, self.text
-    if t.mrope_interleaved:
-      raise InputError(
-        "this model uses interleaved M-RoPE (model.mrope_interleaved, "
-        "Qwen3-VL's layout), which a Qwen2.5-VL checkpoint cannot describe;"
-        " it can be trained and evaluated but not saved in HF format"
-      )
-    torch_dtype = self.param_dtype
-    return {
-      "model_type": "qwen2_5_vl",
-      "architectures": ["Qwen2_5_VLForConditionalGeneration"],
-      "image_token_id": self.image_pad_token_id,
-      "video_token_id": self.video_pad_token_id,
-      "vision_start_token_id": self.vision_start_token_id,
-      "vision_end_token_id": self.vision_end_token_id,
-      "tie_word_embeddings": self.tie_word_embeddings,
-      "dtype": torch_dtype,
-      "vision_config": {
-        "model_type": "qwen2_5_vl_vision",
-        "depth": v.depth,
-        "hidden_size": v.hidden_size,
-        "intermediate_size": v.intermediate_size,
-        "num_heads": v.num_heads,
-        "in_channels": v.in_channels,
-        "patch_size": v.patch_size,
-        "temporal_patch_size": v.temporal_patch_size,
-        "spatial_merge_size": v.spatial_merge_size,
-        "window_size": v.window_size,
-        "out_hidden_size": v.out_hidden_size,
-        "fullatt_block_indexes": list(v.fullatt_block_indexes),
-        "tokens_per_second": v.tokens_per_second,
-        "hidden_act": "silu",
-        "initializer_range": self.initializer_range,
-        "rope_parameters": {"rope_type": "axial", "rope_theta": v.rope_theta},
-      },
-      "text_config": {
-        "model_type": "qwen2_5_vl_text",
-        "vocab_size": t.vocab_size,
-        "hidden_size": t.hidden_size,
-        "intermediate_size": t.intermediate_size,
-        "num_hidden_layers": t.num_layers,
-        "num_attention_heads": t.num_heads,
-        "num_key_value_heads": t.num_kv_heads,
-        "rms_norm_eps": t.rms_norm_eps,
-        "max_position_embeddings": t.max_position_embeddings,
-        "hidden_act": "silu",
-        "initializer_range": self.initializer_range,
-        "rope_parameters": {
-          "rope_type": "default",
-          "rope_theta": t.rope_theta,
-          "mrope_section": list(t.mrope_section),
-        },
-        "bos_token_id": self.bos_token_id,
-        "eos_token_id": self.eos_token_id,
-        "pad_token_id": self.pad_token_id,
-        "use_sliding_window": False,
-      },
-    }
+    """The nested `config.json` dict transformers reads (see hf_config)."""
+    from stepjax.models import hf_config  # noqa: PLC0415 (it imports us)
+
+    return hf_config.to_hf(self)

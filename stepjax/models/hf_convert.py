@@ -1,7 +1,9 @@
-"""transformers Qwen2.5-VL checkpoints <-> stepjax parameters.
+"""transformers Qwen2.5-VL / Qwen3-VL checkpoints <-> stepjax parameters.
 
-`RULES` is the whole mapping: HF tensor name pattern -> our parameter path
--> transform. `{i}` stands for a layer/block number. Transforms:
+`RULES[family]` is the whole mapping of a family: HF tensor name pattern ->
+our parameter path -> transform (the decoder's rules are shared; a Qwen3
+checkpoint simply has no q/k/v biases and a Qwen2 one no q/k norms).
+`{i}` stands for a layer/block number. Transforms:
   linear1 / linear2: HF Linear weight [out, in] -> our kernel
     [in..., out...] (transpose, then reshape; `2` = two input axes, as in
     o_proj [heads, head_dim, embed]);
@@ -43,51 +45,87 @@ from stepjax.models import qwen25vl
 
 _VB = "model.visual.blocks.{i}."
 _LL = "model.language_model.layers.{i}."
-RULES: tuple[tuple[str, str, str], ...] = (
-  ("model.visual.patch_embed.proj.weight", "visual.patch_embed.kernel", "conv"),
-  (_VB + "norm1.weight", "visual.blocks.{i}.norm1.scale", "vector"),
-  (_VB + "norm2.weight", "visual.blocks.{i}.norm2.scale", "vector"),
-  (_VB + "attn.qkv.weight", "visual.blocks.{i}.attn.qkv.kernel", "linear1"),
-  (_VB + "attn.qkv.bias", "visual.blocks.{i}.attn.qkv.bias", "vector"),
-  (_VB + "attn.proj.weight", "visual.blocks.{i}.attn.proj.kernel", "linear2"),
-  (_VB + "attn.proj.bias", "visual.blocks.{i}.attn.proj.bias", "vector"),
-  (_VB + "mlp.gate_proj.weight", "visual.blocks.{i}.mlp.gate.kernel",
-   "linear1"),
-  (_VB + "mlp.gate_proj.bias", "visual.blocks.{i}.mlp.gate.bias", "vector"),
-  (_VB + "mlp.up_proj.weight", "visual.blocks.{i}.mlp.up.kernel", "linear1"),
-  (_VB + "mlp.up_proj.bias", "visual.blocks.{i}.mlp.up.bias", "vector"),
-  (_VB + "mlp.down_proj.weight", "visual.blocks.{i}.mlp.down.kernel",
-   "linear1"),
-  (_VB + "mlp.down_proj.bias", "visual.blocks.{i}.mlp.down.bias", "vector"),
-  ("model.visual.merger.ln_q.weight", "visual.merger.ln_q.scale", "vector"),
-  ("model.visual.merger.mlp.0.weight", "visual.merger.fc1.kernel", "linear1"),
-  ("model.visual.merger.mlp.0.bias", "visual.merger.fc1.bias", "vector"),
-  ("model.visual.merger.mlp.2.weight", "visual.merger.fc2.kernel", "linear1"),
-  ("model.visual.merger.mlp.2.bias", "visual.merger.fc2.bias", "vector"),
+_OB = "visual.blocks.{i}."
+_OL = "language.layers.{i}."
+
+
+def _linear(hf: str, ours: str, bias: bool = True, tf: str = "linear1"):
+  """Rules of one Linear (weight and, with `bias`, its bias)."""
+  rules = [(hf + ".weight", ours + ".kernel", tf)]
+  if bias:
+    rules.append((hf + ".bias", ours + ".bias", "vector"))
+  return tuple(rules)
+
+
+def _norm(hf: str, ours: str, bias: bool = False):
+  """Rules of an RMSNorm (scale) or a LayerNorm (scale and bias)."""
+  rules = [(hf + ".weight", ours + ".scale", "vector")]
+  if bias:
+    rules.append((hf + ".bias", ours + ".bias", "vector"))
+  return tuple(rules)
+
+
+LANGUAGE_RULES = (
   ("model.language_model.embed_tokens.weight", "language.embed", "copy"),
-  ("model.language_model.norm.weight", "language.final_norm.scale", "vector"),
-  (_LL + "self_attn.q_proj.weight", "language.layers.{i}.attn.q.kernel",
-   "linear1"),
-  (_LL + "self_attn.q_proj.bias", "language.layers.{i}.attn.q.bias", "vector"),
-  (_LL + "self_attn.k_proj.weight", "language.layers.{i}.attn.k.kernel",
-   "linear1"),
-  (_LL + "self_attn.k_proj.bias", "language.layers.{i}.attn.k.bias", "vector"),
-  (_LL + "self_attn.v_proj.weight", "language.layers.{i}.attn.v.kernel",
-   "linear1"),
-  (_LL + "self_attn.v_proj.bias", "language.layers.{i}.attn.v.bias", "vector"),
-  (_LL + "self_attn.o_proj.weight", "language.layers.{i}.attn.o.kernel",
-   "linear2"),
-  (_LL + "mlp.gate_proj.weight", "language.layers.{i}.mlp.gate.kernel",
-   "linear1"),
-  (_LL + "mlp.up_proj.weight", "language.layers.{i}.mlp.up.kernel", "linear1"),
-  (_LL + "mlp.down_proj.weight", "language.layers.{i}.mlp.down.kernel",
-   "linear1"),
-  (_LL + "input_layernorm.weight", "language.layers.{i}.input_norm.scale",
-   "vector"),
-  (_LL + "post_attention_layernorm.weight",
-   "language.layers.{i}.post_attn_norm.scale", "vector"),
+  *_norm("model.language_model.norm", "language.final_norm"),
+  *_linear(_LL + "self_attn.q_proj", _OL + "attn.q"),
+  *_linear(_LL + "self_attn.k_proj", _OL + "attn.k"),
+  *_linear(_LL + "self_attn.v_proj", _OL + "attn.v"),
+  *_linear(_LL + "self_attn.o_proj", _OL + "attn.o", False, "linear2"),
+  *_norm(_LL + "self_attn.q_norm", _OL + "attn.q_norm"),
+  *_norm(_LL + "self_attn.k_norm", _OL + "attn.k_norm"),
+  *_linear(_LL + "mlp.gate_proj", _OL + "mlp.gate", False),
+  *_linear(_LL + "mlp.up_proj", _OL + "mlp.up", False),
+  *_linear(_LL + "mlp.down_proj", _OL + "mlp.down", False),
+  *_norm(_LL + "input_layernorm", _OL + "input_norm"),
+  *_norm(_LL + "post_attention_layernorm", _OL + "post_attn_norm"),
   ("lm_head.weight", "lm_head.kernel", "linear1"),
+)
+QWEN25VL_VISION_RULES = (
+  ("model.visual.patch_embed.proj.weight", "visual.patch_embed.kernel",
+   "conv"),
+  *_norm(_VB + "norm1", _OB + "norm1"),
+  *_norm(_VB + "norm2", _OB + "norm2"),
+  *_linear(_VB + "attn.qkv", _OB + "attn.qkv"),
+  *_linear(_VB + "attn.proj", _OB + "attn.proj", tf="linear2"),
+  *_linear(_VB + "mlp.gate_proj", _OB + "mlp.gate"),
+  *_linear(_VB + "mlp.up_proj", _OB + "mlp.up"),
+  *_linear(_VB + "mlp.down_proj", _OB + "mlp.down"),
+  *_norm("model.visual.merger.ln_q", "visual.merger.ln_q"),
+  *_linear("model.visual.merger.mlp.0", "visual.merger.fc1"),
+  *_linear("model.visual.merger.mlp.2", "visual.merger.fc2"),
 )  # fmt: skip
+
+
+def _qwen3_merger(hf: str, ours: str):
+  return (
+    *_norm(hf + ".norm", ours + ".norm", bias=True),
+    *_linear(hf + ".linear_fc1", ours + ".fc1"),
+    *_linear(hf + ".linear_fc2", ours + ".fc2"),
+  )
+
+
+QWEN3VL_VISION_RULES = (
+  ("model.visual.patch_embed.proj.weight", "visual.patch_embed.kernel",
+   "conv"),
+  ("model.visual.patch_embed.proj.bias", "visual.patch_embed.bias", "vector"),
+  ("model.visual.pos_embed.weight", "visual.pos_embed", "copy"),
+  *_norm(_VB + "norm1", _OB + "norm1", bias=True),
+  *_norm(_VB + "norm2", _OB + "norm2", bias=True),
+  *_linear(_VB + "attn.qkv", _OB + "attn.qkv"),
+  *_linear(_VB + "attn.proj", _OB + "attn.proj", tf="linear2"),
+  *_linear(_VB + "mlp.linear_fc1", _OB + "mlp.fc1"),
+  *_linear(_VB + "mlp.linear_fc2", _OB + "mlp.fc2"),
+  *_qwen3_merger("model.visual.merger", "visual.merger"),
+  *_qwen3_merger("model.visual.deepstack_merger_list.{i}",
+                 "visual.deepstack_mergers.{i}"),
+)  # fmt: skip
+
+# Per family: HF tensor name pattern -> our parameter path -> transform.
+RULES: dict[str, tuple[tuple[str, str, str], ...]] = {
+  "qwen2_5_vl": QWEN25VL_VISION_RULES + LANGUAGE_RULES,
+  "qwen3_vl": QWEN3VL_VISION_RULES + LANGUAGE_RULES,
+}
 
 LEGACY_RENAMES = (
   (r"^visual\.", "model.visual."),
@@ -101,8 +139,14 @@ def _pattern(template: str) -> re.Pattern:
   )
 
 
-_FORWARD = [(_pattern(h), ours, tf) for h, ours, tf in RULES]
-_BACKWARD = [(_pattern(ours), h, tf) for h, ours, tf in RULES]
+_FORWARD = {
+  family: [(_pattern(h), ours, tf) for h, ours, tf in rules]
+  for family, rules in RULES.items()
+}
+_BACKWARD = {
+  family: [(_pattern(ours), h, tf) for h, ours, tf in rules]
+  for family, rules in RULES.items()
+}
 
 
 def _path_str(path) -> str:
@@ -113,11 +157,13 @@ def _path_tuple(text: str) -> tuple:
   return tuple(int(p) if p.isdigit() else p for p in text.split("."))
 
 
-def hf_to_ours_name(name: str) -> tuple[str, str] | None:
+def hf_to_ours_name(
+  name: str, family: str = "qwen2_5_vl"
+) -> tuple[str, str] | None:
   """HF tensor name -> (our dotted path, transform), or None."""
   for old, new in LEGACY_RENAMES:
     name = re.sub(old, new, name)
-  for pat, ours, tf in _FORWARD:
+  for pat, ours, tf in _FORWARD[family]:
     m = pat.match(name)
     if m:
       return ours.replace("{i}", m.groupdict().get("i") or ""), tf
@@ -268,7 +314,8 @@ def load_hf(
   config: config_lib.ModelConfig | None = None,
   shardings: Any = None,
 ) -> tuple[config_lib.ModelConfig, nnx.State]:
-  """Reads a transformers Qwen2.5-VL directory -> (config, params).
+  """Reads a transformers Qwen2.5-VL / Qwen3-VL directory -> (config,
+  params).
 
   params is the `nnx.State` of `qwen25vl.abstract(config)` (merge it with
   that graphdef, or use `load_model`). `shardings`: None (default device),
@@ -294,7 +341,7 @@ def load_hf(
   for path in _weight_files(directory):
     with _open(path) as f:
       for name in f.keys():
-        hit = hf_to_ours_name(name)
+        hit = hf_to_ours_name(name, cfg.family)
         if hit is None or hit[0] not in targets:
           if hit and hit[0] == "lm_head.kernel" and cfg.tie_word_embeddings:
             continue  # tied checkpoints may still store a copy of the head
@@ -350,7 +397,7 @@ def save_hf(params, config: config_lib.ModelConfig, directory: str) -> None:
   tensors: dict[str, np.ndarray] = {}
   for path, var in nnx.to_flat_state(params):
     name = _path_str(path)
-    for pat, hf, tf in _BACKWARD:
+    for pat, hf, tf in _BACKWARD[config.family]:
       m = pat.match(name)
       if m:
         hf_name = hf.replace("{i}", m.groupdict().get("i") or "")
@@ -358,7 +405,10 @@ def save_hf(params, config: config_lib.ModelConfig, directory: str) -> None:
         tensors[hf_name] = _to_hf(x, tf, config)
         break
     else:
-      raise ValueError(f"parameter {name} has no HF name in hf_convert.RULES")
+      raise ValueError(
+        f"parameter {name} has no HF name in "
+        f"hf_convert.RULES[{config.family!r}]"
+      )
   with open(os.path.join(directory, "config.json"), "w") as f:
     json.dump(hf_cfg, f, indent=2)
   _write_safetensors(os.path.join(directory, "model.safetensors"), tensors)

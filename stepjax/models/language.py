@@ -1,4 +1,9 @@
-"""Qwen2 decoder with M-RoPE and a preallocated KV cache.
+"""Qwen2 / Qwen3 decoder with M-RoPE and a preallocated KV cache.
+
+Qwen3 (`text.qk_norm`): RMSNorm on each query and key head before the
+rotary, no projection biases, and DeepStack: visual features added to the
+hidden state at the image tokens after each of the first S layers
+(`deepstack` in `Decoder.__call__`).
 
 B: batch, T: new tokens this call, S: cache length, D: hidden, L: layers,
 N: query heads, G: kv heads, K: head_dim, V: vocab.
@@ -73,18 +78,22 @@ class Attention(nnx.Module):
       std=cfg.initializer_range,
     )
     d, k = t.hidden_size, t.head_dim
+    bias = t.attention_bias
     self.q = layers.Dense(
       (d,), (t.num_heads, k), ("embed",), ("heads", "head_dim"),
-      use_bias=True, **kw,
+      use_bias=bias, **kw,
     )  # fmt: skip
     self.k = layers.Dense(
       (d,), (t.num_kv_heads, k), ("embed",), ("kv_heads", "head_dim"),
-      use_bias=True, **kw,
+      use_bias=bias, **kw,
     )  # fmt: skip
     self.v = layers.Dense(
       (d,), (t.num_kv_heads, k), ("embed",), ("kv_heads", "head_dim"),
-      use_bias=True, **kw,
+      use_bias=bias, **kw,
     )  # fmt: skip
+    norm = (k, t.rms_norm_eps, "head_dim", cfg.param_dtype, cfg.dtype)
+    self.q_norm = nnx.data(layers.RMSNorm(*norm) if t.qk_norm else None)
+    self.k_norm = nnx.data(layers.RMSNorm(*norm) if t.qk_norm else None)
     self.o = layers.Dense(
       (t.num_heads, k), (d,), ("heads", "head_dim"), ("embed",),
       use_bias=False, **kw,
@@ -97,10 +106,11 @@ class Attention(nnx.Module):
 
     Returns (out_BxTxD, the updated layer cache or None).
     """
-    q_BxTxNxK = layers.apply_rotary(self.q(x_BxTxD), cos, sin)
-    k_BxGxTxK = jnp.swapaxes(
-      layers.apply_rotary(self.k(x_BxTxD), cos, sin), 1, 2
-    )
+    q_BxTxNxK, k_BxTxGxK = self.q(x_BxTxD), self.k(x_BxTxD)
+    if self.q_norm is not None:
+      q_BxTxNxK, k_BxTxGxK = self.q_norm(q_BxTxNxK), self.k_norm(k_BxTxGxK)
+    q_BxTxNxK = layers.apply_rotary(q_BxTxNxK, cos, sin)
+    k_BxGxTxK = jnp.swapaxes(layers.apply_rotary(k_BxTxGxK, cos, sin), 1, 2)
     v_BxGxTxK = jnp.swapaxes(self.v(x_BxTxD), 1, 2)
     if kv is None:
       k, v, new_kv = k_BxGxTxK, v_BxGxTxK, None
@@ -183,9 +193,19 @@ class Decoder(nnx.Module):
     return jnp.take(table, ids_BxT, axis=0)
 
   def __call__(
-    self, x_BxTxD, positions_3xBxT, attn_mask_BxT, cache=None, cache_index=None
+    self,
+    x_BxTxD,
+    positions_3xBxT,
+    attn_mask_BxT,
+    cache=None,
+    cache_index=None,
+    deepstack=None,
   ):
-    """Returns (hidden_BxTxD after the final norm, new cache or None)."""
+    """Returns (hidden_BxTxD after the final norm, new cache or None).
+
+    deepstack: None, or (levels_SxFxD, src_BxT, is_img_BxT): after layer
+    s < S, token (b, t) with is_img gets levels[s, src[b, t]] added.
+    """
     dtype = layers.to_dtype(self.cfg.dtype)
     cos, sin = mrope_cos_sin(positions_3xBxT, self.cfg.text, dtype)
     b, t = attn_mask_BxT.shape
@@ -217,6 +237,10 @@ class Decoder(nnx.Module):
       x_BxTxD, new_kv = step(layer, x_BxTxD, cos, sin, mask_BxTxS, kv,
                              cache_index)  # fmt: skip
       new_layers.append(new_kv)
+      if deepstack is not None and i < deepstack[0].shape[0]:
+        levels_SxFxD, src_BxT, is_img_BxT = deepstack
+        add_BxTxD = levels_SxFxD[i][src_BxT].astype(x_BxTxD.dtype)
+        x_BxTxD = x_BxTxD + jnp.where(is_img_BxT[..., None], add_BxTxD, 0)
     if new_cache is not None:
       new_cache["layers"] = tuple(new_layers)
     return self.final_norm(x_BxTxD), new_cache

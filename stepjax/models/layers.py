@@ -62,6 +62,28 @@ class RMSNorm(nnx.Module):
     return self.scale[...].astype(self.dtype) * x32.astype(self.dtype)
 
 
+class LayerNorm(nnx.Module):
+  """LayerNorm with scale and bias, computed in float32 (Qwen3-VL's
+  vision tower)."""
+
+  def __init__(
+    self, dim: int, eps: float, axis: str, param_dtype: str, dtype: str
+  ):
+    self.scale = param(None, (dim,), (axis,), param_dtype, init="ones")
+    self.bias = param(None, (dim,), (axis,), param_dtype, init="zeros")
+    self.eps = eps
+    self.dtype = to_dtype(dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    y = y * self.scale[...].astype(jnp.float32)
+    y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
 class Dense(nnx.Module):
   """y = x . kernel + bias over the trailing `len(in_shape)` axes of x.
 
@@ -123,6 +145,29 @@ def inv_freq(dim: int, theta: float) -> jax.Array:
 
 def gelu_exact(x: jax.Array) -> jax.Array:
   return 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
+
+
+class MLP(nnx.Module):
+  """fc2(act(fc1(x))) with biases: Qwen3-VL's vision MLP (GELU, tanh)."""
+
+  def __init__(
+    self,
+    hidden: int,
+    intermediate: int,
+    *,
+    rngs: nnx.Rngs,
+    param_dtype: str,
+    dtype: str,
+    std: float,
+  ):
+    kw = dict(
+      rngs=rngs, param_dtype=param_dtype, dtype=dtype, std=std, use_bias=True
+    )
+    self.fc1 = Dense((hidden,), (intermediate,), ("embed",), ("mlp",), **kw)
+    self.fc2 = Dense((intermediate,), (hidden,), ("mlp",), ("embed",), **kw)
+
+  def __call__(self, x):
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
 
 
 class GatedMLP(nnx.Module):

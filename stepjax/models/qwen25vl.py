@@ -1,4 +1,11 @@
-"""The Qwen2.5-VL policy: vision tower + Qwen2 decoder + lm_head.
+"""The vision-language policy: vision tower + decoder + lm_head.
+
+One module for both families (`cfg.family`): Qwen2.5-VL (window-attention
+tower, Qwen2 decoder) and Qwen3-VL (`vision_qwen3` tower with a learned
+position grid and DeepStack, Qwen3 decoder with q/k norms and interleaved
+M-RoPE). Callers never branch on the family: image features are opaque
+arrays img_IxMxF (F = E, or (1+S)E with S DeepStack levels) passed back
+to the forward.
 
 Shapes: B batch, T tokens in this call, S cache slots, V vocab, D decoder
 hidden, I images, N padded patch rows per image, P = 3*2*14*14 patch row,
@@ -44,13 +51,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from stepjax.models import config as config_lib
-from stepjax.models import language, layers, vision, vision_index
+from stepjax.models import language, layers, vision, vision_index, vision_qwen3
 
 
 class Qwen25VL(nnx.Module):
   def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.visual = vision.VisionTower(cfg, rngs)
+    if cfg.family == "qwen3_vl":
+      self.visual = vision_qwen3.Qwen3VisionTower(cfg, rngs)
+    else:
+      self.visual = vision.VisionTower(cfg, rngs)
     self.language = language.Decoder(cfg, rngs)
     t = cfg.text
     self.lm_head = (
@@ -80,21 +90,27 @@ class Qwen25VL(nnx.Module):
     return self.lm_head(hidden_BxTxD)
 
   def embed(self, input_ids_BxT, img_IxMxD=None, img_valid_IxM=None):
-    """Token embeddings with image features scattered into the pad tokens.
+    """Token embeddings with image features scattered into the pad tokens,
+    and the DeepStack inputs of the decoder (None without levels).
 
     The k-th `<|image_pad|>` token of the batch (reading order) receives
     the k-th valid merged image feature.
     """
     x = self.language.embed_tokens(input_ids_BxT)
     if img_IxMxD is None:
-      return x
-    feats = img_IxMxD.reshape(-1, img_IxMxD.shape[-1]).astype(x.dtype)
+      return x, None
+    main, levels = vision_qwen3.split_levels(img_IxMxD, x.shape[-1])
+    feats = main.reshape(-1, main.shape[-1]).astype(x.dtype)
     valid = jnp.asarray(img_valid_IxM).reshape(-1)
     order = jnp.argsort(~valid, stable=True)  # valid features first
     is_img = input_ids_BxT == self.cfg.image_pad_token_id
     k = jnp.cumsum(is_img.reshape(-1)).reshape(is_img.shape) - 1
-    k = jnp.clip(k, 0, feats.shape[0] - 1)
-    return jnp.where(is_img[..., None], feats[order[k]], x)
+    src_BxT = order[jnp.clip(k, 0, feats.shape[0] - 1)]
+    x = jnp.where(is_img[..., None], feats[src_BxT], x)
+    if levels.shape[0] == 0:
+      return x, None
+    levels_SxFxD = levels.reshape(levels.shape[0], -1, levels.shape[-1])
+    return x, (levels_SxFxD, src_BxT, is_img)
 
   def __call__(
     self,
@@ -118,9 +134,14 @@ class Qwen25VL(nnx.Module):
       img_IxMxD, img_valid_IxM = self.encode_images(pixels_IxNxP, vision_meta)
     elif img_IxMxD is not None and img_valid_IxM is None:
       img_valid_IxM = jnp.ones(img_IxMxD.shape[:2], bool)
-    x = self.embed(input_ids_BxT, img_IxMxD, img_valid_IxM)
+    x, deepstack = self.embed(input_ids_BxT, img_IxMxD, img_valid_IxM)
     hidden, new_cache = self.language(
-      x, positions_3xBxT, jnp.asarray(attn_mask_BxT), cache, cache_index
+      x,
+      positions_3xBxT,
+      jnp.asarray(attn_mask_BxT),
+      cache,
+      cache_index,
+      deepstack,
     )
     return self.logits(hidden), hidden, new_cache
 

@@ -63,8 +63,13 @@ class StepValueHead(nnx.Module):
   def grounding_logits(
     self, img_IxMxE: jax.Array, valid_IxM: jax.Array
   ) -> jax.Array:
-    """grounding_logit_IxF (float32): log-sum-exp over valid tokens."""
-    per_token_IxMxF = self.grounding(img_IxMxE).astype("float32")
+    """grounding_logit_IxF (float32): log-sum-exp over valid tokens.
+
+    Reads the merged tokens only (the first E features; Qwen3-VL's
+    DeepStack levels follow them).
+    """
+    e = self.grounding.kernel.shape[0]
+    per_token_IxMxF = self.grounding(img_IxMxE[..., :e]).astype("float32")
     masked = jnp.where(valid_IxM[..., None], per_token_IxMxF, -jnp.inf)
     return jax.nn.logsumexp(masked, axis=1)
 

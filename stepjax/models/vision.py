@@ -27,6 +27,21 @@ from stepjax.models import config as config_lib
 from stepjax.models import layers, vision_index
 
 
+def rotary(pos_IxNx2, vcfg: config_lib.VisionConfig):
+  """cos, sin of the 2D rotary embedding: I x N x head_dim, float32."""
+  freq = layers.inv_freq(vcfg.head_dim // 2, vcfg.rope_theta)  # K/4 freqs
+  ang = pos_IxNx2[..., None].astype(jnp.float32) * freq  # I x N x 2 x K/4
+  ang = ang.reshape(*ang.shape[:-2], -1)  # [h freqs, w freqs]
+  ang = jnp.concatenate([ang, ang], axis=-1)
+  return jnp.cos(ang), jnp.sin(ang)
+
+
+def frame_mask(meta: vision_index.VisionMeta):
+  """mask_IxNxN: rows of one frame attend to each other (full attention)."""
+  seg = jnp.asarray(meta.full_seg_IxN)
+  return seg[:, :, None] == seg[:, None, :]
+
+
 class VisionAttention(nnx.Module):
   def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
     v = cfg.vision
@@ -171,15 +186,6 @@ class VisionTower(nnx.Module):
     self.blocks = nnx.List([VisionBlock(cfg, rngs) for _ in range(v.depth)])
     self.merger = PatchMerger(cfg, rngs)
 
-  def rotary(self, pos_IxNx2):
-    """cos, sin of the 2D rotary embedding: I x N x head_dim, float32."""
-    v = self.cfg.vision
-    freq = layers.inv_freq(v.head_dim // 2, v.rope_theta)  # K/4 frequencies
-    ang = pos_IxNx2[..., None].astype(jnp.float32) * freq  # I x N x 2 x K/4
-    ang = ang.reshape(*ang.shape[:-2], -1)  # [h freqs, w freqs]
-    ang = jnp.concatenate([ang, ang], axis=-1)
-    return jnp.cos(ang), jnp.sin(ang)
-
   def window_inputs(self, meta: vision_index.VisionMeta):
     """(slot_rows_IxWxL, mask_IxWxLxL, row_slot_IxN) for window blocks."""
     seg = jnp.asarray(meta.slot_seg_IxWxL)
@@ -195,9 +201,8 @@ class VisionTower(nnx.Module):
     perm = jnp.asarray(meta.perm_IxN)
     x = self.patch_embed(pixels_IxNxP)
     x = jnp.take_along_axis(x, perm[..., None], axis=1)
-    cos, sin = self.rotary(jnp.asarray(meta.pos_IxNx2))
-    seg = jnp.asarray(meta.full_seg_IxN)
-    full_mask_IxNxN = seg[:, :, None] == seg[:, None, :]
+    cos, sin = rotary(jnp.asarray(meta.pos_IxNx2), v)
+    full_mask_IxNxN = frame_mask(meta)
     windows = self.window_inputs(meta)
     step = VisionBlock.__call__
     if self.cfg.remat:

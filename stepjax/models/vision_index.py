@@ -18,11 +18,19 @@ first; a segment id per slot row keeps windows apart), so attention costs
 W x L x L instead of N x N. Any packing in which no two slots could be
 merged uses fewer than 2 n / L + 1 slots for n real rows, so
 W = ceil(2 N / L) holds every grid of at most N patches: static per N.
+Without window attention (`window_size` 0, Qwen3-VL) each frame is one
+window: the order is the patch order and the slot arrays are 1 x 1
+placeholders. With a learned position grid (`num_position_embeddings`,
+Qwen3-VL) each row also gets the 4 bilinear taps into the grid and their
+weights (transformers' align-corners resampling of the square grid to the
+image's h x w patches); without one those arrays are zeros.
 `vision_metadata` computes all grid-dependent arrays so that the jitted
 forward only sees static shapes.
 """
 
 from __future__ import annotations
+
+import math
 
 import flax.struct
 import jax
@@ -48,6 +56,10 @@ class VisionMeta:
   pos_IxNx2: (h, w) rotary coordinates per window-ordered position.
   unperm_IxM: window-ordered merged token feeding each output token.
   valid_IxM: which merged output tokens are real.
+  interp_idx_IxNx4: rows of the learned position grid (flattened) that
+    each window-ordered position interpolates (0 without a grid).
+  interp_w_IxNx4: their bilinear weights (float32; 0 without a grid or on
+    padding rows).
   """
 
   perm_IxN: jax.Array
@@ -58,6 +70,8 @@ class VisionMeta:
   pos_IxNx2: jax.Array
   unperm_IxM: jax.Array
   valid_IxM: jax.Array
+  interp_idx_IxNx4: jax.Array
+  interp_w_IxNx4: jax.Array
 
 
 def num_patches(grid_thw_Ix3: np.ndarray) -> np.ndarray:
@@ -65,13 +79,38 @@ def num_patches(grid_thw_Ix3: np.ndarray) -> np.ndarray:
 
 
 def window_rows(vcfg: config_lib.VisionConfig) -> int:
-  """L: patch rows of one whole attention window."""
+  """L: patch rows of one whole attention window (1 without windows)."""
+  if not vcfg.window_size:
+    return 1
   return (vcfg.window_size // vcfg.patch_size) ** 2
 
 
 def window_slots(n_rows: int, vcfg: config_lib.VisionConfig) -> int:
   """W: window slots per image for a bucket of `n_rows` patch rows."""
+  if not vcfg.window_size:
+    return 1
   return max(1, -(-2 * n_rows // window_rows(vcfg)))
+
+
+def _axis_taps(index: np.ndarray, size: int, side: int):
+  """Two taps into a `side`-long axis and their weights for positions
+  `index` of a `size`-long one (align corners: ends map to ends)."""
+  src = index.astype(np.float32) * np.float32(side - 1)
+  src = src / np.float32(max(size - 1, 1))
+  low = np.floor(src)
+  taps = low.astype(np.int64)[:, None] + np.arange(2)
+  weights = 1 - np.abs(src[:, None] - low[:, None] - np.arange(2))
+  return np.clip(taps, 0, side - 1), np.maximum(weights, 0).astype(np.float32)
+
+
+def _grid_taps(hpos, wpos, h: int, w: int, vcfg):
+  """(idx_Rx4, w_Rx4): bilinear taps into the learned position grid."""
+  side = math.isqrt(vcfg.num_position_embeddings)
+  h_taps, h_w = _axis_taps(hpos, h, side)
+  w_taps, w_w = _axis_taps(wpos, w, side)
+  idx = h_taps[:, :, None] * side + w_taps[:, None, :]
+  weight = h_w[:, :, None] * w_w[:, None, :]
+  return idx.reshape(-1, 4), weight.reshape(-1, 4)
 
 
 def _pack_windows(sizes, slot_len: int, num_slots: int):
@@ -112,7 +151,8 @@ def _one_image(t, h, w, n_rows, vcfg):
   m = vcfg.spatial_merge_size
   unit = vcfg.merge_unit
   gh, gw = h // m, w // m  # merged grid
-  win = vcfg.window_size // m // vcfg.patch_size  # window side, merged units
+  # Window side in merged units; without windows a frame is one window.
+  win = vcfg.window_size // m // vcfg.patch_size or max(gh, gw)
   nwh, nww = -(-gh // win), -(-gw // win)
   units = t * gh * gw
   # Merged unit u = (f, bh, bw) -> window (f, bh // win, bw // win).
@@ -135,7 +175,10 @@ def _one_image(t, h, w, n_rows, vcfg):
   slot_rows = np.zeros((num_slots, slot_len), np.int64)
   slot_seg = np.full((num_slots, slot_len), PAD_SEGMENT)
   row_slot = np.zeros(n_rows, np.int64)
-  for j, (slot, off) in enumerate(_pack_windows(sizes, slot_len, num_slots)):
+  packing = (
+    _pack_windows(sizes, slot_len, num_slots) if vcfg.window_size else []
+  )
+  for j, (slot, off) in enumerate(packing):
     size, start = sizes[j], starts[j]
     slot_rows[slot, off : off + size] = np.arange(start, start + size)
     slot_seg[slot, off : off + size] = windows[j]
@@ -153,7 +196,13 @@ def _one_image(t, h, w, n_rows, vcfg):
   unperm = np.arange(m_rows)
   unperm[:units] = np.argsort(window_index)
   valid = np.arange(m_rows) < units
-  return perm, full_seg, slot_rows, slot_seg, row_slot, pos, unperm, valid
+  interp_idx = np.zeros((n_rows, 4), np.int64)
+  interp_w = np.zeros((n_rows, 4), np.float32)
+  if vcfg.num_position_embeddings:
+    interp_idx[:n], interp_w[:n] = _grid_taps(pos[:n, 0], pos[:n, 1], h, w,
+                                              vcfg)  # fmt: skip
+  return (perm, full_seg, slot_rows, slot_seg, row_slot, pos, unperm, valid,
+          interp_idx, interp_w)  # fmt: skip
 
 
 def vision_metadata(
@@ -173,6 +222,8 @@ def vision_metadata(
     pos_IxNx2=np.stack(cols[5]).astype(np.int32),
     unperm_IxM=np.stack(cols[6]).astype(np.int32),
     valid_IxM=np.stack(cols[7]),
+    interp_idx_IxNx4=np.stack(cols[8]).astype(np.int32),
+    interp_w_IxNx4=np.stack(cols[9]),
   )
 
 

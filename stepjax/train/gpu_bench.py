@@ -195,7 +195,7 @@ def model_flops(
     size = int(np.prod(leaf.shape))
     if "'language'" in key:
       decoder += size
-    elif "'merger'" in key:
+    elif "merger" in key:  # the merger and Qwen3-VL's DeepStack mergers
       merger += size
     else:
       blocks += size
@@ -204,7 +204,7 @@ def model_flops(
   tokens = rows * seq
   heads_dim = text.num_heads * text.head_dim
   attention = 4.0 * text.num_layers * rows * seq**2 * heads_dim
-  full = len(vis.fullatt_block_indexes)
+  full = vis.num_full_attention_blocks
   window = (vis.window_size // vis.patch_size) ** 2
   # Vision: full attention in `full` blocks, windows in the others.
   keys = full * patches + (vis.depth - full) * min(window, patches)

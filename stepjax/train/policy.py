@@ -22,8 +22,22 @@ from stepjax.models import config as config_lib
 from stepjax.models import hf_convert, qwen25vl, step_value
 from stepjax.train import sharding
 
-_SMALL_PRESETS = ("tiny", "tiny_alt", "synthmed", "bench")
-_LARGE_PRESETS = ("qwen25vl_3b", "qwen25vl_7b")
+_SMALL_PRESETS = (
+  "tiny",
+  "tiny_alt",
+  "synthmed",
+  "bench",
+  "tiny_qwen3",
+  "tiny_qwen3_alt",
+  "synthmed_qwen3",
+)
+_LARGE_PRESETS = (
+  "qwen25vl_3b",
+  "qwen25vl_7b",
+  "qwen3vl_2b",
+  "qwen3vl_4b",
+  "qwen3vl_8b",
+)
 
 
 def _round_up(n: int, multiple: int) -> int:

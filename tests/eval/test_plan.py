@@ -75,6 +75,23 @@ def test_7b_plan_for_v5e16():
   assert "no data.batch_size fits" in text and "optim.grad_accum" in text
 
 
+@pytest.mark.parametrize("mesh", ["v5e16", "v5p8"])
+def test_qwen3vl_8b_plans(mesh):
+  module = _load_config("qwen3vl_8b_mrpo.py")
+  config = module.get_config(f"mesh={mesh}")
+  assert config.model.preset == "qwen3vl_8b"
+  assert config.tokenizer.think_tag == "thinking"
+  p = plan_lib.plan(config, chip=plan_lib.chip_from_config_arg(f"mesh={mesh}"))
+  # The published 8.77B plus the step-value head.
+  assert 8.76e9 < p.param_count < 8.78e9
+  text = plan_lib.format_plan(p)
+  assert "full attention in every block" in text
+  if mesh == "v5p8":
+    assert "fits" in p.verdict and p.largest_batch >= 8
+  else:  # 16 GB chips: as with the 7B, no batch fits under 90% of HBM.
+    assert p.largest_batch == 0 and "no data.batch_size fits" in text
+
+
 def test_chip_from_config_arg_and_bad_chip():
   assert plan_lib.chip_from_config_arg("x.py:mesh=v5p8,algo=grpo") == "v5p"
   assert plan_lib.chip_from_config_arg("x.py") == ""

@@ -1,4 +1,5 @@
-"""Shared helpers for the Qwen2.5-VL parity tests (tiny random models)."""
+"""Shared helpers for the HF parity tests (tiny random Qwen2.5-VL and
+Qwen3-VL models)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,28 @@ from stepjax.models import vision_index
 GRIDS = np.array([[1, 8, 12], [1, 6, 4], [1, 4, 10]], np.int64)
 
 
+def hf_classes(cfg: config_lib.ModelConfig):
+  """(config class, model class) of transformers for cfg's family."""
+  if cfg.family == "qwen3_vl":
+    return (
+      transformers.Qwen3VLConfig,
+      transformers.Qwen3VLForConditionalGeneration,
+    )
+  return (
+    transformers.Qwen2_5_VLConfig,
+    transformers.Qwen2_5_VLForConditionalGeneration,
+  )
+
+
 def hf_model(cfg: config_lib.ModelConfig, seed: int = 0, std: float = 0.15):
   """Random transformers model (float32, eager attention) for `cfg`."""
-  hf_cfg = transformers.Qwen2_5_VLConfig(**cfg.to_hf_dict())
+  config_cls, model_cls = hf_classes(cfg)
+  hf_cfg = config_cls(**cfg.to_hf_dict())
   hf_cfg._attn_implementation = "eager"
   hf_cfg.vision_config._attn_implementation = "eager"
   hf_cfg.text_config._attn_implementation = "eager"
   torch.manual_seed(seed)
-  model = transformers.Qwen2_5_VLForConditionalGeneration(hf_cfg)
+  model = model_cls(hf_cfg)
   # Larger random weights than the 0.02 default: sharper logits, so greedy
   # decoding has few near ties.
   with torch.no_grad():

@@ -21,14 +21,17 @@ from stepjax.models import config as config_lib
 from stepjax.models import hf_convert, qwen25vl
 
 
-@pytest.mark.parametrize("preset", ["qwen25vl_3b", "qwen25vl_7b", "bench"])
+@pytest.mark.parametrize(
+  "preset",
+  ["qwen25vl_3b", "qwen25vl_7b", "bench", "qwen3vl_2b", "qwen3vl_4b",
+   "qwen3vl_8b"],
+)  # fmt: skip
 def test_param_count_equals_transformers(preset):
   cfg = getattr(config_lib.ModelConfig, preset)()
   ours = qwen25vl.param_count(cfg)
+  config_cls, model_cls = fx.hf_classes(cfg)
   with torch.device("meta"):
-    hf = transformers.Qwen2_5_VLForConditionalGeneration(
-      transformers.Qwen2_5_VLConfig(**cfg.to_hf_dict())
-    )
+    hf = model_cls(config_cls(**cfg.to_hf_dict()))
   theirs = sum(p.numel() for p in hf.parameters())
   print(f"[count] {preset}: ours={ours} transformers={theirs}")
   assert ours == theirs

@@ -18,6 +18,12 @@ PRESETS = [
   "bench",
   "qwen25vl_3b",
   "qwen25vl_7b",
+  "tiny_qwen3",
+  "tiny_qwen3_alt",
+  "synthmed_qwen3",
+  "qwen3vl_2b",
+  "qwen3vl_4b",
+  "qwen3vl_8b",
 ]
 
 
@@ -41,8 +47,30 @@ def test_replace_and_validation():
     cfg.replace(param_dtype="float8")
 
 
-def test_every_param_has_logical_axes():
-  _, state = qwen25vl.abstract(config_lib.ModelConfig.tiny_alt())
+def test_family_validation_names_the_setting():
+  tiny = config_lib.ModelConfig.tiny()
+  with pytest.raises(ValueError, match="num_position_embeddings must be a"):
+    tiny.replace(family="qwen3_vl")
+  qwen3 = config_lib.ModelConfig.tiny_qwen3()
+  with pytest.raises(ValueError, match="window_size must be positive"):
+    qwen3.replace(family="qwen2_5_vl")
+  with pytest.raises(ValueError, match=r"text.qk_norm=True \(got False\)"):
+    qwen3.replace(text={"qk_norm": False})
+  with pytest.raises(ValueError, match="deepstack_visual_indexes must lie"):
+    qwen3.replace(vision={"deepstack_visual_indexes": (7,)})
+  with pytest.raises(ValueError, match="family 'llava'"):
+    tiny.replace(family="llava")
+  hf = qwen3.to_hf_dict()
+  hf["text_config"]["attention_bias"] = True
+  with pytest.raises(ValueError, match="attention_bias=true"):
+    config_lib.ModelConfig.from_hf_config(hf)
+  with pytest.raises(ValueError, match="model_type 'llava'"):
+    config_lib.ModelConfig.from_hf_config({"model_type": "llava"})
+
+
+@pytest.mark.parametrize("preset", ["tiny_alt", "tiny_qwen3"])
+def test_every_param_has_logical_axes(preset):
+  _, state = qwen25vl.abstract(getattr(config_lib.ModelConfig, preset)())
   for path, var in nnx.to_flat_state(state):
     axes = var.get_metadata().get("out_sharding")
     assert axes is not None and len(axes) == len(var.shape), path
@@ -78,8 +106,9 @@ def _inputs(cfg):
   return ids, mask, pix.astype(np.float32), meta, pos, deltas
 
 
-def test_cache_decode_equals_full_forward_and_remat():
-  cfg = config_lib.ModelConfig.tiny().replace(remat=True)
+@pytest.mark.parametrize("preset", ["tiny", "tiny_qwen3"])
+def test_cache_decode_equals_full_forward_and_remat(preset):
+  cfg = getattr(config_lib.ModelConfig, preset)().replace(remat=True)
   gd, params = nnx.split(qwen25vl.create(cfg))
   ids, mask, pix, meta, pos, deltas = _inputs(cfg)
   t = ids.shape[1]
@@ -228,9 +257,10 @@ def test_window_slots_hold_every_window(preset):
     assert len(np.unique(want)) == t * nwh * nww
 
 
-def test_vision_remat_changes_nothing_but_memory():
+@pytest.mark.parametrize("preset", ["tiny_alt", "tiny_qwen3"])
+def test_vision_remat_changes_nothing_but_memory(preset):
   """cfg.remat rematerialises vision blocks: same features and grads."""
-  cfg = config_lib.ModelConfig.tiny_alt()
+  cfg = getattr(config_lib.ModelConfig, preset)()
   _, params = nnx.split(qwen25vl.create(cfg))
   *_, pix, meta, _, _ = _inputs(cfg)
 

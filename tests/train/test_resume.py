@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 from etils import epath
 
 from stepjax.train import metrics
@@ -27,10 +28,10 @@ OVERRIDES = [
 ]
 
 
-def _command(workdir):
+def _command(workdir, preset):
   return [
     sys.executable, "-m", "stepjax", "train", f"--config={CONFIG}",
-    f"--workdir={workdir}", *OVERRIDES,
+    f"--workdir={workdir}", *OVERRIDES, f"--config.model.preset={preset}",
   ]  # fmt: skip
 
 
@@ -73,17 +74,19 @@ def _wait_for_checkpoint(proc, workdir, steps, timeout=600):
   raise AssertionError(f"no checkpoint in {steps} within {timeout}s")
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+# The test config's own preset (Qwen2.5-VL) and Qwen3-VL's tiny one.
+@pytest.mark.parametrize("preset", ["tiny", "tiny_qwen3"])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, preset):
   """Also: truncating the latest checkpoint afterwards and rerunning falls
   back to the previous checkpoint and ends with the same parameters."""
   straight, killed = tmp_path / "straight", tmp_path / "killed"
   env = _env(tmp_path / "jax_cache")
   reference = subprocess.Popen(
-    _command(straight), env=env, stdout=subprocess.PIPE,
+    _command(straight, preset), env=env, stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT, text=True,
   )  # fmt: skip
   victim = subprocess.Popen(
-    _command(killed), env=env, stdout=subprocess.DEVNULL,
+    _command(killed, preset), env=env, stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
   )  # fmt: skip
   # Checkpoint 3 = SFT (2 steps) and the first RL step done; kill before
@@ -95,7 +98,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   out = reference.communicate(timeout=600)[0]
   assert reference.returncode == 0, out[-3000:]
   resumed = subprocess.run(
-    _command(killed), env=env, capture_output=True, text=True,
+    _command(killed, preset), env=env, capture_output=True, text=True,
     timeout=600,
   )  # fmt: skip
   assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
@@ -114,7 +117,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   assert "final" in resumed.stdout
   # A truncated latest checkpoint falls back to the previous one (the
   # killed run's workdir is reused: one more short run, not two).
-  _truncate_latest_and_rerun(killed, params_a, env)
+  if preset == "tiny":  # the fallback does not depend on the family
+    _truncate_latest_and_rerun(killed, params_a, env, preset)
 
 
 def _largest_file(directory):
@@ -122,7 +126,7 @@ def _largest_file(directory):
   return max(files, key=lambda p: p.stat().st_size)
 
 
-def _truncate_latest_and_rerun(workdir, params_uninterrupted, env):
+def _truncate_latest_and_rerun(workdir, params_uninterrupted, env, preset):
   """Truncates the largest state file of checkpoint 5 (the last) and runs
   the same command again: it must resume from checkpoint 4, keep the
   damaged checkpoint aside and end with the uninterrupted parameters."""
@@ -130,7 +134,7 @@ def _truncate_latest_and_rerun(workdir, params_uninterrupted, env):
   data = damaged.read_bytes()
   damaged.write_bytes(data[: len(data) // 2])
   rerun = subprocess.run(
-    _command(workdir), env=env, capture_output=True, text=True,
+    _command(workdir, preset), env=env, capture_output=True, text=True,
     timeout=600,
   )  # fmt: skip
   assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr

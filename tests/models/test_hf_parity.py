@@ -1,8 +1,12 @@
-"""Parity with transformers' Qwen2_5_VLForConditionalGeneration (fp32).
+"""Parity with transformers' Qwen2_5_VLForConditionalGeneration and
+Qwen3VLForConditionalGeneration (fp32).
 
-Two tiny configs that differ in window layout (2x2 vs ragged 3x3 windows),
-full-attention blocks, depth, widths and tied vs untied embeddings; a batch
-of three images of different grids in two left-padded prompts.
+Per family two tiny configs. Qwen2.5-VL: they differ in window layout
+(2x2 vs ragged 3x3 windows), full-attention blocks, depth, widths and tied
+vs untied embeddings. Qwen3-VL: 4x4 vs 6x6 learned position grids, two vs
+one DeepStack levels, head_dim 32 != hidden / heads vs the default, tied vs
+untied. A batch of three images of different grids (merged grids 4x6, 3x2,
+2x5) in two left-padded prompts.
 """
 
 import os
@@ -13,11 +17,16 @@ import numpy as np
 import pytest
 import qwen_fixtures as fx
 import torch
-import transformers
 from flax import nnx
 
 from stepjax.models import config as config_lib
-from stepjax.models import hf_convert, qwen25vl, rope_index, vision_index
+from stepjax.models import (
+  hf_convert,
+  qwen25vl,
+  rope_index,
+  vision_index,
+  vision_qwen3,
+)
 
 TOL = 1e-4
 STEPS = 32
@@ -25,7 +34,7 @@ STEPS = 32
 
 @pytest.fixture(
   scope="module",
-  params=["tiny", "tiny_alt"],
+  params=["tiny", "tiny_alt", "tiny_qwen3", "tiny_qwen3_alt"],
 )
 def setup(request, tmp_path_factory):
   cfg = getattr(config_lib.ModelConfig, request.param)()
@@ -81,21 +90,26 @@ def test_rope_index_matches_transformers(setup):
 def test_image_features_match_transformers(setup):
   _, _, pix, grids = setup["np_batch"]
   with torch.no_grad():
-    ref = (
-      setup["hf"]
-      .model.get_image_features(torch.tensor(pix), torch.tensor(grids))
-      .pooler_output
+    ref = setup["hf"].model.get_image_features(
+      torch.tensor(pix), torch.tensor(grids)
     )
+    deepstack = getattr(ref, "deepstack_features", None) or []
+    ref = ref.pooler_output
   o = setup["ours"]
   img, valid = qwen25vl.encode_images(
     setup["graphdef"], setup["params"], o["pixels"], o["meta"]
   )
-  img, valid = np.asarray(img), np.asarray(valid)
+  main, levels = vision_qwen3.split_levels(img, setup["cfg"].text.hidden_size)
+  assert levels.shape[0] == setup["cfg"].vision.num_deepstack
   worst = 0.0
   for i, r in enumerate(ref):
     r = r.numpy()
-    assert valid[i].sum() == len(r)
-    worst = max(worst, float(np.abs(img[i, : len(r)] - r).max()))
+    assert np.asarray(valid[i]).sum() == len(r)
+    worst = max(worst, float(np.abs(main[i, : len(r)] - r).max()))
+  for s, per_image in enumerate(deepstack):
+    for i, r in enumerate(per_image):
+      r = r.numpy()
+      worst = max(worst, float(np.abs(levels[s, i, : len(r)] - r).max()))
   _report("image feature max abs diff", setup["name"], worst)
   assert worst <= TOL
 
@@ -119,9 +133,12 @@ def test_logits_match_transformers(setup, use_jit):
   # All positions, left padding included (fully masked query rows attend
   # uniformly in both implementations).
   diff = np.abs(np.asarray(logits) - setup["ref_logits"])
+  scale = np.abs(setup["ref_logits"]).max()
   _report(f"logits max abs diff (jit={use_jit})", setup["name"],
           diff.max())  # fmt: skip
+  _report("logits max |logit|", setup["name"], scale)
   assert diff.max() <= TOL
+  assert diff.max() <= TOL * scale
 
 
 def test_greedy_generation_matches_transformers(setup):
@@ -187,7 +204,8 @@ def test_greedy_generation_matches_transformers(setup):
 def test_round_trip_through_save_hf(setup, tmp_path):
   out_dir = os.path.join(tmp_path, "roundtrip")
   hf_convert.save_hf(setup["params"], setup["cfg"], out_dir)
-  reloaded = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+  model_cls = fx.hf_classes(setup["cfg"])[1]
+  reloaded = model_cls.from_pretrained(
     out_dir, attn_implementation="eager", dtype=torch.float32
   ).eval()
   with torch.no_grad():
