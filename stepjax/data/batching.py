@@ -1,13 +1,14 @@
 """Batching for the input pipeline: bucket padding and skip accounting.
 
 `collate` pads prepared examples into the batch layout documented in
-`stepjax.data.pipeline` (B examples, T prompt tokens, N patches, P = 1176
-values per patch, S target tokens). `BatchDataset` is the Grain stage that
-collects B good examples, turning the skip markers that the decode stage
-emits under `data.on_bad_record="skip"` into counts in `PipelineStats`
-(by kind and by reason key); it runs in the main process (after any worker
-processes), so the counts are complete and are saved and restored with the
-iterator state. The first few skips are logged one by one, then one line
+`stepjax.data.pipeline` (B examples, T prompt tokens, N patches, P =
+`opts.image_spec.patch_dim` values per patch, S target tokens).
+`BatchDataset` is the Grain stage that collects B good examples, turning
+the skip markers that the decode stage emits under
+`data.on_bad_record="skip"` into counts in `PipelineStats` (by kind and by
+reason key); it runs in the main process (after any worker processes), so
+the counts are complete and are saved and restored with the iterator
+state. The first few skips are logged one by one, then one line
 per pass over the data sums them up. A pass that keeps no record raises
 `errors.AllRecordsSkippedError` (a repeating iterator would otherwise read
 bad records forever, and evaluation would see no data).
@@ -23,7 +24,7 @@ import grain
 import numpy as np
 from absl import logging
 
-from stepjax.data import errors, images
+from stepjax.data import errors
 
 _MAX_RECENT = 20
 _LOGGED_SKIPS = 5  # skips logged one by one; later ones only per pass
@@ -99,7 +100,15 @@ def collate(
   )
   prompt_ids_BxT = np.full((b, t), pad_id, np.int32)
   prompt_mask_BxT = np.zeros((b, t), np.int32)
-  pixels_BxNxP = np.zeros((b, n, images.PATCH_DIM), np.float32)
+  p = opts.image_spec.patch_dim
+  widths = {e["pixels_NxP"].shape[1] for e in examples}
+  if widths != {p}:
+    raise ValueError(
+      f"patch rows of width {sorted(widths)} in a batch for an image spec "
+      f"with patch_dim {p}; preprocess with the same images.ImageSpec as "
+      "the pipeline options"
+    )
+  pixels_BxNxP = np.zeros((b, n, p), np.float32)
   patch_mask_BxN = np.zeros((b, n), np.int32)
   for i, e in enumerate(examples):
     length = len(e["prompt_ids"])

@@ -1,15 +1,25 @@
-"""Image decoding and Qwen2.5-VL preprocessing (resize, normalise, patchify).
+"""Image decoding and per-family preprocessing (resize, normalise, patchify).
 
 `decode_image` turns an `ImageRef` (path, encoded bytes or array) into a
 uint8 HxWx3 RGB array; `preprocess` turns that into the vision tower's
 input, computing the same numbers as transformers'
-`Qwen2VLImageProcessorPil` (bicubic PIL resize to a multiple of 28 chosen
-by `smart_resize`, rescale by 1/255 in float64, CLIP mean/std normalisation
-in float32, merge-aware patch order).
+`Qwen2VLImageProcessorPil` (bicubic PIL resize to a multiple of
+`spec.factor` chosen by `smart_resize`, rescale by 1/255 in float64,
+mean/std normalisation in float32, merge-aware patch order).
+
+An `ImageSpec` holds what differs between model families; `image_spec`
+picks it for a `ModelConfig`. Both Qwen2.5-VL and Qwen3-VL checkpoints
+use transformers' Qwen2-VL image processor, with these settings:
+  QWEN2_5_VL: 14-pixel patches (factor 28), OpenAI CLIP mean/std.
+  QWEN3_VL:   16-pixel patches (factor 32), mean = std = 0.5.
+(Their checkpoints' default pixel ranges also differ, 56*56..28*28*16384
+and 256*256..4096*4096, but the range here is always the caller's:
+`data.min_pixels` / `data.max_pixels`.)
 
 Shapes: H, W image height/width in pixels; N = grid_h * grid_w patches of
-14x14 pixels; P = 3 channels * 2 temporal * 14 * 14 = 1176 values per
-patch (a still image is repeated to fill the temporal patch).
+p x p pixels (p = spec.patch_size); P = spec.patch_dim = 3 channels *
+2 temporal * p * p values per patch (1176 for Qwen2.5-VL, 1536 for
+Qwen3-VL; a still image is repeated to fill the temporal patch).
 
 Decoding rules (PNG, JPEG, ... through PIL; DICOM through pydicom):
 - EXIF orientation is applied (as transformers' `load_image` does).
@@ -27,6 +37,7 @@ Every failure raises `BadRecordError` naming the file and the record.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import warnings
@@ -39,7 +50,9 @@ from etils import epath
 
 from stepjax.data import errors, records
 from stepjax.data.readers import paths
+from stepjax.errors import InputError
 
+# Qwen2.5-VL's settings, kept as names for older callers (= QWEN2_5_VL).
 PATCH_SIZE = 14
 MERGE_SIZE = 2
 TEMPORAL_PATCH_SIZE = 2
@@ -49,10 +62,79 @@ MAX_ASPECT_RATIO = 200
 # OpenAI CLIP statistics, as used by the Qwen2-VL image processor.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Qwen3-VL's checkpoints normalise to [-1, 1] instead.
+HALF = (0.5, 0.5, 0.5)
 # Decoded-size guard against decompression bombs (about 8k x 8k).
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 
 _DICOM_SUFFIXES = (".dcm", ".dicom")
+_CHANNELS = 3  # decode_image always gives RGB
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+  """How a model family cuts an RGB image into patch rows.
+
+  The settings transformers' Qwen2-VL image processor takes: square
+  `patch_size` patches, `merge_size` x `merge_size` patches merged into one
+  language-model token, `temporal_patch_size` frames per patch (a still
+  image is repeated), and the per-channel `mean` / `std` applied after
+  scaling pixels to [0, 1].
+  """
+
+  patch_size: int
+  temporal_patch_size: int
+  merge_size: int
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+
+  @property
+  def factor(self) -> int:
+    """Resized image sides are multiples of this (patch * merge)."""
+    return self.patch_size * self.merge_size
+
+  @property
+  def patch_dim(self) -> int:
+    """P: values in one patch row (C * T * p * p)."""
+    return _CHANNELS * self.temporal_patch_size * self.patch_size**2
+
+
+QWEN2_5_VL = ImageSpec(
+  PATCH_SIZE, TEMPORAL_PATCH_SIZE, MERGE_SIZE, CLIP_MEAN, CLIP_STD
+)
+QWEN3_VL = ImageSpec(16, 2, 2, HALF, HALF)
+_FAMILY_SPECS = {"qwen2_5_vl": QWEN2_5_VL, "qwen3_vl": QWEN3_VL}
+
+
+def image_spec(model_cfg) -> ImageSpec:
+  """The `ImageSpec` for a `models.config.ModelConfig`.
+
+  Patch, temporal patch and merge sizes come from `model_cfg.vision` (so a
+  checkpoint's own sizes win); mean and std from `model_cfg.family`.
+
+  Raises:
+    InputError: an unknown family, or a vision tower that does not take
+      3-channel images.
+  """
+  family = model_cfg.family
+  if family not in _FAMILY_SPECS:
+    raise InputError(
+      f"ModelConfig.family={family!r} has no image preprocessing; expected "
+      f"one of {sorted(_FAMILY_SPECS)} (set family, or add the family's "
+      "ImageSpec in stepjax/data/images.py)"
+    )
+  v = model_cfg.vision
+  if v.in_channels != _CHANNELS:
+    raise InputError(
+      f"ModelConfig.vision.in_channels={v.in_channels}, but images are "
+      f"decoded to {_CHANNELS} (RGB) channels; set vision.in_channels=3"
+    )
+  return dataclasses.replace(
+    _FAMILY_SPECS[family],
+    patch_size=int(v.patch_size),
+    temporal_patch_size=int(v.temporal_patch_size),
+    merge_size=int(v.spatial_merge_size),
+  )
 
 
 def _bad(reason: str, ref_desc: str, record_id: str) -> errors.BadRecordError:
@@ -331,17 +413,20 @@ def smart_resize(
   height: int,
   width: int,
   *,
-  factor: int = FACTOR,
   min_pixels: int,
   max_pixels: int,
+  spec: ImageSpec = QWEN2_5_VL,
+  factor: int | None = None,
 ) -> tuple[int, int]:
   """The Qwen2-VL target size: sides multiples of `factor`, area in range.
 
-  Sides are rounded to the nearest multiple of `factor`; if the area is
-  above `max_pixels` (below `min_pixels`) both sides are scaled down (up)
-  by the same ratio and floored (ceiled) to multiples of `factor`, keeping
-  the aspect ratio as well as the grid allows.
+  Sides are rounded to the nearest multiple of `factor` (default
+  `spec.factor`); if the area is above `max_pixels` (below `min_pixels`)
+  both sides are scaled down (up) by the same ratio and floored (ceiled) to
+  multiples of `factor`, keeping the aspect ratio as well as the grid
+  allows.
   """
+  factor = factor or spec.factor
   if height <= 0 or width <= 0:
     raise ValueError(f"image size must be positive, got {height}x{width}")
   ratio = max(height, width) / min(height, width)
@@ -364,43 +449,58 @@ def smart_resize(
 
 
 def grid_for_size(
-  height: int, width: int, *, min_pixels: int, max_pixels: int
+  height: int,
+  width: int,
+  *,
+  min_pixels: int,
+  max_pixels: int,
+  spec: ImageSpec = QWEN2_5_VL,
 ) -> tuple[int, int, int]:
   """(t, h, w) patch grid an HxW image gets, without touching pixels."""
   new_h, new_w = smart_resize(
-    height, width, min_pixels=min_pixels, max_pixels=max_pixels
+    height, width, min_pixels=min_pixels, max_pixels=max_pixels, spec=spec
   )
-  return 1, new_h // PATCH_SIZE, new_w // PATCH_SIZE
+  return 1, new_h // spec.patch_size, new_w // spec.patch_size
 
 
-def patchify(image_HxWxC: np.ndarray) -> np.ndarray:
+def patchify(
+  image_HxWxC: np.ndarray, *, spec: ImageSpec = QWEN2_5_VL
+) -> np.ndarray:
   """Cuts a normalised image into merge-ordered patch rows `pixels_NxP`.
 
-  Rows go over 2x2 merge blocks in raster order, and within a block over
-  its four patches in raster order, so every 4 consecutive rows form one
-  merged token. Each row is laid out (C, T, 14, 14) with the frame repeated
-  over the T = 2 temporal slots.
+  Rows go over m x m merge blocks (m = spec.merge_size) in raster order,
+  and within a block over its patches in raster order, so every m*m
+  consecutive rows form one merged token. Each row is laid out (C, T, p, p)
+  with the frame repeated over the T = spec.temporal_patch_size slots.
+  H and W must be multiples of `spec.factor`.
   """
   h, w, c = image_HxWxC.shape
-  gh, gw = h // PATCH_SIZE, w // PATCH_SIZE
-  m, p = MERGE_SIZE, PATCH_SIZE
+  m, p, t = spec.merge_size, spec.patch_size, spec.temporal_patch_size
+  if h % spec.factor or w % spec.factor:
+    raise ValueError(
+      f"patchify needs sides that are multiples of {spec.factor}, got "
+      f"{h}x{w}; resize with smart_resize first"
+    )
+  gh, gw = h // p, w // p
   x = image_HxWxC.reshape(gh // m, m, p, gw // m, m, p, c)
   # -> (block_row, block_col, row_in_block, col_in_block, C, py, px)
   x = x.transpose(0, 3, 1, 4, 6, 2, 5)
-  x = np.broadcast_to(
-    x[:, :, :, :, :, None], (*x.shape[:5], TEMPORAL_PATCH_SIZE, p, p)
-  )
-  return x.reshape(gh * gw, c * TEMPORAL_PATCH_SIZE * p * p)
+  x = np.broadcast_to(x[:, :, :, :, :, None], (*x.shape[:5], t, p, p))
+  return x.reshape(gh * gw, c * t * p * p)
 
 
 def preprocess(
-  image_HxWx3: np.ndarray, *, min_pixels: int, max_pixels: int
+  image_HxWx3: np.ndarray,
+  *,
+  min_pixels: int,
+  max_pixels: int,
+  spec: ImageSpec = QWEN2_5_VL,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Resizes, normalises and patchifies one uint8 RGB image.
+  """Resizes, normalises and patchifies one uint8 RGB image for `spec`.
 
   Returns:
-    pixels_NxP: float32 patch rows (N = grid_h * grid_w, P = 1176).
-    grid_thw: int32 (3,) = (1, grid_h, grid_w) in 14-pixel patches.
+    pixels_NxP: float32 patch rows (N = grid_h * grid_w, P = spec.patch_dim).
+    grid_thw: int32 (3,) = (1, grid_h, grid_w) in spec.patch_size patches.
 
   Raises:
     ValueError: the aspect ratio is above 200 (callers turn this into a
@@ -408,7 +508,7 @@ def preprocess(
   """
   height, width = image_HxWx3.shape[:2]
   new_h, new_w = smart_resize(
-    height, width, min_pixels=min_pixels, max_pixels=max_pixels
+    height, width, min_pixels=min_pixels, max_pixels=max_pixels, spec=spec
   )
   # Always go through PIL (even at the same size), as the processor does.
   resized = PIL.Image.fromarray(image_HxWx3).resize(
@@ -417,11 +517,10 @@ def preprocess(
   # Rescale in float64 and cast, then normalise in float32: the processor's
   # exact order of operations, so results match bit for bit.
   x = (np.asarray(resized).astype(np.float64) * (1 / 255)).astype(np.float32)
-  mean = np.asarray(CLIP_MEAN, dtype=np.float32)
-  std = np.asarray(CLIP_STD, dtype=np.float32)
+  mean = np.asarray(spec.mean, dtype=np.float32)
+  std = np.asarray(spec.std, dtype=np.float32)
   x = (x - mean) / std
-  pixels_NxP = patchify(x)
-  grid_thw = np.asarray(
-    (1, new_h // PATCH_SIZE, new_w // PATCH_SIZE), dtype=np.int32
-  )
+  pixels_NxP = patchify(x, spec=spec)
+  p = spec.patch_size
+  grid_thw = np.asarray((1, new_h // p, new_w // p), dtype=np.int32)
   return np.ascontiguousarray(pixels_NxP, dtype=np.float32), grid_thw

@@ -3,7 +3,8 @@
 Stages (a `grain.MapDataset` up to the decode, then a `grain.IterDataset`):
 seeded shuffle (a fresh permutation every epoch) -> repeat -> this JAX
 process's slice `[process_index::process_count]` (each process reads and
-decodes only its own records) -> decode + Qwen2.5-VL preprocess -> tokenize
+decodes only its own records) -> decode + the model family's image
+preprocessing (`opts.image_spec`) -> tokenize
 -> [optional worker processes] -> batch and pad to a bucket shape
 (`stepjax.data.batching`) -> numpy batch. `iter(dataset)` gives a
 `grain.DatasetIterator` whose `get_state()/set_state()` (a JSON-able dict)
@@ -13,8 +14,9 @@ examples and skipped records.
 
 Shapes: B prompts per batch on this process (data.batch_size divided by
 the process count), T prompt tokens (a value of data.token_buckets), N
-vision patches per image (a value of data.patch_buckets), P = 1176 values
-per patch, S SFT target tokens (`target_len`).
+vision patches per image (a value of data.patch_buckets), P values per
+patch (`opts.image_spec.patch_dim`: 1176 for Qwen2.5-VL, 1536 for
+Qwen3-VL), S SFT target tokens (`target_len`).
 
 Batch layout (one image per prompt; numpy):
   prompt_ids_BxT   int32, LEFT-padded with the tokenizer's pad id, so every
@@ -22,8 +24,9 @@ Batch layout (one image per prompt; numpy):
   prompt_mask_BxT  int32, 1 for real tokens, 0 for padding.
   pixels_BxNxP     float32 patch rows (images.preprocess), zero-padded.
   patch_mask_BxN   int32, 1 for real patches.
-  grid_thw_Bx3     int32 (t, h, w) of each image in 14-px patches; the
-                   prompt holds t*h*w // 4 `<|image_pad|>` tokens.
+  grid_thw_Bx3     int32 (t, h, w) of each image in patches (14 px for
+                   Qwen2.5-VL, 16 for Qwen3-VL); the prompt holds
+                   t*h*w // merge**2 (= 4) `<|image_pad|>` tokens.
   target_ids_BxS   int32 (only when target_len > 0, for SFT): the gold
   target_mask_BxS  completion `completion_fn(rationale sentences, answer)`
                    followed by eos, RIGHT-padded with the pad id.
@@ -93,15 +96,25 @@ class PipelineOptions:
   max_image_pixels: int = images.DEFAULT_MAX_IMAGE_PIXELS
   target_len: int = 0  # >0: add SFT targets of this many tokens
   image_root: str = ""  # image paths must resolve under this ("" = as given)
+  # The model family's patch size, merge size and mean/std
+  # (`images.image_spec(model_cfg)`).
+  image_spec: images.ImageSpec = images.QWEN2_5_VL
 
   @classmethod
   def from_config(
-    cls, config: Any, *, sft: bool = False, **overrides: Any
+    cls,
+    config: Any,
+    *,
+    sft: bool = False,
+    model_cfg: Any = None,
+    **overrides: Any,
   ) -> PipelineOptions:
     """Reads `config.data.*` (and `config.seed`).
 
     With `sft`, targets are `config.sampling.max_new_tokens` long. An
     optional `data.max_image_pixels` key overrides the bomb guard.
+    `model_cfg` (the job's `models.config.ModelConfig`) sets the image
+    preprocessing to its family's; without it, Qwen2.5-VL's is used.
     """
     d = config.data
     kwargs = dict(
@@ -119,6 +132,8 @@ class PipelineOptions:
       ),
       target_len=int(config.sampling.max_new_tokens) if sft else 0,
     )
+    if model_cfg is not None:
+      kwargs["image_spec"] = images.image_spec(model_cfg)
     kwargs.update(overrides)
     return cls(**kwargs)
 
@@ -205,7 +220,10 @@ class _Prepare:
     )
     try:
       pixels_NxP, grid_thw = images.preprocess(
-        image, min_pixels=o.min_pixels, max_pixels=o.max_pixels
+        image,
+        min_pixels=o.min_pixels,
+        max_pixels=o.max_pixels,
+        spec=o.image_spec,
       )
     except ValueError as e:
       raise self._bad(record, "image", str(e)) from None
@@ -220,7 +238,7 @@ class _Prepare:
         f"data.patch_buckets={list(o.patch_buckets)}; raise "
         f"data.patch_buckets or lower data.max_pixels={o.max_pixels}",
       )
-    num_image_tokens = num_patches // (images.MERGE_SIZE**2)
+    num_image_tokens = num_patches // (o.image_spec.merge_size**2)
     prompt = self.prompt_fn(record.question, num_image_tokens)
     prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
     token_bucket = batching.bucket_for(len(prompt_ids), o.token_buckets)
@@ -323,10 +341,10 @@ def skip_metrics(iterator: Any) -> dict[str, float]:
   return out
 
 
-def _default_prompt_fn(think_tag: str) -> PromptFn:
+def _default_prompt_fn(tokenizer: Any, think_tag: str) -> PromptFn:
   from stepjax.data import tokenizer as tokenizer_lib
 
-  return functools.partial(tokenizer_lib.build_prompt, think_tag=think_tag)
+  return tokenizer_lib.prompt_builder(tokenizer, think_tag)
 
 
 def _default_completion_fn(think_tag: str) -> CompletionFn:
@@ -363,7 +381,8 @@ def make_dataset(
     tokenizer: a `PreTrainedTokenizerFast` with pad and eos tokens.
     opts: pipeline options (`PipelineOptions.from_config(config)`).
     prompt_fn: (question, num_image_tokens) -> prompt text; defaults to
-      `stepjax.data.tokenizer.build_prompt` with `think_tag`.
+      `stepjax.data.tokenizer.prompt_builder(tokenizer, think_tag)` (the
+      tokenizer's chat template when it has one).
     completion_fn: (steps, answer) -> completion text for SFT targets;
       defaults to `stepjax.data.tokenizer.format_completion`.
     shard_index, shard_count: this process's slice; default
@@ -390,7 +409,7 @@ def make_dataset(
     raise InputError(f"data source {source!r} has no records")
   if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
     raise InputError("the tokenizer needs a pad and an eos token")
-  prompt_fn = prompt_fn or _default_prompt_fn(think_tag)
+  prompt_fn = prompt_fn or _default_prompt_fn(tokenizer, think_tag)
   if opts.target_len and completion_fn is None:
     completion_fn = _default_completion_fn(think_tag)
 

@@ -8,19 +8,30 @@ instruction, with Qwen2.5-VL's special tokens. It is shipped in
 assets/synthmed_tokenizer/ so ids are fixed across runs;
 `build_synthmed_tokenizer()` rebuilds it deterministically.
 
-Prompts follow the Qwen2.5-VL chat template for one user turn holding one
-image and no system prompt:
+Prompts (`prompt_builder`): a tokenizer with a chat template (an HF
+checkpoint's own) renders one user turn [image, question + instruction]
+with it, as the checkpoint was tuned on (Qwen2.5-VL's adds its default
+system message), and its one `<|image_pad|>` becomes N pads, as
+transformers' Qwen2.5-VL processor expands it. The SynthMed tokenizer has
+no template; its prompt is Qwen2.5-VL's layout without a system message:
   <|im_start|>user\\n<|vision_start|><|image_pad|>*N<|vision_end|>
   {question}{instruction}<|im_end|>\\n<|im_start|>assistant\\n
 where N = grid_t * grid_h * grid_w // 4 (one pad per merged 2x2 patch).
+
+Stop ids (`TokenizerInfo.stop_ids`): <|im_end|> plus every `eos_token_id`
+of the model directory's generation_config.json (Qwen checkpoints list
+<|im_end|> and <|endoftext|>).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+from collections.abc import Callable
 
+import jinja2
 import numpy as np
 import tokenizers
 import transformers
@@ -55,6 +66,9 @@ TAG_TOKENS = (
 )
 THINK_TAGS = ("think", "thinking")
 SPATIAL_MERGE = 2  # Qwen2.5-VL merges 2x2 patches into one image token
+GENERATION_CONFIG = "generation_config.json"
+
+PromptFn = Callable[[str, int], str]  # (question, num_image_tokens) -> text
 
 _VOCAB_SIZE = 1536  # BPE trainer target before the added tokens
 _CORPUS_SEED = 20240601
@@ -93,6 +107,78 @@ def build_prompt(
   )
 
 
+def prompt_builder(
+  tok: transformers.PreTrainedTokenizerFast, think_tag: str = "think"
+) -> PromptFn:
+  """The (question, num_image_tokens) -> prompt text function for `tok`.
+
+  The one place that decides the prompt layout, for the pipeline, the
+  trainer, eval and `stepjax generate`: `ChatPrompt` when `tok` has a chat
+  template (checked now by rendering one prompt), else `build_prompt`.
+  """
+  instruction(think_tag)  # a bad tag fails here, not in a data worker
+  if not getattr(tok, "chat_template", None):
+    return functools.partial(build_prompt, think_tag=think_tag)
+  prompt = ChatPrompt(tok, think_tag)
+  prompt("Which organ is shown?", 1)
+  return prompt
+
+
+class ChatPrompt:
+  """Prompt text from the tokenizer's own chat template.
+
+  One user turn whose content is [image, text = question + instruction]
+  (the MRPO reference layout), with the generation prompt; the template's
+  one `<|image_pad|>` is then repeated to N pads, as transformers'
+  Qwen2.5-VL processor expands it. Picklable, for Grain's data workers.
+  """
+
+  def __init__(self, tok: transformers.PreTrainedTokenizerFast, think_tag: str):
+    self.tok = tok
+    self.think_tag = think_tag
+
+  def __call__(self, question: str, num_image_tokens: int) -> str:
+    if num_image_tokens < 0:
+      raise ValueError(f"num_image_tokens must be >= 0; got {num_image_tokens}")
+    text = question + instruction(self.think_tag)
+    rendered = self._render(text)
+    found = rendered.count(IMAGE_PAD) - text.count(IMAGE_PAD)
+    if found != 1:
+      raise InputError(
+        f"the chat template of the tokenizer in {self._where()} renders "
+        f"{found} {IMAGE_PAD} placeholders for one image; it needs "
+        f"exactly one (Qwen2.5-VL's {VISION_START}{IMAGE_PAD}{VISION_END} "
+        "for a content item of type 'image')"
+      )
+    return rendered.replace(IMAGE_PAD, IMAGE_PAD * num_image_tokens, 1)
+
+  def _render(self, text: str) -> str:
+    messages = [
+      {
+        "role": "user",
+        "content": [{"type": "image"}, {"type": "text", "text": text}],
+      }
+    ]
+    try:
+      rendered = self.tok.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False
+      )
+    except (jinja2.TemplateError, ValueError, TypeError, KeyError) as e:
+      raise InputError(
+        f"the chat template of the tokenizer in {self._where()} does not "
+        f"render a user turn with an image and text: {e}"
+      ) from e
+    if not isinstance(rendered, str):
+      raise InputError(
+        f"the chat template of the tokenizer in {self._where()} rendered "
+        f"{type(rendered).__name__}, not text"
+      )
+    return rendered
+
+  def _where(self) -> str:
+    return getattr(self.tok, "name_or_path", "") or "(unnamed)"
+
+
 def num_image_tokens(grid_thw: tuple[int, int, int]) -> int:
   """Image pad tokens for a (t, h, w) patch grid: t * h * w // 4."""
   t, h, w = (int(v) for v in grid_thw)
@@ -122,10 +208,20 @@ class TokenizerInfo:
   vision_start_id: int
   vision_end_id: int
   vocab_size: int  # len(tokenizer): base vocab plus added tokens
+  # Ids that end a completion: eos_id first, then the model directory's
+  # generation_config.json eos ids. eos_id stays the one id that SFT
+  # targets end with.
+  stop_ids: tuple[int, ...]
 
 
-def tokenizer_info(tok: transformers.PreTrainedTokenizerFast) -> TokenizerInfo:
+def tokenizer_info(
+  tok: transformers.PreTrainedTokenizerFast, model_dir: str = ""
+) -> TokenizerInfo:
+  """The special ids of `tok`; stop ids also from `model_dir`'s
+  generation_config.json when it has one ("" or no file: <|im_end|> only).
+  """
   ids = {t: _single_id(tok, t) for t in REQUIRED_TOKENS}
+  extra = generation_stop_ids(model_dir, len(tok))
   return TokenizerInfo(
     pad_id=ids[PAD],
     eos_id=ids[IM_END],
@@ -134,7 +230,42 @@ def tokenizer_info(tok: transformers.PreTrainedTokenizerFast) -> TokenizerInfo:
     vision_start_id=ids[VISION_START],
     vision_end_id=ids[VISION_END],
     vocab_size=len(tok),
+    stop_ids=tuple(dict.fromkeys((ids[IM_END], *extra))),
   )
+
+
+def generation_stop_ids(model_dir: str, vocab_size: int) -> tuple[int, ...]:
+  """`eos_token_id` (an int or a list of ints) of
+  model_dir/generation_config.json; () without the file or the key.
+
+  Raises InputError naming the file when it is not JSON or an id is not
+  one of the tokenizer's `vocab_size` ids.
+  """
+  path = os.path.join(model_dir, GENERATION_CONFIG) if model_dir else ""
+  if not path or not os.path.isfile(path):
+    return ()
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise InputError(
+      f"{path} is not valid JSON ({e}); fix or delete it (without it only "
+      f"{IM_END} stops a completion)"
+    ) from e
+  value = config.get("eos_token_id") if isinstance(config, dict) else None
+  value = [] if value is None else value
+  ids = value if isinstance(value, list) else [value]
+  bad = [
+    i
+    for i in ids
+    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size
+  ]
+  if bad:
+    raise InputError(
+      f"{path}: eos_token_id {value!r} holds {bad}, not token ids of the "
+      f"tokenizer (0 .. {vocab_size - 1}); give an id or a list of ids"
+    )
+  return tuple(ids)
 
 
 def _single_id(tok: transformers.PreTrainedTokenizerFast, token: str) -> int:
@@ -150,9 +281,10 @@ def encode_prompt(
   num_image_tokens: int,
   think_tag: str = "think",
 ) -> list[int]:
-  """Token ids of build_prompt(...); checks the image pad count."""
+  """Token ids of the prompt `prompt_builder(tok)` lays out; checks the
+  image pad count."""
   ids = tok.encode(
-    build_prompt(question, num_image_tokens, think_tag),
+    prompt_builder(tok, think_tag)(question, num_image_tokens),
     add_special_tokens=False,
   )
   pad_id = _single_id(tok, IMAGE_PAD)

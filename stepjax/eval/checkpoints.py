@@ -263,8 +263,7 @@ def load(config: Any, checkpoint: str) -> LoadedPolicy:
   """Loads the policy in `checkpoint` (see the module docstring)."""
   loc = locate(checkpoint)
   config = config_for(config, checkpoint)
-  tokenizer = tokenizer_lib.load_tokenizer(components.tokenizer_path(config))
-  tok_info = tokenizer_lib.tokenizer_info(tokenizer)
+  tokenizer, tok_info = components.load_tokenizer(config)
   cfg = policy.model_config(config, tok_info)
   graphs, abstract_params, abstract_value = policy.abstract(cfg)
   mesh = sharding.make_mesh(config.mesh)

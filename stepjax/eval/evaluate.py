@@ -29,6 +29,7 @@ def eval_dataset(trainer: Any):
   c = trainer.config
   opts = pipeline.PipelineOptions.from_config(
     c,
+    model_cfg=trainer.cfg,
     shuffle=False,
     num_epochs=1,
     drop_remainder=False,

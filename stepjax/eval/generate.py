@@ -152,9 +152,11 @@ def prepare_example(
   config: Any,
   tokenizer: Any,
   window: tuple[float, float] | None = None,
+  *,
+  spec: images.ImageSpec = images.QWEN2_5_VL,
 ) -> dict[str, Any]:
-  """Decodes, preprocesses and tokenizes one (image, question) pair into
-  the example dict `data.batching.collate` pads."""
+  """Decodes, preprocesses (for the model family's `spec`) and tokenizes
+  one (image, question) pair into the example dict `collate` pads."""
   if not question.strip():
     raise InputError(f"empty question for image {image_path}")
   d = config.data
@@ -162,12 +164,12 @@ def prepare_example(
     records.ImageRef(path=image_path), record_id=image_path, window=window
   )
   pixels_NxP, grid_thw = images.preprocess(
-    rgb, min_pixels=d.min_pixels, max_pixels=d.max_pixels
+    rgb, min_pixels=d.min_pixels, max_pixels=d.max_pixels, spec=spec
   )
   ids = tokenizer_lib.encode_prompt(
     tokenizer,
     question,
-    tokenizer_lib.num_image_tokens(grid_thw),
+    int(np.prod(grid_thw)) // spec.merge_size**2,
     config.tokenizer.think_tag,
   )
   return {
@@ -182,15 +184,23 @@ def prepare_example(
   }
 
 
-def collate(examples: Sequence[dict], config: Any, pad_id: int) -> dict:
+def collate(
+  examples: Sequence[dict],
+  config: Any,
+  pad_id: int,
+  *,
+  spec: images.ImageSpec = images.QWEN2_5_VL,
+) -> dict:
   """Pads examples to `data.token_buckets` / `data.patch_buckets` (or to
-  their exact size when larger), so repeated calls reuse compilations."""
+  their exact size when larger), so repeated calls reuse compilations;
+  `spec` is the one `prepare_example` used."""
   d = config.data
   longest = max(len(e["prompt_ids"]) for e in examples)
   most = max(e["pixels_NxP"].shape[0] for e in examples)
   opts = pipeline.PipelineOptions(
     token_buckets=tuple(int(b) for b in d.token_buckets) + (longest,),
     patch_buckets=tuple(int(b) for b in d.patch_buckets) + (most,),
+    image_spec=spec,
   )
   return batching.collate(examples, opts, pad_id)
 
@@ -241,8 +251,9 @@ def _pick(logits_BxV, rng, step, *, temperature, top_k, top_p, banned):
 class Streamer:
   """Token-by-token generation for one batch of prompts (see module doc).
 
-  Rows stop at their first eos; `stream` yields each step's tokens_B
-  (pad for finished rows) until every row stopped or R tokens exist.
+  Rows stop at their first stop id (`TokenizerInfo.stop_ids`); `stream`
+  yields each step's tokens_B (pad for finished rows) until every row
+  stopped or R tokens exist.
   """
 
   def __init__(self, loaded: checkpoints.LoadedPolicy, config: Any):
@@ -255,7 +266,7 @@ class Streamer:
       top_p=float(s.top_p),
       banned=(loaded.cfg.image_pad_token_id, loaded.cfg.video_pad_token_id),
     )
-    self.eos_id = loaded.tok_info.eos_id
+    self.stop_ids = np.asarray(loaded.tok_info.stop_ids, np.int32)
     self.pad_id = loaded.tok_info.pad_id
 
   def stream(self, batch: dict, rng: jax.Array):
@@ -281,7 +292,7 @@ class Streamer:
       tok = np.asarray(_pick(logits, rng, step, **self.options), np.int32)
       tok = np.where(done, self.pad_id, tok)
       yield tok
-      done |= tok == self.eos_id
+      done |= np.isin(tok, self.stop_ids)
       if done.all():
         return
 
@@ -342,16 +353,17 @@ def generate_one(
 ) -> dict[str, Any]:
   """Streams one completion; `on_text` receives each new piece of text.
 
-  Returns parse_completion(...) plus "tokens" (the generated ids, eos
+  Returns parse_completion(...) plus "tokens" (the generated ids, a stop id
   included when emitted).
   """
   config = loaded.config
+  spec = images.image_spec(loaded.cfg)
   example = prepare_example(
-    image_path, question, config, loaded.tokenizer, window
+    image_path, question, config, loaded.tokenizer, window, spec=spec
   )
-  batch = collate([example], config, loaded.tok_info.pad_id)
+  batch = collate([example], config, loaded.tok_info.pad_id, spec=spec)
   streamer = Streamer(loaded, config)
-  text = TextStream(loaded.tokenizer, (loaded.tok_info.eos_id,))
+  text = TextStream(loaded.tokenizer, loaded.tok_info.stop_ids)
   rng = jax.random.key(config.seed if seed is None else seed)
   tokens = []
   for tok_B in streamer.stream(batch, rng):
@@ -402,19 +414,20 @@ def generate_file(
   size = max(int(config.data.batch_size), 1)
   rng = jax.random.key(config.seed)
   think = config.tokenizer.think_tag
+  spec = images.image_spec(loaded.cfg)
   rows = []
   for start in range(0, len(entries), size):
     chunk = entries[start : start + size]
     examples = [
       prepare_example(
-        e["image"], e["question"], config, loaded.tokenizer, window
+        e["image"], e["question"], config, loaded.tokenizer, window, spec=spec
       )
       for e in chunk
     ]
     # A short last chunk is filled with copies so every chunk has one
     # shape (one compilation); the copies' rows are dropped.
     examples += examples[-1:] * (size - len(examples))
-    batch = collate(examples, config, loaded.tok_info.pad_id)
+    batch = collate(examples, config, loaded.tok_info.pad_id, spec=spec)
     out = sampler.generate(
       loaded.graphs.policy,
       loaded.params,
@@ -424,7 +437,7 @@ def generate_file(
       temperature=s.eval_temperature,
       top_k=s.top_k,
       top_p=s.top_p,
-      eos_ids=(loaded.tok_info.eos_id,),
+      eos_ids=loaded.tok_info.stop_ids,
       pad_id=loaded.tok_info.pad_id,
     )
     out = jax.device_get(out)
@@ -432,7 +445,7 @@ def generate_file(
       ids = [
         int(x)
         for x in out.tokens_BxR[i, : int(out.lengths_B[i])]
-        if int(x) != loaded.tok_info.eos_id
+        if int(x) not in loaded.tok_info.stop_ids
       ]
       text = loaded.tokenizer.decode(ids, skip_special_tokens=False)
       row = {"image": e["image"], "question": e["question"]}

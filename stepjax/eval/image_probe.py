@@ -124,6 +124,7 @@ def gold_logp(loaded: Any, records: Sequence[Any], batch_size: int):
   opts = pipeline.PipelineOptions.from_config(
     config,
     sft=True,
+    model_cfg=loaded.cfg,
     shuffle=False,
     num_epochs=1,
     drop_remainder=False,

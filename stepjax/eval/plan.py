@@ -63,7 +63,6 @@ import numpy as np
 from absl import app
 from ml_collections import config_flags
 
-from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.errors import InputError
 from stepjax.models import config as config_lib
 from stepjax.models import vision_index
@@ -152,8 +151,8 @@ def abstract_mesh(sizes: dict[str, int]) -> jax.sharding.AbstractMesh:
 
 def model_config(config: Any) -> config_lib.ModelConfig:
   """The trainer's ModelConfig (the tokenizer only fixes special ids)."""
-  tok = tokenizer_lib.load_tokenizer(components.tokenizer_path(config))
-  return policy.model_config(config, tokenizer_lib.tokenizer_info(tok))
+  _, tok_info = components.load_tokenizer(config)
+  return policy.model_config(config, tok_info)
 
 
 def train_tx(config: Any):
@@ -277,7 +276,7 @@ def transient_rows(
   window_block = linear + 4 * slots * rows_w * v.hidden_size * dsize
   window_block += v.num_heads * slots * rows_w * rows_w * (4 + dsize)
   full_block = linear + v.num_heads * patches * patches * (4 + dsize)
-  num_full = len(v.fullatt_block_indexes)
+  num_full = v.num_full_attention_blocks
   if cfg.remat:
     vis_dev = patches * v.hidden_size * dsize * v.depth
     vis_dev += max(full_block, window_block if v.depth > num_full else 0)
@@ -286,10 +285,15 @@ def transient_rows(
     vis_dev = (v.depth - num_full) * window_block + num_full * full_block
     how = "no remat"
   vis_dev *= images
+  attention = (
+    f"{slots} windows x {rows_w} rows"
+    if v.window_size
+    else "full attention in every block"
+  )
   add(
     "vision activations", vis_dev, vis_dev, "update",
-    f"{images:g} image(s) x {patches} patches, {slots} windows x {rows_w}"
-    f" rows, {how}, replicated",
+    f"{images:g} image(s) x {patches} patches, {attention}, {how}, "
+    "replicated",
   )  # fmt: skip
 
   return rows

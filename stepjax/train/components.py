@@ -11,6 +11,7 @@ from typing import Any
 from absl import logging
 
 from stepjax.data import sources, synthmed
+from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.errors import InputError
 from stepjax.rl import process, rewards
 from stepjax.train import batches, policy
@@ -85,6 +86,23 @@ def tokenizer_path(config: Any) -> str:
   if policy.is_hf_dir(config.init_from):
     return config.init_from
   return ""
+
+
+def generation_config_dir(config: Any) -> str:
+  """Where the checkpoint's generation_config.json (its stop ids) is
+  looked for: the HF checkpoint `init_from`, else `tokenizer.path`, else
+  "" (none: <|im_end|> alone stops a completion)."""
+  if policy.is_hf_dir(config.init_from):
+    return config.init_from
+  return config.tokenizer.path
+
+
+def load_tokenizer(config: Any) -> tuple[Any, tokenizer_lib.TokenizerInfo]:
+  """(tokenizer, its `TokenizerInfo`) of a job: the trainer, eval and
+  `stepjax generate` all load it here, so they share prompts and stop
+  ids."""
+  tok = tokenizer_lib.load_tokenizer(tokenizer_path(config))
+  return tok, tokenizer_lib.tokenizer_info(tok, generation_config_dir(config))
 
 
 def process_source(config: Any) -> process.ProcessSource:

@@ -29,7 +29,6 @@ from etils import epath
 
 from stepjax import config_checks
 from stepjax.data import pipeline
-from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.errors import InputError, MissingInputError
 from stepjax.models import hf_convert, step_value
 from stepjax.rl import process
@@ -75,10 +74,7 @@ class Trainer:
     distributed.maybe_initialize(config.distributed)
     self.config = config
     self.workdir = workdir
-    self.tokenizer = tokenizer_lib.load_tokenizer(
-      components.tokenizer_path(config)
-    )
-    self.tok_info = tokenizer_lib.tokenizer_info(self.tokenizer)
+    self.tokenizer, self.tok_info = components.load_tokenizer(config)
     self.cfg = policy.model_config(config, self.tok_info)
     self.mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_sizes(config, self.mesh)
@@ -107,7 +103,11 @@ class Trainer:
     phases = []
     if c.sft.steps > 0:
       opts = pipeline.PipelineOptions.from_config(
-        c, sft=True, batch_size=c.sft.batch_size, num_epochs=None
+        c,
+        sft=True,
+        batch_size=c.sft.batch_size,
+        num_epochs=None,
+        model_cfg=self.cfg,
       )
       phases.append(
         Phase(
@@ -124,7 +124,9 @@ class Trainer:
         )
       )
     if c.train.steps > 0:
-      opts = pipeline.PipelineOptions.from_config(c, num_epochs=None)
+      opts = pipeline.PipelineOptions.from_config(
+        c, num_epochs=None, model_cfg=self.cfg
+      )
       phases.append(
         Phase(
           "rl",

@@ -77,7 +77,7 @@ def generate(
   mesh: Any = None,
 ) -> Any:
   """G sampled completions per prompt of a pipeline batch (host numpy
-  `SampleOutput`), with `sampling.*` limits and the tokenizer's stop id.
+  `SampleOutput`), with `sampling.*` limits and the tokenizer's stop ids.
 
   With a `mesh`, `batch` holds this process's prompts: they are split over
   the mesh's batch axes (data, fsdp), each device decodes its own rows and
@@ -99,7 +99,7 @@ def generate(
     temperature=temperature,
     top_k=sampling_config.top_k,
     top_p=sampling_config.top_p,
-    eos_ids=(tok_info.eos_id,),
+    eos_ids=tok_info.stop_ids,
     pad_id=tok_info.pad_id,
     mesh=mesh,
   )

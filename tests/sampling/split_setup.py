@@ -72,7 +72,9 @@ def rollout_args(cfg, graphdef):
   them, with the stop and pad ids of `sampler_kwargs` (one stop id)."""
   graphs = types.SimpleNamespace(cfg=cfg, policy=graphdef)
   tok_info = types.SimpleNamespace(
-    eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id
+    eos_id=cfg.eos_token_id,
+    stop_ids=(cfg.eos_token_id,),
+    pad_id=cfg.pad_token_id,
   )
   sampling = types.SimpleNamespace(max_new_tokens=STEPS, top_k=0, top_p=1.0)
   return graphs, tok_info, sampling
