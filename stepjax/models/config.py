@@ -473,16 +473,13 @@ class ModelConfig:
   def tiny_qwen3(cls, vocab_size: int = 512) -> ModelConfig:
     """Tests: Qwen3-VL layers, head_dim 32 != hidden / heads, tied."""
     return cls._small(
-      VisionConfig(
+      dataclasses.replace(
+        QWEN3VL_VISION_SMALL,
         depth=3,
         hidden_size=32,
         intermediate_size=64,
         num_heads=2,
-        patch_size=16,
-        window_size=0,
         out_hidden_size=64,
-        fullatt_block_indexes=(),
-        hidden_act="gelu_pytorch_tanh",
         num_position_embeddings=16,
         deepstack_visual_indexes=(0, 1),
       ),
@@ -507,16 +504,13 @@ class ModelConfig:
   def tiny_qwen3_alt(cls, vocab_size: int = 384) -> ModelConfig:
     """Tests: 6x6 position grid, one DeepStack level, untied."""
     return cls._small(
-      VisionConfig(
+      dataclasses.replace(
+        QWEN3VL_VISION_SMALL,
         depth=4,
         hidden_size=48,
         intermediate_size=80,
         num_heads=3,
-        patch_size=16,
-        window_size=0,
         out_hidden_size=96,
-        fullatt_block_indexes=(),
-        hidden_act="gelu_pytorch_tanh",
         num_position_embeddings=36,
         deepstack_visual_indexes=(2,),
       ),
@@ -541,16 +535,13 @@ class ModelConfig:
   def synthmed_qwen3(cls, vocab_size: int = 2048) -> ModelConfig:
     """SynthMed on CPU with Qwen3-VL's layers, the size of `synthmed()`."""
     return cls._small(
-      VisionConfig(
+      dataclasses.replace(
+        QWEN3VL_VISION_SMALL,
         depth=2,
         hidden_size=64,
         intermediate_size=128,
         num_heads=4,
-        patch_size=16,
-        window_size=0,
         out_hidden_size=128,
-        fullatt_block_indexes=(),
-        hidden_act="gelu_pytorch_tanh",
         num_position_embeddings=64,
         deepstack_visual_indexes=(0,),
       ),
