@@ -1,0 +1,87 @@
+"""InternVL (family internvl): config checks, unsupported config.json
+settings, tile grids, 1D positions, legacy checkpoint names."""
+
+import numpy as np
+import pytest
+
+from stepjax.models import config as config_lib
+from stepjax.models import hf_convert, rope_index, vision_index, vision_internvl
+
+
+def test_validation_names_the_setting():
+  cfg = config_lib.ModelConfig.tiny_internvl()
+  with pytest.raises(ValueError, match=r"vision.temporal_patch_size=1"):
+    cfg.replace(vision={"temporal_patch_size": 2})
+  with pytest.raises(ValueError, match="image_size 60 must be a positive"):
+    cfg.replace(vision={"image_size": 60})
+  with pytest.raises(ValueError, match="norm_type 'batch_norm'"):
+    cfg.replace(vision={"norm_type": "batch_norm"})
+  with pytest.raises(ValueError, match=r"text.mrope_interleaved=False"):
+    cfg.replace(text={"mrope_interleaved": True})
+
+
+@pytest.mark.parametrize(
+  "key, value, words",
+  [
+    ("downsample_ratio", 0.25, "downsample_ratio=0.25"),
+    ("vision_feature_layer", -2, "vision_feature_layer=-2"),
+    ("projector_hidden_act", "relu", "projector_hidden_act='relu'"),
+  ],
+)
+def test_unsupported_config_json_is_refused(key, value, words):
+  hf = config_lib.ModelConfig.tiny_internvl().to_hf_dict()
+  hf[key] = value
+  with pytest.raises(ValueError, match=words):
+    config_lib.ModelConfig.from_hf_config(hf)
+
+
+def test_unsupported_text_and_vision_settings_are_refused():
+  hf = config_lib.ModelConfig.tiny_internvl().to_hf_dict()
+  hf["text_config"]["model_type"] = "llama"
+  hf["vision_config"]["use_mask_token"] = True
+  with pytest.raises(ValueError, match="use_mask_token=True.*need qwen2"):
+    config_lib.ModelConfig.from_hf_config(hf)
+
+
+def test_tiles_must_have_the_tile_grid():
+  v = config_lib.ModelConfig.tiny_internvl().vision
+  vision_index.vision_metadata(np.array([[3, 4, 4]]), 64, v)
+  with pytest.raises(ValueError, match=r"must be \(tiles, 4, 4\)"):
+    vision_index.vision_metadata(np.array([[1, 4, 6]]), 64, v)
+
+
+def test_positions_are_1d_and_count_image_tokens():
+  cfg = config_lib.ModelConfig.tiny_internvl()
+  img = cfg.image_pad_token_id
+  ids = np.array([[0, 0, 5, img, img, img, img, 6], [5] + [img] * 4 + [6] * 3])
+  mask = np.array([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])
+  grids = np.array([[1, 4, 4], [1, 4, 4]])
+  pos, deltas = rope_index.rope_index(ids, mask, grids, cfg)
+  want = np.array([[0, 0, 0, 1, 2, 3, 4, 5], np.arange(8)])
+  np.testing.assert_array_equal(pos, np.stack([want] * 3))
+  np.testing.assert_array_equal(deltas, 0)
+  with pytest.raises(ValueError, match="hold 8 image tokens but"):
+    rope_index.rope_index(ids, mask, grids[:1], cfg)
+
+
+def test_raster_index_is_merge_block_major():
+  np.testing.assert_array_equal(
+    vision_internvl.raster_index(4),
+    [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15],
+  )
+
+
+@pytest.mark.parametrize(
+  "legacy, name",
+  [
+    ("vision_tower.encoder.layer.3.mlp.fc1.weight", "visual.blocks.3.mlp.fc1"),
+    ("multi_modal_projector.linear_1.bias", "visual.projector.fc1"),
+    ("language_model.model.layers.2.mlp.up_proj.weight",
+     "language.layers.2.mlp.up"),
+    ("language_model.lm_head.weight", "lm_head"),
+    ("model.vision_tower.embeddings.cls_token", "visual.cls_token"),
+  ],
+)  # fmt: skip
+def test_legacy_llava_names_map(legacy, name):
+  ours, _ = hf_convert.hf_to_ours_name(legacy, "internvl")
+  assert ours.rsplit(".", 1)[0] == name or ours == name
