@@ -40,6 +40,16 @@ def raster_index(side: int) -> np.ndarray:
   return grid.transpose(0, 2, 1, 3).reshape(-1)
 
 
+def tiles_from_rows(pixels_NxP: np.ndarray, vcfg) -> np.ndarray:
+  """Host-side: patch rows of whole tiles (merge-block-major, each row
+  C x p x p) -> transformers' pixel_values [tiles, C, S, S]."""
+  s, p, c = vcfg.tile_side, vcfg.patch_size, vcfg.in_channels
+  x = np.asarray(pixels_NxP).reshape(-1, s // 2, s // 2, 2, 2, c, p, p)
+  # (tile, bh, bw, ih, iw, C, py, px) -> (tile, C, bh, ih, py, bw, iw, px)
+  x = x.transpose(0, 5, 1, 3, 6, 2, 4, 7)
+  return np.ascontiguousarray(x.reshape(-1, c, s * p, s * p))
+
+
 def _norm(cfg: config_lib.ModelConfig, dim: int, axis: str = "embed"):
   v = cfg.vision
   norm_cls = layers.RMSNorm if v.norm_type == "rms_norm" else layers.LayerNorm

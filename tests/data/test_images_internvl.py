@@ -19,6 +19,7 @@ from stepjax import config_utils
 from stepjax.data import images, pipeline, records, sources, tiles
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.models import config as config_lib
+from stepjax.models import vision_internvl
 
 TOLERANCE = 1e-6
 # name -> (height, width, tile, max tiles)
@@ -36,11 +37,20 @@ CASES = {
 MODES = ("RGB", "L", "RGBA")
 
 
-def _as_tiles(pixels_NxP, spec):
-  """Our merge-block-major patch rows -> [tiles, 3, S, S]."""
-  s, p = spec.tile_size // spec.patch_size, spec.patch_size
-  x = pixels_NxP.reshape(-1, s // 2, s // 2, 2, 2, 3, p, p)
-  return x.transpose(0, 5, 1, 3, 6, 2, 4, 7).reshape(-1, 3, s * p, s * p)
+@dataclasses.dataclass
+class _Tiles:
+  """The vision sizes `tiles_from_rows` reads, from an ImageSpec."""
+
+  spec: images.ImageSpec
+  in_channels: int = 3
+
+  @property
+  def patch_size(self):
+    return self.spec.patch_size
+
+  @property
+  def tile_side(self):
+    return self.spec.tile_size // self.spec.patch_size
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -67,7 +77,7 @@ def test_preprocess_equals_transformers(case, mode):
   side = tile // spec.patch_size
   assert grid_thw.tolist() == [theirs["num_patches"][0], side, side]
   assert pixels_NxP.shape[1] == 3 * 14 * 14
-  ours = _as_tiles(pixels_NxP, spec)
+  ours = vision_internvl.tiles_from_rows(pixels_NxP, _Tiles(spec))
   assert ours.shape == theirs["pixel_values"].shape
   diff = float(np.abs(ours - theirs["pixel_values"]).max())
   print(f"[preprocess] internvl {case} {mode}: tiles={grid_thw[0]} {diff}")

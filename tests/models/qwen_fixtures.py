@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from stepjax.models import config as config_lib
-from stepjax.models import vision_index
+from stepjax.models import vision_index, vision_internvl
 
 # Row 0: two images (8x12 and 6x4 patches), row 1: one image (4x10), so
 # rows differ in length and row 1 is left padded.
@@ -23,17 +23,6 @@ def grids(cfg: config_lib.ModelConfig) -> np.ndarray:
     return GRIDS
   s = cfg.vision.tile_side
   return np.array([[t, s, s] for t in TILES], np.int64)
-
-
-def rows_to_tiles(pixels_NxP, cfg: config_lib.ModelConfig) -> np.ndarray:
-  """InternVL patch rows (merge-block-major per tile, each row C x p x p)
-  -> transformers' pixel_values [tiles, C, S, S]."""
-  v = cfg.vision
-  s, p, c = v.tile_side, v.patch_size, v.in_channels
-  x = pixels_NxP.reshape(-1, s // 2, s // 2, 2, 2, c, p, p)
-  # (tile, bh, bw, ih, iw, C, py, px) -> (tile, C, bh, ih, py, bw, iw, px)
-  x = x.transpose(0, 5, 1, 3, 6, 2, 4, 7)
-  return np.ascontiguousarray(x.reshape(-1, c, s * p, s * p))
 
 
 def hf_classes(cfg: config_lib.ModelConfig):
@@ -116,7 +105,9 @@ def hf_inputs(cfg, ids, mask, pixels, grids):
     return dict(
       input_ids=torch.tensor(ids),
       attention_mask=torch.tensor(mask),
-      pixel_values=torch.tensor(rows_to_tiles(pixels, cfg)),
+      pixel_values=torch.tensor(
+        vision_internvl.tiles_from_rows(pixels, cfg.vision)
+      ),
     )
   return dict(
     input_ids=torch.tensor(ids),
