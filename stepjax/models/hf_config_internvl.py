@@ -5,9 +5,11 @@ InternVL3); the vision settings map onto `VisionConfig`'s InternViT
 fields. Settings stepjax does not implement (other projector activations
 or downsample ratios, other vision feature layers, rope scaling, sliding
 windows, InternViT without absolute positions or with a mask token) are
-refused with one line naming the setting. The embeddings are tied as
-transformers ties them: by the top-level `tie_word_embeddings` (default
-true).
+refused with one line naming the setting. The embeddings are tied when
+the top-level `tie_word_embeddings` (default true) and text_config's
+(default true) both say so: some -hf configs say true at the top and
+false in text_config while the checkpoint holds a separate lm_head, which
+transformers then loads untied too.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     family="internvl",
     vision=v,
     text=t,
-    tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
+    tie_word_embeddings=bool(hf.get("tie_word_embeddings", True))
+    and bool(text.get("tie_word_embeddings", True)),
     bos_token_id=bos,
     eos_token_id=eos[0] if isinstance(eos, list) else eos,
     pad_token_id=bos if pad is None else pad,

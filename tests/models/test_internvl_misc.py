@@ -85,3 +85,17 @@ def test_raster_index_is_merge_block_major():
 def test_legacy_llava_names_map(legacy, name):
   ours, _ = hf_convert.hf_to_ours_name(legacy, "internvl")
   assert ours.rsplit(".", 1)[0] == name or ours == name
+
+
+@pytest.mark.parametrize(
+  "top, text, tied",
+  [(True, True, True), (True, False, False), (False, True, False),
+   (None, None, True)],
+)  # fmt: skip
+def test_tied_only_when_both_configs_say_so(top, text, tied):
+  hf = config_lib.ModelConfig.internvl3_8b().to_hf_dict()
+  for where, value in ((hf, top), (hf["text_config"], text)):
+    where.pop("tie_word_embeddings")
+    if value is not None:
+      where["tie_word_embeddings"] = value
+  assert config_lib.ModelConfig.from_hf_config(hf).tie_word_embeddings == tied
