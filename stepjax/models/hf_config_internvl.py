@@ -3,9 +3,12 @@
 The language model must be Qwen2 (`text_config.model_type` qwen2, as in
 InternVL3); the vision settings map onto `VisionConfig`'s InternViT
 fields. Settings stepjax does not implement (other projector activations
-or downsample ratios, other vision feature layers, rope scaling, sliding
-windows, InternViT without absolute positions or with a mask token) are
-refused with one line naming the setting. The embeddings are tied when
+or downsample ratios, other vision feature layers, rope scaling other
+than dynamic NTK, sliding windows, InternViT without absolute positions
+or with a mask token) are refused with one line naming the setting.
+Dynamic NTK scaling is read as plain RoPE, which it is for sequences up
+to max_position_embeddings (32768 in InternVL3); `to_hf` writes plain
+RoPE. The embeddings are tied when
 the top-level `tie_word_embeddings` (default true) and text_config's
 (default true) both say so: some -hf configs say true at the top and
 false in text_config while the checkpoint holds a separate lm_head, which
@@ -28,6 +31,7 @@ _FIXED = {
   "vision_feature_layer": -1,
   "vision_feature_select_strategy": "default",
 }
+_ROPE_TYPES = ("default", "dynamic")
 _FIXED_VISION = {
   "hidden_act": "gelu",
   "use_absolute_position_embeddings": True,
@@ -55,8 +59,10 @@ def _check(hf: dict, vis: dict, text: dict) -> None:
   if text.get("model_type", "qwen2") != "qwen2":
     wrong.append(f"text_config.model_type={text['model_type']!r} (need qwen2)")
   rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
-  if rope.get("rope_type", rope.get("type", "default")) != "default":
-    wrong.append(f"rope scaling {rope!r} (need none)")
+  # Dynamic NTK (InternVL's 1B/2B configs) equals plain RoPE up to
+  # max_position_embeddings: transformers only rescales longer sequences.
+  if rope.get("rope_type", rope.get("type", "default")) not in _ROPE_TYPES:
+    wrong.append(f"rope scaling {rope!r} (need none or dynamic)")
   if text.get("use_sliding_window"):
     wrong.append("text_config.use_sliding_window=true (need false)")
   if text.get("hidden_act", "silu") != "silu":

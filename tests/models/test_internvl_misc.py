@@ -1,11 +1,20 @@
 """InternVL (family internvl): config checks, unsupported config.json
 settings, tile grids, 1D positions, legacy checkpoint names."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import qwen_fixtures as fx
+import torch
 
 from stepjax.models import config as config_lib
-from stepjax.models import hf_convert, rope_index, vision_index, vision_internvl
+from stepjax.models import (
+  hf_convert,
+  qwen25vl,
+  rope_index,
+  vision_index,
+  vision_internvl,
+)
 
 
 def test_validation_names_the_setting():
@@ -99,3 +108,46 @@ def test_tied_only_when_both_configs_say_so(top, text, tied):
     if value is not None:
       where["tie_word_embeddings"] = value
   assert config_lib.ModelConfig.from_hf_config(hf).tie_word_embeddings == tied
+
+
+def test_dynamic_ntk_rope_is_plain_rope_below_max_positions(tmp_path):
+  """InternVL's small configs use dynamic NTK scaling: read as plain RoPE,
+  and transformers' logits with it equal ours."""
+  cfg = config_lib.ModelConfig.tiny_internvl()
+  hf_dict = cfg.to_hf_dict()
+  hf_dict["text_config"]["rope_parameters"] = {
+    "rope_type": "dynamic",
+    "factor": 2.0,
+    "rope_theta": cfg.text.rope_theta,
+  }
+  assert config_lib.ModelConfig.from_hf_config(hf_dict) == cfg
+  config_cls, model_cls = fx.hf_classes(cfg)
+  torch.manual_seed(0)
+  hf = model_cls(config_cls(**hf_dict)).eval()
+  assert hf.config.text_config.rope_parameters["rope_type"] == "dynamic"
+  hf.save_pretrained(tmp_path)
+  _, params = hf_convert.load_hf(str(tmp_path))
+  ids, mask, pix, grids = fx.batch(cfg)
+  pos, _ = rope_index.rope_index(ids, mask, grids, cfg)
+  with torch.no_grad():
+    ref = hf(
+      **fx.hf_inputs(cfg, ids, mask, pix, grids),
+      position_ids=torch.tensor(pos[0]).long(),
+    ).logits.numpy()
+  n_rows = vision_index.bucket_rows(grids)
+  logits, _, _ = qwen25vl.forward(
+    qwen25vl.abstract(cfg)[0], params, jnp.asarray(ids), jnp.asarray(pos),
+    jnp.asarray(mask),
+    pixels_IxNxP=jnp.asarray(vision_index.pad_pixels(pix, grids, n_rows)),
+    vision_meta=vision_index.vision_metadata(grids, n_rows, cfg.vision),
+  )  # fmt: skip
+  # Real tokens (transformers' default sdpa differs on fully masked rows).
+  real = mask.astype(bool)
+  assert np.abs(np.asarray(logits) - ref)[real].max() <= 1e-4
+
+
+def test_other_rope_scaling_is_refused():
+  hf = config_lib.ModelConfig.tiny_internvl().to_hf_dict()
+  hf["text_config"]["rope_parameters"] = {"rope_type": "linear", "factor": 2}
+  with pytest.raises(ValueError, match="need none or dynamic"):
+    config_lib.ModelConfig.from_hf_config(hf)
