@@ -151,3 +151,36 @@ def test_other_rope_scaling_is_refused():
   hf["text_config"]["rope_parameters"] = {"rope_type": "linear", "factor": 2}
   with pytest.raises(ValueError, match="need none or dynamic"):
     config_lib.ModelConfig.from_hf_config(hf)
+
+
+def test_features_at_the_real_tile_size(tmp_path):
+  """448-pixel tiles (32x32 patches, 256 tokens each), narrow layers:
+  image features equal transformers'."""
+  cfg = config_lib.ModelConfig.tiny_internvl().replace(
+    vision={"image_size": 448, "depth": 2}
+  )
+  hf = fx.hf_model(cfg)
+  grids = np.array([[2, 32, 32], [1, 32, 32]])
+  rows = int(vision_index.num_patches(grids).sum())
+  pix = np.random.default_rng(0).standard_normal((rows, cfg.vision.patch_dim))
+  pix = pix.astype(np.float32)
+  with torch.no_grad():
+    ref = hf.model.get_image_features(
+      pixel_values=torch.tensor(
+        vision_internvl.tiles_from_rows(pix, cfg.vision)
+      )
+    ).pooler_output.numpy()
+  assert ref.shape == (3, 256, cfg.text.hidden_size)
+  hf.save_pretrained(tmp_path)
+  loaded_cfg, params = hf_convert.load_hf(str(tmp_path))
+  assert loaded_cfg == cfg
+  n_rows = vision_index.bucket_rows(grids)
+  img, valid = qwen25vl.encode_images(
+    qwen25vl.abstract(cfg)[0], params,
+    jnp.asarray(vision_index.pad_pixels(pix, grids, n_rows)),
+    vision_index.vision_metadata(grids, n_rows, cfg.vision),
+  )  # fmt: skip
+  ours = np.asarray(img)[np.asarray(valid)]
+  diff = float(np.abs(ours - ref.reshape(-1, ref.shape[-1])).max())
+  print(f"[parity] internvl 448-pixel tiles image feature diff: {diff:.3g}")
+  assert diff <= 1e-4
