@@ -176,7 +176,7 @@ class InternVisionTower(nnx.Module):
     """x_XxRxD: embedded patches with positions, tile by tile."""
     v = self.cfg.vision
     rows = v.tile_side**2
-    i, n, _ = pixels_IxNxP.shape
+    n = pixels_IxNxP.shape[1]
     x = self.patch_embed(pixels_IxNxP)
     x = jnp.pad(x, ((0, 0), (0, -n % rows), (0, 0)))
     x = x.reshape(-1, rows, x.shape[-1])
