@@ -1,4 +1,5 @@
-"""transformers Qwen2.5-VL / Qwen3-VL checkpoints <-> stepjax parameters.
+"""transformers Qwen2.5-VL / Qwen3-VL / InternVL checkpoints <-> stepjax
+parameters.
 
 `RULES[family]` is the whole mapping of a family: HF tensor name pattern ->
 our parameter path -> transform (the decoder's rules are shared; a Qwen3
@@ -355,8 +356,8 @@ def load_hf(
   config: config_lib.ModelConfig | None = None,
   shardings: Any = None,
 ) -> tuple[config_lib.ModelConfig, nnx.State]:
-  """Reads a transformers Qwen2.5-VL / Qwen3-VL directory -> (config,
-  params).
+  """Reads a transformers Qwen2.5-VL / Qwen3-VL / InternVL directory ->
+  (config, params).
 
   params is the `nnx.State` of `qwen25vl.abstract(config)` (merge it with
   that graphdef, or use `load_model`). `shardings`: None (default device),
