@@ -12,6 +12,15 @@ picks it for a `ModelConfig`. Both Qwen2.5-VL and Qwen3-VL checkpoints
 use transformers' Qwen2-VL image processor, with these settings:
   QWEN2_5_VL: 14-pixel patches (factor 28), OpenAI CLIP mean/std.
   QWEN3_VL:   16-pixel patches (factor 32), mean = std = 0.5.
+InternVL (`INTERNVL`, `tile_size` > 0) uses transformers' GotOcr2 image
+processor instead: dynamic tiling into 448-pixel tiles (`tiles.py`;
+data.max_pixels bounds the pixels of all tiles, thumbnail included, so
+its `max_patches` is data.max_pixels // tile_size**2 - 1 (1 below 3
+tiles) and `min_patches` data.min_pixels // tile_size**2, at least 1;
+InternVL3's default max_patches 12 is data.max_pixels = 13 * 448**2),
+each tile normalised
+with the ImageNet mean/std and cut into 14-pixel patch rows in the same
+merge-block order; grid_thw = (tiles, tile_size / 14, tile_size / 14).
 (Their checkpoints' default pixel ranges also differ, 56*56..28*28*16384
 and 256*256..4096*4096, but the range here is always the caller's:
 `data.min_pixels` / `data.max_pixels`.)
@@ -48,7 +57,7 @@ import PIL.Image
 import PIL.ImageOps
 from etils import epath
 
-from stepjax.data import errors, records
+from stepjax.data import errors, records, tiles
 from stepjax.data.readers import paths
 from stepjax.errors import InputError
 
@@ -64,6 +73,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Qwen3-VL's checkpoints normalise to [-1, 1] instead.
 HALF = (0.5, 0.5, 0.5)
+# InternVL's: ImageNet statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # Decoded-size guard against decompression bombs (about 8k x 8k).
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 
@@ -79,7 +91,8 @@ class ImageSpec:
   `patch_size` patches, `merge_size` x `merge_size` patches merged into one
   language-model token, `temporal_patch_size` frames per patch (a still
   image is repeated), and the per-channel `mean` / `std` applied after
-  scaling pixels to [0, 1].
+  scaling pixels to [0, 1]. `tile_size` > 0: InternVL's dynamic tiling
+  into square tiles of that many pixels instead of `smart_resize`.
   """
 
   patch_size: int
@@ -87,6 +100,7 @@ class ImageSpec:
   merge_size: int
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
+  tile_size: int = 0
 
   @property
   def factor(self) -> int:
@@ -103,14 +117,20 @@ QWEN2_5_VL = ImageSpec(
   PATCH_SIZE, TEMPORAL_PATCH_SIZE, MERGE_SIZE, CLIP_MEAN, CLIP_STD
 )
 QWEN3_VL = ImageSpec(16, 2, 2, HALF, HALF)
-_FAMILY_SPECS = {"qwen2_5_vl": QWEN2_5_VL, "qwen3_vl": QWEN3_VL}
+INTERNVL = ImageSpec(14, 1, 2, IMAGENET_MEAN, IMAGENET_STD, tile_size=448)
+_FAMILY_SPECS = {
+  "qwen2_5_vl": QWEN2_5_VL,
+  "qwen3_vl": QWEN3_VL,
+  "internvl": INTERNVL,
+}
 
 
 def image_spec(model_cfg) -> ImageSpec:
   """The `ImageSpec` for a `models.config.ModelConfig`.
 
-  Patch, temporal patch and merge sizes come from `model_cfg.vision` (so a
-  checkpoint's own sizes win); mean and std from `model_cfg.family`.
+  Patch, temporal patch and merge sizes (and InternViT's tile size) come
+  from `model_cfg.vision` (so a checkpoint's own sizes win); mean and std
+  from `model_cfg.family`.
 
   Raises:
     InputError: an unknown family, or a vision tower that does not take
@@ -134,6 +154,7 @@ def image_spec(model_cfg) -> ImageSpec:
     patch_size=int(v.patch_size),
     temporal_patch_size=int(v.temporal_patch_size),
     merge_size=int(v.spatial_merge_size),
+    tile_size=int(v.image_size),
   )
 
 
@@ -457,6 +478,11 @@ def grid_for_size(
   spec: ImageSpec = QWEN2_5_VL,
 ) -> tuple[int, int, int]:
   """(t, h, w) patch grid an HxW image gets, without touching pixels."""
+  if spec.tile_size:
+    side = spec.tile_size // spec.patch_size
+    limits = tile_limits(spec, min_pixels, max_pixels)
+    count = tiles.tile_count(height, width, spec.tile_size, *limits)
+    return count, side, side
   new_h, new_w = smart_resize(
     height, width, min_pixels=min_pixels, max_pixels=max_pixels, spec=spec
   )
@@ -489,6 +515,41 @@ def patchify(
   return x.reshape(gh * gw, c * t * p * p)
 
 
+def tile_limits(
+  spec: ImageSpec, min_pixels: int, max_pixels: int
+) -> tuple[int, int]:
+  """(min_patches, max_patches) of InternVL's tiling for a pixel range.
+
+  max_pixels bounds all tiles the tower sees, thumbnail included: a budget
+  of b >= 3 tiles gives max_patches b - 1 (plus the thumbnail), smaller
+  budgets one tile.
+  """
+  area = spec.tile_size**2
+  budget = max_pixels // area
+  most = budget - 1 if budget >= 3 else 1
+  return min(max(1, min_pixels // area), most), most
+
+
+def _normalise(image_HxWx3: np.ndarray, spec: ImageSpec) -> np.ndarray:
+  # Rescale in float64 and cast, then normalise in float32: the processor's
+  # exact order of operations, so results match bit for bit.
+  x = (np.asarray(image_HxWx3).astype(np.float64) * (1 / 255)).astype(
+    np.float32
+  )
+  mean = np.asarray(spec.mean, dtype=np.float32)
+  std = np.asarray(spec.std, dtype=np.float32)
+  return (x - mean) / std
+
+
+def _preprocess_tiles(image_HxWx3, min_pixels, max_pixels, spec):
+  limits = tile_limits(spec, min_pixels, max_pixels)
+  cut = tiles.cut(image_HxWx3, spec.tile_size, *limits)
+  rows = [patchify(_normalise(t, spec), spec=spec) for t in cut]
+  side = spec.tile_size // spec.patch_size
+  grid_thw = np.asarray((len(cut), side, side), dtype=np.int32)
+  return np.ascontiguousarray(np.concatenate(rows), np.float32), grid_thw
+
+
 def preprocess(
   image_HxWx3: np.ndarray,
   *,
@@ -500,12 +561,15 @@ def preprocess(
 
   Returns:
     pixels_NxP: float32 patch rows (N = grid_h * grid_w, P = spec.patch_dim).
-    grid_thw: int32 (3,) = (1, grid_h, grid_w) in spec.patch_size patches.
+    grid_thw: int32 (3,) = (1, grid_h, grid_w) in spec.patch_size patches;
+      with tiles (t, s, s): t tiles of s x s patches, tile after tile.
 
   Raises:
     ValueError: the aspect ratio is above 200 (callers turn this into a
       BadRecordError naming the record).
   """
+  if spec.tile_size:
+    return _preprocess_tiles(image_HxWx3, min_pixels, max_pixels, spec)
   height, width = image_HxWx3.shape[:2]
   new_h, new_w = smart_resize(
     height, width, min_pixels=min_pixels, max_pixels=max_pixels, spec=spec
@@ -514,13 +578,7 @@ def preprocess(
   resized = PIL.Image.fromarray(image_HxWx3).resize(
     (new_w, new_h), resample=PIL.Image.Resampling.BICUBIC
   )
-  # Rescale in float64 and cast, then normalise in float32: the processor's
-  # exact order of operations, so results match bit for bit.
-  x = (np.asarray(resized).astype(np.float64) * (1 / 255)).astype(np.float32)
-  mean = np.asarray(spec.mean, dtype=np.float32)
-  std = np.asarray(spec.std, dtype=np.float32)
-  x = (x - mean) / std
-  pixels_NxP = patchify(x, spec=spec)
+  pixels_NxP = patchify(_normalise(resized, spec), spec=spec)
   p = spec.patch_size
   grid_thw = np.asarray((1, new_h // p, new_w // p), dtype=np.int32)
   return np.ascontiguousarray(pixels_NxP, dtype=np.float32), grid_thw

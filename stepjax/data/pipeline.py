@@ -25,8 +25,9 @@ Batch layout (one image per prompt; numpy):
   pixels_BxNxP     float32 patch rows (images.preprocess), zero-padded.
   patch_mask_BxN   int32, 1 for real patches.
   grid_thw_Bx3     int32 (t, h, w) of each image in patches (14 px for
-                   Qwen2.5-VL, 16 for Qwen3-VL); the prompt holds
-                   t*h*w // merge**2 (= 4) `<|image_pad|>` tokens.
+                   Qwen2.5-VL, 16 for Qwen3-VL; InternVL: t tiles of h x w
+                   patches); the prompt holds t*h*w // merge**2 (= 4)
+                   image pad tokens.
   target_ids_BxS   int32 (only when target_len > 0, for SFT): the gold
   target_mask_BxS  completion `completion_fn(rationale sentences, answer)`
                    followed by eos, RIGHT-padded with the pad id.

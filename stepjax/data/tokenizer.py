@@ -18,6 +18,12 @@ no template; its prompt is Qwen2.5-VL's layout without a system message:
   {question}{instruction}<|im_end|>\\n<|im_start|>assistant\\n
 where N = grid_t * grid_h * grid_w // 4 (one pad per merged 2x2 patch).
 
+InternVL's tokenizers (those with a `context_image_token`, as InternVL's
+`-hf` checkpoints define `<img>`, `<IMG_CONTEXT>` and `</img>`) use those
+tokens instead (`ImageTokens`): the template's one `<IMG_CONTEXT>` becomes
+`<img>` + `<IMG_CONTEXT>`*N + `</img>`, as transformers' InternVL
+processor expands it, and the model's image, start and end ids follow.
+
 Stop ids (`TokenizerInfo.stop_ids`): <|im_end|> plus every `eos_token_id`
 of the model directory's generation_config.json (Qwen checkpoints list
 <|im_end|> and <|endoftext|>).
@@ -81,6 +87,43 @@ _SPLIT_PATTERN = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageTokens:
+  """The image placeholder tokens of a tokenizer's prompts.
+
+  Qwen (the default): a chat template renders start + pad + end for an
+  image and the pad is repeated N times. `wrap` (InternVL): the template
+  renders the pad alone, which becomes start + pad * N + end.
+  """
+
+  start: str = VISION_START
+  pad: str = IMAGE_PAD
+  end: str = VISION_END
+  wrap: bool = False
+
+  def expand(self, num_image_tokens: int) -> str:
+    """What the template's one pad becomes."""
+    pads = self.pad * num_image_tokens
+    return f"{self.start}{pads}{self.end}" if self.wrap else pads
+
+
+QWEN_IMAGE_TOKENS = ImageTokens()
+
+
+def image_tokens(tok: transformers.PreTrainedTokenizerFast) -> ImageTokens:
+  """InternVL's tokens when `tok` names a `context_image_token`, else
+  Qwen's."""
+  context = getattr(tok, "context_image_token", None)
+  if not context:
+    return QWEN_IMAGE_TOKENS
+  return ImageTokens(
+    start=getattr(tok, "start_image_token", None) or "<img>",
+    pad=context,
+    end=getattr(tok, "end_image_token", None) or "</img>",
+    wrap=True,
+  )
+
+
 def instruction(think_tag: str = "think") -> str:
   """The instruction appended to every question (tag: think | thinking)."""
   if think_tag not in THINK_TAGS:
@@ -95,14 +138,17 @@ def instruction(think_tag: str = "think") -> str:
 
 
 def build_prompt(
-  question: str, num_image_tokens: int, think_tag: str = "think"
+  question: str,
+  num_image_tokens: int,
+  think_tag: str = "think",
+  tokens: ImageTokens = QWEN_IMAGE_TOKENS,
 ) -> str:
   """The chat-formatted prompt text for one image and one question."""
   if num_image_tokens < 0:
     raise ValueError(f"num_image_tokens must be >= 0; got {num_image_tokens}")
   return (
-    f"{IM_START}user\n{VISION_START}{IMAGE_PAD * num_image_tokens}"
-    f"{VISION_END}{question}{instruction(think_tag)}{IM_END}\n"
+    f"{IM_START}user\n{tokens.start}{tokens.pad * num_image_tokens}"
+    f"{tokens.end}{question}{instruction(think_tag)}{IM_END}\n"
     f"{IM_START}assistant\n"
   )
 
@@ -118,7 +164,9 @@ def prompt_builder(
   """
   instruction(think_tag)  # a bad tag fails here, not in a data worker
   if not getattr(tok, "chat_template", None):
-    return functools.partial(build_prompt, think_tag=think_tag)
+    return functools.partial(
+      build_prompt, think_tag=think_tag, tokens=image_tokens(tok)
+    )
   prompt = ChatPrompt(tok, think_tag)
   prompt("Which organ is shown?", 1)
   return prompt
@@ -129,28 +177,31 @@ class ChatPrompt:
 
   One user turn whose content is [image, text = question + instruction]
   (the MRPO reference layout), with the generation prompt; the template's
-  one `<|image_pad|>` is then repeated to N pads, as transformers'
-  Qwen2.5-VL processor expands it. Picklable, for Grain's data workers.
+  one image pad is then expanded to N pads (`ImageTokens.expand`), as
+  transformers' Qwen2.5-VL or InternVL processor expands it. Picklable,
+  for Grain's data workers.
   """
 
   def __init__(self, tok: transformers.PreTrainedTokenizerFast, think_tag: str):
     self.tok = tok
     self.think_tag = think_tag
+    self.tokens = image_tokens(tok)
 
   def __call__(self, question: str, num_image_tokens: int) -> str:
     if num_image_tokens < 0:
       raise ValueError(f"num_image_tokens must be >= 0; got {num_image_tokens}")
     text = question + instruction(self.think_tag)
     rendered = self._render(text)
-    found = rendered.count(IMAGE_PAD) - text.count(IMAGE_PAD)
+    pad = self.tokens.pad
+    found = rendered.count(pad) - text.count(pad)
     if found != 1:
+      layout = pad if self.tokens.wrap else f"{VISION_START}{pad}{VISION_END}"
       raise InputError(
         f"the chat template of the tokenizer in {self._where()} renders "
-        f"{found} {IMAGE_PAD} placeholders for one image; it needs "
-        f"exactly one (Qwen2.5-VL's {VISION_START}{IMAGE_PAD}{VISION_END} "
-        "for a content item of type 'image')"
+        f"{found} {pad} placeholders for one image; it needs exactly one "
+        f"({layout} for a content item of type 'image')"
       )
-    return rendered.replace(IMAGE_PAD, IMAGE_PAD * num_image_tokens, 1)
+    return rendered.replace(pad, self.tokens.expand(num_image_tokens), 1)
 
   def _render(self, text: str) -> str:
     messages = [
@@ -221,14 +272,15 @@ def tokenizer_info(
   generation_config.json when it has one ("" or no file: <|im_end|> only).
   """
   ids = {t: _single_id(tok, t) for t in REQUIRED_TOKENS}
+  image = image_tokens(tok)
   extra = generation_stop_ids(model_dir, len(tok))
   return TokenizerInfo(
     pad_id=ids[PAD],
     eos_id=ids[IM_END],
     im_start_id=ids[IM_START],
-    image_pad_id=ids[IMAGE_PAD],
-    vision_start_id=ids[VISION_START],
-    vision_end_id=ids[VISION_END],
+    image_pad_id=_single_id(tok, image.pad),
+    vision_start_id=_single_id(tok, image.start),
+    vision_end_id=_single_id(tok, image.end),
     vocab_size=len(tok),
     stop_ids=tuple(dict.fromkeys((ids[IM_END], *extra))),
   )
@@ -287,13 +339,13 @@ def encode_prompt(
     prompt_builder(tok, think_tag)(question, num_image_tokens),
     add_special_tokens=False,
   )
-  pad_id = _single_id(tok, IMAGE_PAD)
+  pad = image_tokens(tok).pad
+  pad_id = _single_id(tok, pad)
   found = sum(1 for i in ids if i == pad_id)
   if found != num_image_tokens:
     raise ValueError(
       f"prompt for question {question[:60]!r} has {found} image pads, "
-      f"expected {num_image_tokens}; does the question contain "
-      f"{IMAGE_PAD!r}?"
+      f"expected {num_image_tokens}; does the question contain {pad!r}?"
     )
   return ids
 
@@ -336,11 +388,14 @@ def load_tokenizer(path: str = "") -> transformers.PreTrainedTokenizerFast:
       f"tokenizer in {where} ({flag}) is not a fast tokenizer; stepjax "
       "needs tokenizer.json (offsets are used to map steps to tokens)"
     )
-  missing = [t for t in REQUIRED_TOKENS if not _is_single(tok, t)]
+  image = image_tokens(tok)
+  needed = REQUIRED_TOKENS + (image.start, image.pad, image.end)
+  missing = [t for t in dict.fromkeys(needed) if not _is_single(tok, t)]
   if missing:
     raise InputError(
       f"tokenizer in {where} ({flag}) lacks the special tokens {missing} "
-      "as single ids; stepjax needs the Qwen2.5-VL chat and vision tokens"
+      "as single ids; stepjax needs the Qwen2.5-VL chat and vision tokens "
+      "(and an InternVL tokenizer's image tokens)"
     )
   if tok.pad_token is None:
     tok.pad_token = PAD

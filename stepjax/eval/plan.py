@@ -275,7 +275,13 @@ def transient_rows(
   slots = vision_index.window_slots(patches, v)
   window_block = linear + 4 * slots * rows_w * v.hidden_size * dsize
   window_block += v.num_heads * slots * rows_w * rows_w * (4 + dsize)
-  full_block = linear + v.num_heads * patches * patches * (4 + dsize)
+  if v.image_size:  # InternViT: attention inside each tile and its CLS
+    tile_rows = v.tile_side**2
+    side_rows = tile_rows + 1
+    scores = -(-patches // tile_rows) * side_rows * side_rows
+  else:
+    scores = patches * patches
+  full_block = linear + v.num_heads * scores * (4 + dsize)
   num_full = v.num_full_attention_blocks
   if cfg.remat:
     vis_dev = patches * v.hidden_size * dsize * v.depth
@@ -285,11 +291,12 @@ def transient_rows(
     vis_dev = (v.depth - num_full) * window_block + num_full * full_block
     how = "no remat"
   vis_dev *= images
-  attention = (
-    f"{slots} windows x {rows_w} rows"
-    if v.window_size
-    else "full attention in every block"
-  )
+  if v.window_size:
+    attention = f"{slots} windows x {rows_w} rows"
+  elif v.image_size:
+    attention = f"attention inside each {v.image_size}-pixel tile"
+  else:
+    attention = "full attention in every block"
   add(
     "vision activations", vis_dev, vis_dev, "update",
     f"{images:g} image(s) x {patches} patches, {attention}, {how}, "

@@ -1,11 +1,13 @@
-"""Model configuration (Qwen2.5-VL, Qwen3-VL): frozen dataclasses, presets.
+"""Model configuration (Qwen2.5-VL, Qwen3-VL, InternVL3): dataclasses, presets.
 
 `ModelConfig` holds a `VisionConfig`, a `TextConfig` and the special token
 ids. Presets: `tiny()`, `tiny_alt()` (tests), `synthmed()` (CPU default),
 `bench()`, `qwen25vl_3b()`, `qwen25vl_7b()`; Qwen3-VL: `qwen3vl_2b()`,
 `qwen3vl_4b()`, `qwen3vl_8b()`, `tiny_qwen3()`, `tiny_qwen3_alt()` (tests),
-`synthmed_qwen3()`. `from_hf_config(dict)` / `to_hf_dict()` translate
-transformers' `config.json` (`hf_config.py`).
+`synthmed_qwen3()`; InternVL3 (`config_internvl`): `internvl3_1b()`,
+`internvl3_2b()`, `internvl3_8b()`, `tiny_internvl()`,
+`tiny_internvl_alt()` (tests), `synthmed_internvl()`. `from_hf_config(dict)`
+/ `to_hf_dict()` translate transformers' `config.json` (`hf_config.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from stepjax.errors import InputError
 
 _DTYPES = ("float32", "bfloat16", "float16")
-FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+FAMILIES = ("qwen2_5_vl", "qwen3_vl", "internvl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +33,10 @@ class VisionConfig:
   bilinearly resampled to each image, and DeepStack: the outputs of blocks
   `deepstack_visual_indexes` go through their own mergers and are added to
   the decoder's hidden state at the image tokens after its first layers.
+  InternVL3 (internvl): InternViT on square tiles of `image_size` pixels
+  (a CLS token, learned absolute positions, layer scale, GELU MLPs; the
+  fields below `deepstack_visual_indexes`), then a 2x2 pixel shuffle and
+  the LayerNorm + 2-layer projector; `temporal_patch_size` 1.
   """
 
   depth: int = 32
@@ -49,6 +55,21 @@ class VisionConfig:
   hidden_act: str = "silu"
   num_position_embeddings: int = 0
   deepstack_visual_indexes: tuple[int, ...] = ()
+  # InternViT only (0: not InternViT): tile side in pixels.
+  image_size: int = 0
+  norm_type: str = "layer_norm"  # or "rms_norm"
+  layer_norm_eps: float = 1e-6
+  # Biases on q, k, v; RMSNorm over all heads of q and of k.
+  attention_bias: bool = True
+  qk_norm: bool = False
+  layer_scale_init_value: float = 0.1
+  # False: a final LayerNorm after the blocks (transformers' `layernorm`).
+  use_mean_pooling: bool = True
+
+  @property
+  def tile_side(self) -> int:
+    """Patches along one side of an InternViT tile."""
+    return self.image_size // self.patch_size
 
   @property
   def head_dim(self) -> int:
@@ -220,6 +241,8 @@ class ModelConfig:
     """What this family's layers need of the config."""
     t, v = self.text, self.vision
     side = math.isqrt(v.num_position_embeddings)
+    if self.family == "internvl":
+      return self._internvl_problems()
     if self.family == "qwen3_vl":
       wanted = {
         "vision.window_size": (v.window_size, 0),
@@ -244,6 +267,38 @@ class ModelConfig:
       for name, (got, want) in wanted.items()
       if got != want
     ]
+
+  def _internvl_problems(self) -> list[str]:
+    t, v = self.text, self.vision
+    wanted = {
+      "vision.window_size": (v.window_size, 0),
+      "vision.fullatt_block_indexes": (v.fullatt_block_indexes, ()),
+      "vision.num_position_embeddings": (v.num_position_embeddings, 0),
+      "vision.deepstack_visual_indexes": (v.deepstack_visual_indexes, ()),
+      "vision.temporal_patch_size": (v.temporal_patch_size, 1),
+      "vision.spatial_merge_size": (v.spatial_merge_size, 2),
+      "vision.hidden_act": (v.hidden_act, "gelu"),
+      "vision.out_hidden_size": (v.out_hidden_size, t.hidden_size),
+      "text.qk_norm": (t.qk_norm, False),
+      "text.attention_bias": (t.attention_bias, True),
+      "text.mrope_interleaved": (t.mrope_interleaved, False),
+    }
+    problems = [
+      f"internvl needs {name}={want!r} (got {got!r})"
+      for name, (got, want) in wanted.items()
+      if got != want
+    ]
+    if v.image_size <= 0 or v.image_size % (v.patch_size * 2):
+      problems.append(
+        f"internvl: vision.image_size {v.image_size} must be a positive "
+        f"multiple of 2 * patch_size ({2 * v.patch_size})"
+      )
+    if v.norm_type not in ("layer_norm", "rms_norm"):
+      problems.append(
+        f"internvl: vision.norm_type {v.norm_type!r} must be layer_norm or "
+        "rms_norm"
+      )
+    return problems
 
   def replace(self, **overrides: Any) -> ModelConfig:
     """Copy with overrides; `vision=`/`text=` may be dicts of field values."""
@@ -560,6 +615,38 @@ class ModelConfig:
       tied=True,
       family="qwen3_vl",
     )
+
+  # ---------------------------------------------------- InternVL3 presets
+
+  @classmethod
+  def internvl3_1b(cls) -> ModelConfig:
+    return cls._internvl("internvl3_1b")
+
+  @classmethod
+  def internvl3_2b(cls) -> ModelConfig:
+    return cls._internvl("internvl3_2b")
+
+  @classmethod
+  def internvl3_8b(cls) -> ModelConfig:
+    return cls._internvl("internvl3_8b")
+
+  @classmethod
+  def tiny_internvl(cls, vocab_size: int = 512) -> ModelConfig:
+    return cls._internvl("tiny_internvl", vocab_size)
+
+  @classmethod
+  def tiny_internvl_alt(cls, vocab_size: int = 384) -> ModelConfig:
+    return cls._internvl("tiny_internvl_alt", vocab_size)
+
+  @classmethod
+  def synthmed_internvl(cls, vocab_size: int = 2048) -> ModelConfig:
+    return cls._internvl("synthmed_internvl", vocab_size)
+
+  @classmethod
+  def _internvl(cls, name: str, *args: Any) -> ModelConfig:
+    from stepjax.models import config_internvl  # noqa: PLC0415 (imports us)
+
+    return getattr(config_internvl, name)(*args)
 
   # ------------------------------------------------------ HF conversion
 

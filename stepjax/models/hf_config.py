@@ -4,7 +4,8 @@
 (qwen3_vl) configs, in transformers' nested v5 layout or the older one
 (text settings at the top level, `rope_scaling` and `rope_theta` beside
 it). `to_hf(cfg)` writes the nested layout `Qwen2_5_VLConfig` or
-`Qwen3VLConfig` accepts. Anything stepjax does not implement (rope
+`Qwen3VLConfig` accepts. InternVL (`model_type` internvl) goes through
+`hf_config_internvl`. Anything stepjax does not implement (rope
 scaling, sliding windows, other activations, Qwen3 attention biases) is
 refused with one line naming the setting.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from stepjax.errors import InputError
+from stepjax.models import hf_config_internvl
 from stepjax.models.config import (
   _DTYPES,
   QWEN3VL_TEXT,
@@ -26,6 +28,7 @@ from stepjax.models.config import (
 _ARCHITECTURES = {
   "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
   "qwen3_vl": "Qwen3VLForConditionalGeneration",
+  "internvl": "InternVLForConditionalGeneration",
 }
 # Activations each family's layers implement: (vision, text).
 _ACTIVATIONS = {
@@ -128,13 +131,17 @@ def _text(family: str, text: dict[str, Any], rope: dict) -> TextConfig:
 
 
 def from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
-  """A ModelConfig from a transformers Qwen2.5-VL or Qwen3-VL config dict."""
+  """A ModelConfig from a transformers Qwen2.5-VL, Qwen3-VL or InternVL
+  config dict."""
   family = hf.get("model_type")
   if family not in _ARCHITECTURES:
     raise InputError(
       f"Unsupported model_type {family!r}: stepjax converts "
-      f"{sorted(_ARCHITECTURES)} checkpoints (Qwen2.5-VL, Qwen3-VL)."
+      f"{sorted(_ARCHITECTURES)} checkpoints (Qwen2.5-VL, Qwen3-VL, "
+      "InternVL)."
     )
+  if family == "internvl":
+    return _finish(hf, hf_config_internvl.from_hf(hf), overrides)
   text = _text_dict(hf)
   vis = hf.get("vision_config") or {}
   rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
@@ -161,6 +168,11 @@ def from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
     video_pad_token_id=hf.get("video_token_id", 151656),
     initializer_range=text.get("initializer_range", 0.02),
   )
+  return _finish(hf, kwargs, overrides)
+
+
+def _finish(hf: dict, kwargs: dict, overrides: dict) -> ModelConfig:
+  """The config with the checkpoint's dtype and the caller's overrides."""
   stored = hf.get("dtype") or hf.get("torch_dtype") or "float32"
   if stored in _DTYPES:  # Compute in the checkpoint's dtype by default.
     kwargs.update(param_dtype=stored, dtype=stored)
@@ -195,15 +207,10 @@ def _vision_dict(cfg: ModelConfig) -> dict[str, Any]:
   return out
 
 
-def _text_out(cfg: ModelConfig) -> dict[str, Any]:
+def _decoder_dict(cfg: ModelConfig) -> dict[str, Any]:
+  """The text_config keys every family's decoder shares."""
   t = cfg.text
-  rope = {
-    "rope_type": "default",
-    "rope_theta": t.rope_theta,
-    "mrope_section": list(t.mrope_section),
-  }
-  out = {
-    "model_type": f"{cfg.family}_text",
+  return {
     "vocab_size": t.vocab_size,
     "hidden_size": t.hidden_size,
     "intermediate_size": t.intermediate_size,
@@ -214,10 +221,23 @@ def _text_out(cfg: ModelConfig) -> dict[str, Any]:
     "max_position_embeddings": t.max_position_embeddings,
     "hidden_act": "silu",
     "initializer_range": cfg.initializer_range,
-    "rope_parameters": rope,
     "bos_token_id": cfg.bos_token_id,
     "eos_token_id": cfg.eos_token_id,
     "pad_token_id": cfg.pad_token_id,
+  }
+
+
+def _text_out(cfg: ModelConfig) -> dict[str, Any]:
+  t = cfg.text
+  rope = {
+    "rope_type": "default",
+    "rope_theta": t.rope_theta,
+    "mrope_section": list(t.mrope_section),
+  }
+  out = {
+    "model_type": f"{cfg.family}_text",
+    **_decoder_dict(cfg),
+    "rope_parameters": rope,
   }
   if cfg.family == "qwen3_vl":
     rope["mrope_interleaved"] = True
@@ -229,6 +249,8 @@ def _text_out(cfg: ModelConfig) -> dict[str, Any]:
 
 def to_hf(cfg: ModelConfig) -> dict[str, Any]:
   """The nested `config.json` dict of cfg's family."""
+  if cfg.family == "internvl":
+    return hf_config_internvl.to_hf(cfg, _decoder_dict(cfg))
   if cfg.family == "qwen2_5_vl" and cfg.text.mrope_interleaved:
     raise InputError(
       "this model uses interleaved M-RoPE (model.mrope_interleaved, "

@@ -1,4 +1,5 @@
-"""transformers Qwen2.5-VL / Qwen3-VL checkpoints <-> stepjax parameters.
+"""transformers Qwen2.5-VL / Qwen3-VL / InternVL checkpoints <-> stepjax
+parameters.
 
 `RULES[family]` is the whole mapping of a family: HF tensor name pattern ->
 our parameter path -> transform (the decoder's rules are shared; a Qwen3
@@ -8,9 +9,14 @@ checkpoint simply has no q/k/v biases and a Qwen2 one no q/k norms).
     [in..., out...] (transpose, then reshape; `2` = two input axes, as in
     o_proj [heads, head_dim, embed]);
   vector: reshape (biases [out...], norm scales);
-  conv: Conv3d weight [D, C, Tp, p, p] -> kernel [C*Tp*p*p, D];
+  conv: Conv3d weight [D, C, Tp, p, p] (or Conv2d [D, C, p, p], family
+    internvl) -> kernel [C*Tp*p*p, D];
+  batch1: drop a leading batch axis of 1 (InternViT's CLS token and
+    position table, [1, 1, D] and [1, R+1, D]);
   copy: same layout (token embedding).
-Older checkpoints (`visual.*`, `model.layers.*`, as on the Hub) are renamed
+Older checkpoints (`visual.*`, `model.layers.*`, as on the Hub; for
+InternVL `vision_tower.*`, `multi_modal_projector.*`, `language_model.*`,
+as transformers' own llava conversion renames them) are renamed
 to the transformers v5 layout first (`LEGACY_RENAMES`). `save_hf` writes the
 v5 layout. Safetensors go through the `safetensors` library: read tensor by
 tensor (`safe_open`, memory-mapped), each placed on its devices before the
@@ -121,15 +127,52 @@ QWEN3VL_VISION_RULES = (
                  "visual.deepstack_mergers.{i}"),
 )  # fmt: skip
 
+_IV = "model.vision_tower."
+_IB = _IV + "encoder.layer.{i}."
+_IO = "visual.blocks.{i}."
+_IP = "model.multi_modal_projector."
+INTERNVL_VISION_RULES = (
+  (_IV + "embeddings.cls_token", "visual.cls_token", "batch1"),
+  (_IV + "embeddings.position_embeddings", "visual.pos_embed", "batch1"),
+  *_linear(_IV + "embeddings.patch_embeddings.projection",
+           "visual.patch_embed", tf="conv"),
+  (_IB + "lambda_1", _IO + "lambda1", "vector"),
+  (_IB + "lambda_2", _IO + "lambda2", "vector"),
+  *_linear(_IB + "attention.q_proj", _IO + "attn.q"),
+  *_linear(_IB + "attention.k_proj", _IO + "attn.k"),
+  *_linear(_IB + "attention.v_proj", _IO + "attn.v"),
+  *_linear(_IB + "attention.projection_layer", _IO + "attn.proj",
+           tf="linear2"),
+  *_norm(_IB + "attention.q_norm", _IO + "attn.q_norm"),
+  *_norm(_IB + "attention.k_norm", _IO + "attn.k_norm"),
+  *_linear(_IB + "mlp.fc1", _IO + "mlp.fc1"),
+  *_linear(_IB + "mlp.fc2", _IO + "mlp.fc2"),
+  # RMSNorm (scale) or LayerNorm (scale and bias), as norm_type says.
+  *_norm(_IB + "layernorm_before", _IO + "norm1", bias=True),
+  *_norm(_IB + "layernorm_after", _IO + "norm2", bias=True),
+  *_norm(_IV + "layernorm", "visual.final_norm", bias=True),
+  *_norm(_IP + "layer_norm", "visual.projector.norm", bias=True),
+  *_linear(_IP + "linear_1", "visual.projector.fc1"),
+  *_linear(_IP + "linear_2", "visual.projector.fc2"),
+)  # fmt: skip
+
 # Per family: HF tensor name pattern -> our parameter path -> transform.
 RULES: dict[str, tuple[tuple[str, str, str], ...]] = {
   "qwen2_5_vl": QWEN25VL_VISION_RULES + LANGUAGE_RULES,
   "qwen3_vl": QWEN3VL_VISION_RULES + LANGUAGE_RULES,
+  "internvl": INTERNVL_VISION_RULES + LANGUAGE_RULES,
 }
 
 LEGACY_RENAMES = (
   (r"^visual\.", "model.visual."),
-  (r"^model\.(?!visual\.|language_model\.)", "model.language_model."),
+  (r"^language_model\.lm_head\.", "lm_head."),
+  (r"^language_model\.(model\.)?", "model.language_model."),
+  (r"^(vision_tower|multi_modal_projector)\.", r"model.\1."),
+  (
+    r"^model\.(?!visual\.|language_model\.|vision_tower\.|"
+    r"multi_modal_projector\.)",
+    "model.language_model.",
+  ),
 )
 
 
@@ -187,15 +230,14 @@ def _to_hf(x: np.ndarray, tf: str, cfg: config_lib.ModelConfig) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(rows, -1).T)
   if tf == "conv":
     v = cfg.vision
+    frames = () if cfg.family == "internvl" else (v.temporal_patch_size,)
     return np.ascontiguousarray(
       x.T.reshape(
-        v.hidden_size,
-        v.in_channels,
-        v.temporal_patch_size,
-        v.patch_size,
-        v.patch_size,
+        v.hidden_size, v.in_channels, *frames, v.patch_size, v.patch_size
       )
     )
+  if tf == "batch1":
+    return x.reshape(1, -1, x.shape[-1])
   if tf == "vector":
     return x.reshape(-1)
   return x
@@ -314,8 +356,8 @@ def load_hf(
   config: config_lib.ModelConfig | None = None,
   shardings: Any = None,
 ) -> tuple[config_lib.ModelConfig, nnx.State]:
-  """Reads a transformers Qwen2.5-VL / Qwen3-VL directory -> (config,
-  params).
+  """Reads a transformers Qwen2.5-VL / Qwen3-VL / InternVL directory ->
+  (config, params).
 
   params is the `nnx.State` of `qwen25vl.abstract(config)` (merge it with
   that graphdef, or use `load_model`). `shardings`: None (default device),

@@ -128,6 +128,17 @@ class Dense(nnx.Module):
     return y
 
 
+def dense_kwargs(cfg, rngs: nnx.Rngs, **extra) -> dict:
+  """Dense's keyword arguments from a ModelConfig: dtypes and init std."""
+  return dict(
+    rngs=rngs,
+    param_dtype=cfg.param_dtype,
+    dtype=cfg.dtype,
+    std=cfg.initializer_range,
+    **extra,
+  )
+
+
 def rotate_half(x: jax.Array) -> jax.Array:
   x1, x2 = jnp.split(x, 2, axis=-1)
   return jnp.concatenate([-x2, x1], axis=-1)
@@ -148,7 +159,8 @@ def gelu_exact(x: jax.Array) -> jax.Array:
 
 
 class MLP(nnx.Module):
-  """fc2(act(fc1(x))) with biases: Qwen3-VL's vision MLP (GELU, tanh)."""
+  """fc2(gelu(fc1(x))) with biases: Qwen3-VL's vision MLP (tanh GELU) and
+  InternViT's (`approximate=False`: exact GELU)."""
 
   def __init__(
     self,
@@ -159,15 +171,19 @@ class MLP(nnx.Module):
     param_dtype: str,
     dtype: str,
     std: float,
+    approximate: bool = True,
   ):
     kw = dict(
       rngs=rngs, param_dtype=param_dtype, dtype=dtype, std=std, use_bias=True
     )
     self.fc1 = Dense((hidden,), (intermediate,), ("embed",), ("mlp",), **kw)
     self.fc2 = Dense((intermediate,), (hidden,), ("mlp",), ("embed",), **kw)
+    self.approximate = approximate
 
   def __call__(self, x):
-    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
+    h = self.fc1(x)
+    h = jax.nn.gelu(h, approximate=True) if self.approximate else gelu_exact(h)
+    return self.fc2(h)
 
 
 class GatedMLP(nnx.Module):

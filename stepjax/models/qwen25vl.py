@@ -1,9 +1,11 @@
 """The vision-language policy: vision tower + decoder + lm_head.
 
-One module for both families (`cfg.family`): Qwen2.5-VL (window-attention
-tower, Qwen2 decoder) and Qwen3-VL (`vision_qwen3` tower with a learned
+One module for all families (`cfg.family`): Qwen2.5-VL (window-attention
+tower, Qwen2 decoder), Qwen3-VL (`vision_qwen3` tower with a learned
 position grid and DeepStack, Qwen3 decoder with q/k norms and interleaved
-M-RoPE). Callers never branch on the family: image features are opaque
+M-RoPE) and InternVL3 (`vision_internvl`: InternViT on 448-pixel tiles and
+a projector; Qwen2 decoder with 1D positions, all three M-RoPE rows
+equal). Callers never branch on the family: image features are opaque
 arrays img_IxMxF (F = E, or (1+S)E with S DeepStack levels) passed back
 to the forward.
 
@@ -51,7 +53,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from stepjax.models import config as config_lib
-from stepjax.models import language, layers, vision, vision_index, vision_qwen3
+from stepjax.models import (
+  language,
+  layers,
+  vision,
+  vision_index,
+  vision_internvl,
+  vision_qwen3,
+)
 
 
 class Qwen25VL(nnx.Module):
@@ -59,6 +68,8 @@ class Qwen25VL(nnx.Module):
     self.cfg = cfg
     if cfg.family == "qwen3_vl":
       self.visual = vision_qwen3.Qwen3VisionTower(cfg, rngs)
+    elif cfg.family == "internvl":
+      self.visual = vision_internvl.InternVisionTower(cfg, rngs)
     else:
       self.visual = vision.VisionTower(cfg, rngs)
     self.language = language.Decoder(cfg, rngs)

@@ -10,6 +10,10 @@ offset by the running position; the next text continues at
 gets position 0. `deltas_B` = max position + 1 - number of real tokens; a
 decode step's position is then `num_real_tokens_so_far + delta` on every
 axis (`next_positions`).
+
+InternVL (family internvl) uses 1D positions, as transformers' generate
+computes them: each real token's index among the real tokens of its row,
+the same on all three rows (plain RoPE), deltas 0.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ def rope_index(
     if grid_thw_Ix3 is None
     else np.asarray(grid_thw_Ix3, np.int64).reshape(-1, 3)
   )
+  if cfg.family == "internvl":
+    return _positions_1d(ids, mask, grids, cfg)
   merge = cfg.vision.spatial_merge_size
   positions = np.zeros((3, b, t), np.int64)
   deltas = np.zeros((b,), np.int64)
@@ -89,6 +95,20 @@ def rope_index(
       f"{next_image} <|image_pad|> runs"
     )
   return positions.astype(np.int32), deltas.astype(np.int32)
+
+
+def _positions_1d(ids, mask, grids, cfg):
+  """1D positions (cumulative count of real tokens - 1) on all 3 rows."""
+  want = int(np.prod(grids, axis=-1).sum()) // cfg.vision.merge_unit
+  got = int((ids[mask] == cfg.image_pad_token_id).sum())
+  if got != want:
+    raise ValueError(
+      f"the prompts hold {got} image tokens but grid_thw {grids.tolist()} "
+      f"needs {want}; build prompts with t*h*w/4 image tokens per image"
+    )
+  pos = np.where(mask, np.cumsum(mask, axis=1) - 1, 0)
+  positions = np.broadcast_to(pos, (3, *pos.shape)).astype(np.int32)
+  return positions, np.zeros(ids.shape[0], np.int32)
 
 
 def next_positions(num_real_B, deltas_B):

@@ -36,6 +36,23 @@ def rotary(pos_IxNx2, vcfg: config_lib.VisionConfig):
   return jnp.cos(ang), jnp.sin(ang)
 
 
+def patch_embedding(cfg: config_lib.ModelConfig, rngs, use_bias: bool):
+  """The patch embedding (a Conv with stride = kernel) as a Dense over
+  patch rows: P -> D."""
+  v = cfg.vision
+  return layers.Dense(
+    (v.patch_dim,),
+    (v.hidden_size,),
+    (None,),
+    ("embed",),
+    use_bias=use_bias,
+    rngs=rngs,
+    param_dtype=cfg.param_dtype,
+    dtype=cfg.dtype,
+    std=cfg.initializer_range,
+  )
+
+
 def frame_mask(meta: vision_index.VisionMeta):
   """mask_IxNxN: rows of one frame attend to each other (full attention)."""
   seg = jnp.asarray(meta.full_seg_IxN)
@@ -144,13 +161,7 @@ class PatchMerger(nnx.Module):
   def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
     v = cfg.vision
     wide = v.hidden_size * v.merge_unit
-    kw = dict(
-      rngs=rngs,
-      param_dtype=cfg.param_dtype,
-      dtype=cfg.dtype,
-      std=cfg.initializer_range,
-      use_bias=True,
-    )
+    kw = layers.dense_kwargs(cfg, rngs, use_bias=True)
     self.ln_q = layers.RMSNorm(
       v.hidden_size, 1e-6, "embed", cfg.param_dtype, cfg.dtype
     )
@@ -172,17 +183,7 @@ class VisionTower(nnx.Module):
   def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
     v = cfg.vision
     self.cfg = cfg
-    self.patch_embed = layers.Dense(
-      (v.patch_dim,),
-      (v.hidden_size,),
-      (None,),
-      ("embed",),
-      use_bias=False,
-      rngs=rngs,
-      param_dtype=cfg.param_dtype,
-      dtype=cfg.dtype,
-      std=cfg.initializer_range,
-    )
+    self.patch_embed = patch_embedding(cfg, rngs, use_bias=False)
     self.blocks = nnx.List([VisionBlock(cfg, rngs) for _ in range(v.depth)])
     self.merger = PatchMerger(cfg, rngs)
 

@@ -137,6 +137,12 @@ def _check_grid(grid_thw, n_rows: int, vcfg: config_lib.VisionConfig):
         f"image {i}: grid_thw {(t, h, w)} needs t >= 1 and h, w positive "
         f"multiples of spatial_merge_size {m}"
       )
+    side = vcfg.image_size // vcfg.patch_size
+    if vcfg.image_size and (h, w) != (side, side):
+      raise ValueError(
+        f"image {i}: grid_thw {(t, h, w)} must be (tiles, {side}, {side}): "
+        f"InternViT takes {vcfg.image_size}-pixel tiles"
+      )
     if t * h * w > n_rows:
       raise ValueError(
         f"image {i}: grid_thw {(t, h, w)} has {t * h * w} patches, more "

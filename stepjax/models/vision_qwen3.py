@@ -61,13 +61,7 @@ class Qwen3PatchMerger(nnx.Module):
   ):
     v = cfg.vision
     wide = v.hidden_size * v.merge_unit
-    kw = dict(
-      rngs=rngs,
-      param_dtype=cfg.param_dtype,
-      dtype=cfg.dtype,
-      std=cfg.initializer_range,
-      use_bias=True,
-    )
+    kw = layers.dense_kwargs(cfg, rngs, use_bias=True)
     self.post_shuffle = post_shuffle
     self.norm = layers.LayerNorm(
       wide if post_shuffle else v.hidden_size,
@@ -97,17 +91,7 @@ class Qwen3VisionTower(nnx.Module):
   def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
     v = cfg.vision
     self.cfg = cfg
-    self.patch_embed = layers.Dense(
-      (v.patch_dim,),
-      (v.hidden_size,),
-      (None,),
-      ("embed",),
-      use_bias=True,
-      rngs=rngs,
-      param_dtype=cfg.param_dtype,
-      dtype=cfg.dtype,
-      std=cfg.initializer_range,
-    )
+    self.patch_embed = vision.patch_embedding(cfg, rngs, use_bias=True)
     self.pos_embed = layers.param(
       rngs,
       (v.num_position_embeddings, v.hidden_size),

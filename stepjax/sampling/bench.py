@@ -33,12 +33,24 @@ from stepjax.models import hf_convert, qwen25vl, vision_index
 from stepjax.sampling import sampler
 
 
+def bench_grid(cfg, image_px: int) -> tuple[int, int, int]:
+  """grid_thw of a square image_px-pixel bench image: one frame of
+  patches, or for InternViT as many whole tiles as that many patches fill
+  (at least one)."""
+  v = cfg.vision
+  side = image_px // v.patch_size
+  if not v.image_size:
+    return 1, side, side
+  return max(1, side * side // v.tile_side**2), v.tile_side, v.tile_side
+
+
 def prompt_batch(cfg, prompts, image_px, text_tokens, seed):
   """Numpy prompts: text, <vision_start>, image pads, <vision_end>, text."""
   rng = np.random.default_rng(seed)
-  side = image_px // cfg.vision.patch_size
-  grid_Px3 = np.tile(np.array([[1, side, side]], np.int32), (prompts, 1))
-  n_img = side * side // cfg.vision.merge_unit
+  grid = bench_grid(cfg, image_px)
+  grid_Px3 = np.tile(np.array([grid], np.int32), (prompts, 1))
+  patches = int(np.prod(grid))
+  n_img = patches // cfg.vision.merge_unit
   head = text_tokens // 4
   rows = []
   for _ in range(prompts):
@@ -51,11 +63,11 @@ def prompt_batch(cfg, prompts, image_px, text_tokens, seed):
     rows.append(text[:head] + image + text[head:])
   ids = np.asarray(rows, np.int32)
   n_rows = vision_index.bucket_rows(grid_Px3)
-  pixels = rng.standard_normal(
-    (prompts, side * side, cfg.vision.patch_dim)
-  ).astype(np.float32)
+  pixels = rng.standard_normal((prompts, patches, cfg.vision.patch_dim)).astype(
+    np.float32
+  )
   pixels_PxNxP = np.zeros((prompts, n_rows, cfg.vision.patch_dim), np.float32)
-  pixels_PxNxP[:, : side * side] = pixels
+  pixels_PxNxP[:, :patches] = pixels
   return {
     "prompt_ids_BxT": ids,
     "prompt_mask_BxT": np.ones_like(ids),

@@ -52,7 +52,7 @@ import optax
 
 from stepjax import bench_machine
 from stepjax.models import config as config_lib
-from stepjax.models import hf_convert, qwen25vl
+from stepjax.models import hf_convert, qwen25vl, vision_internvl
 from stepjax.rl import losses
 from stepjax.sampling import bench as sampling_bench
 from stepjax.train import batches, optim, policy, steps
@@ -114,12 +114,19 @@ def make_batch(
   adv_BxL = rng.standard_normal(out["ids_BxL"].shape).astype(np.float32)
   out["adv_BxL"] = adv_BxL * out["loss_mask_BxL"]
   flat_PxSxP = prompt["flat_pixels"].reshape(prompts, -1, cfg.vision.patch_dim)
-  out["hf"] = {
-    "pixel_values": np.repeat(flat_PxSxP, group_size, axis=0).reshape(
-      -1, cfg.vision.patch_dim
-    ),
-    "image_grid_thw": np.repeat(prompt["grid_thw_Bx3"], group_size, axis=0),
-  }
+  flat = np.repeat(flat_PxSxP, group_size, axis=0).reshape(
+    -1, cfg.vision.patch_dim
+  )
+  if cfg.family == "internvl":  # tiles; 1D positions given explicitly
+    out["hf"] = {
+      "pixel_values": vision_internvl.tiles_from_rows(flat, cfg.vision),
+      "position_ids": out["positions_3xBxL"][0].astype(np.int64),
+    }
+  else:
+    out["hf"] = {
+      "pixel_values": flat,
+      "image_grid_thw": np.repeat(prompt["grid_thw_Bx3"], group_size, axis=0),
+    }
   return out
 
 
@@ -212,6 +219,13 @@ class Ours:
     return {k: float(v) for k, v in jax.block_until_ready(metrics).items()}
 
 
+_HF_CLASSES = {
+  "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+  "qwen3_vl": "Qwen3VLForConditionalGeneration",
+  "internvl": "InternVLForConditionalGeneration",
+}
+
+
 class Theirs:
   """The same update in transformers / PyTorch."""
 
@@ -222,18 +236,17 @@ class Theirs:
     self.torch = torch
     with tempfile.TemporaryDirectory() as tmp:
       hf_convert.save_hf(params, cfg, tmp)
-      model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        tmp, dtype=torch.float32
-      )
+      model_cls = getattr(transformers, _HF_CLASSES[cfg.family])
+      model = model_cls.from_pretrained(tmp, dtype=torch.float32)
     self.model = model.train()
     ids = torch.tensor(batch["ids_BxL"], dtype=torch.long)
     self.inputs = dict(
       input_ids=ids,
       attention_mask=torch.tensor(batch["mask_BxL"], dtype=torch.long),
-      pixel_values=torch.tensor(batch["hf"]["pixel_values"]),
-      image_grid_thw=torch.tensor(batch["hf"]["image_grid_thw"]),
-      mm_token_type_ids=(ids == cfg.image_pad_token_id).long(),
+      **{k: torch.tensor(v) for k, v in batch["hf"].items()},
     )
+    if cfg.family != "internvl":
+      self.inputs["mm_token_type_ids"] = (ids == cfg.image_pad_token_id).long()
     self.targets = ids[:, 1:]
     self.mask = torch.tensor(batch["loss_mask_BxL"][:, 1:], dtype=torch.float32)
     self.adv = torch.tensor(batch["adv_BxL"][:, 1:])

@@ -30,6 +30,9 @@ _SMALL_PRESETS = (
   "tiny_qwen3",
   "tiny_qwen3_alt",
   "synthmed_qwen3",
+  "tiny_internvl",
+  "tiny_internvl_alt",
+  "synthmed_internvl",
 )
 _LARGE_PRESETS = (
   "qwen25vl_3b",
@@ -37,6 +40,9 @@ _LARGE_PRESETS = (
   "qwen3vl_2b",
   "qwen3vl_4b",
   "qwen3vl_8b",
+  "internvl3_1b",
+  "internvl3_2b",
+  "internvl3_8b",
 )
 
 

@@ -92,6 +92,18 @@ def test_qwen3vl_8b_plans(mesh):
     assert p.largest_batch == 0 and "no data.batch_size fits" in text
 
 
+def test_internvl3_8b_plans_tile_attention():
+  config = _load_config("internvl3_8b_mrpo.py").get_config("mesh=v5p8")
+  assert config.model.preset == "internvl3_8b"
+  p = plan_lib.plan(config, chip=plan_lib.chip_from_config_arg("mesh=v5p8"))
+  # transformers' 7,944,373,760 plus the step-value head.
+  assert 7.944e9 < p.param_count < 7.95e9
+  text = plan_lib.format_plan(p)
+  assert "attention inside each 448-pixel tile" in text
+  assert "5120 patches" in text
+  print(f"[plan] internvl3_8b v5p8: {p.verdict}")
+
+
 def test_chip_from_config_arg_and_bad_chip():
   assert plan_lib.chip_from_config_arg("x.py:mesh=v5p8,algo=grpo") == "v5p"
   assert plan_lib.chip_from_config_arg("x.py") == ""

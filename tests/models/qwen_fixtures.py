@@ -1,5 +1,5 @@
-"""Shared helpers for the HF parity tests (tiny random Qwen2.5-VL and
-Qwen3-VL models)."""
+"""Shared helpers for the HF parity tests (tiny random Qwen2.5-VL,
+Qwen3-VL and InternVL models)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,21 @@ import torch
 import transformers
 
 from stepjax.models import config as config_lib
-from stepjax.models import vision_index
+from stepjax.models import vision_index, vision_internvl
 
 # Row 0: two images (8x12 and 6x4 patches), row 1: one image (4x10), so
 # rows differ in length and row 1 is left padded.
 GRIDS = np.array([[1, 8, 12], [1, 6, 4], [1, 4, 10]], np.int64)
+# InternVL: images of 3, 1 and 2 tiles.
+TILES = (3, 1, 2)
+
+
+def grids(cfg: config_lib.ModelConfig) -> np.ndarray:
+  """grid_thw of the three test images for cfg's family."""
+  if cfg.family != "internvl":
+    return GRIDS
+  s = cfg.vision.tile_side
+  return np.array([[t, s, s] for t in TILES], np.int64)
 
 
 def hf_classes(cfg: config_lib.ModelConfig):
@@ -21,6 +31,11 @@ def hf_classes(cfg: config_lib.ModelConfig):
     return (
       transformers.Qwen3VLConfig,
       transformers.Qwen3VLForConditionalGeneration,
+    )
+  if cfg.family == "internvl":
+    return (
+      transformers.InternVLConfig,
+      transformers.InternVLForConditionalGeneration,
     )
   return (
     transformers.Qwen2_5_VLConfig,
@@ -54,7 +69,8 @@ def batch(cfg: config_lib.ModelConfig, seed: int = 0):
   """Left-padded prompts with three images of different grids."""
   rng = np.random.default_rng(seed)
   m = cfg.vision.merge_unit
-  n_tok = [int(np.prod(g)) // m for g in GRIDS]
+  image_grids = grids(cfg)
+  n_tok = [int(np.prod(g)) // m for g in image_grids]
   text_hi = cfg.bos_token_id  # ordinary tokens below the special ids
 
   def text(n):
@@ -77,14 +93,22 @@ def batch(cfg: config_lib.ModelConfig, seed: int = 0):
   for i, r in enumerate(rows):
     ids[i, t - len(r) :] = r
     mask[i, t - len(r) :] = 1
-  n_patches = int(vision_index.num_patches(GRIDS).sum())
+  n_patches = int(vision_index.num_patches(image_grids).sum())
   pixels = rng.standard_normal((n_patches, cfg.vision.patch_dim)).astype(
     np.float32
   )
-  return ids, mask, pixels, GRIDS
+  return ids, mask, pixels, image_grids
 
 
 def hf_inputs(cfg, ids, mask, pixels, grids):
+  if cfg.family == "internvl":
+    return dict(
+      input_ids=torch.tensor(ids),
+      attention_mask=torch.tensor(mask),
+      pixel_values=torch.tensor(
+        vision_internvl.tiles_from_rows(pixels, cfg.vision)
+      ),
+    )
   return dict(
     input_ids=torch.tensor(ids),
     attention_mask=torch.tensor(mask),

@@ -24,7 +24,7 @@ from stepjax.models import hf_convert, qwen25vl
 @pytest.mark.parametrize(
   "preset",
   ["qwen25vl_3b", "qwen25vl_7b", "bench", "qwen3vl_2b", "qwen3vl_4b",
-   "qwen3vl_8b"],
+   "qwen3vl_8b", "internvl3_1b", "internvl3_2b", "internvl3_8b"],
 )  # fmt: skip
 def test_param_count_equals_transformers(preset):
   cfg = getattr(config_lib.ModelConfig, preset)()

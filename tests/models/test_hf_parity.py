@@ -1,12 +1,18 @@
-"""Parity with transformers' Qwen2_5_VLForConditionalGeneration and
-Qwen3VLForConditionalGeneration (fp32).
+"""Parity with transformers' Qwen2_5_VLForConditionalGeneration,
+Qwen3VLForConditionalGeneration and InternVLForConditionalGeneration
+(fp32).
 
 Per family two tiny configs. Qwen2.5-VL: they differ in window layout
 (2x2 vs ragged 3x3 windows), full-attention blocks, depth, widths and tied
 vs untied embeddings. Qwen3-VL: 4x4 vs 6x6 learned position grids, two vs
 one DeepStack levels, head_dim 32 != hidden / heads vs the default, tied vs
-untied. A batch of three images of different grids (merged grids 4x6, 3x2,
-2x5) in two left-padded prompts.
+untied. InternVL: 56- vs 84-pixel tiles (4 vs 9 tokens a tile), LayerNorm
+vs RMSNorm, q/k/v biases vs q/k norms, no final norm vs one, tied vs
+untied; its images are 3, 1 and 2 tiles. A batch of three images of
+different grids (Qwen: merged grids 4x6, 3x2, 2x5) in two left-padded
+prompts. transformers' InternVL forward counts positions from the left
+edge, padding included, so its reference logits get the positions its
+generate computes (ours) explicitly.
 """
 
 import os
@@ -34,15 +40,26 @@ STEPS = 32
 
 @pytest.fixture(
   scope="module",
-  params=["tiny", "tiny_alt", "tiny_qwen3", "tiny_qwen3_alt"],
+  params=[
+    "tiny",
+    "tiny_alt",
+    "tiny_qwen3",
+    "tiny_qwen3_alt",
+    "tiny_internvl",
+    "tiny_internvl_alt",
+  ],
 )
 def setup(request, tmp_path_factory):
   cfg = getattr(config_lib.ModelConfig, request.param)()
   hf = fx.hf_model(cfg)
   ids, mask, pix, grids = fx.batch(cfg)
   inputs = fx.hf_inputs(cfg, ids, mask, pix, grids)
+  pos, deltas = rope_index.rope_index(ids, mask, grids, cfg)
+  forward_inputs = dict(inputs)
+  if cfg.family == "internvl":
+    forward_inputs["position_ids"] = torch.tensor(pos[0]).long()
   with torch.no_grad():
-    ref_logits = hf(**inputs).logits.numpy()
+    ref_logits = hf(**forward_inputs).logits.numpy()
   directory = str(tmp_path_factory.mktemp(request.param))
   hf.save_pretrained(directory)
   loaded_cfg, params = hf_convert.load_hf(directory)
@@ -55,13 +72,13 @@ def setup(request, tmp_path_factory):
     pixels=jnp.asarray(vision_index.pad_pixels(pix, grids, n_rows)),
     meta=vision_index.vision_metadata(grids, n_rows, cfg.vision),
   )
-  pos, deltas = rope_index.rope_index(ids, mask, grids, cfg)
   ours.update(pos=jnp.asarray(pos), deltas=deltas)
   return dict(
     name=request.param,
     cfg=cfg,
     hf=hf,
     inputs=inputs,
+    forward_inputs=forward_inputs,
     ref_logits=ref_logits,
     graphdef=graphdef,
     params=params,
@@ -77,6 +94,14 @@ def _report(name, cfg_name, value):
 
 def test_rope_index_matches_transformers(setup):
   ids, mask, _, grids = setup["np_batch"]
+  if setup["cfg"].family == "internvl":  # generate's 1D positions
+    hf_pos = setup["hf"]._prepare_position_ids_for_generation(
+      torch.tensor(ids), {"attention_mask": torch.tensor(mask)}
+    )
+    for row in np.asarray(setup["ours"]["pos"]):
+      np.testing.assert_array_equal(row, hf_pos)
+    np.testing.assert_array_equal(setup["ours"]["deltas"], 0)
+    return
   hf_pos, hf_deltas = setup["hf"].model.get_rope_index(
     torch.tensor(ids),
     torch.tensor((ids == setup["cfg"].image_pad_token_id).astype(np.int64)),
@@ -89,10 +114,20 @@ def test_rope_index_matches_transformers(setup):
 
 def test_image_features_match_transformers(setup):
   _, _, pix, grids = setup["np_batch"]
+  cfg = setup["cfg"]
   with torch.no_grad():
-    ref = setup["hf"].model.get_image_features(
-      torch.tensor(pix), torch.tensor(grids)
-    )
+    if cfg.family == "internvl":  # per tile; regroup them by image
+      ref = setup["hf"].model.get_image_features(
+        pixel_values=setup["inputs"]["pixel_values"]
+      )
+      tokens = ref.pooler_output.reshape(-1, cfg.text.hidden_size)
+      ref.pooler_output = tokens.split(
+        [int(np.prod(g)) // cfg.vision.merge_unit for g in grids]
+      )
+    else:
+      ref = setup["hf"].model.get_image_features(
+        torch.tensor(pix), torch.tensor(grids)
+      )
     deepstack = getattr(ref, "deepstack_features", None) or []
     ref = ref.pooler_output
   o = setup["ours"]
@@ -209,7 +244,7 @@ def test_round_trip_through_save_hf(setup, tmp_path):
     out_dir, attn_implementation="eager", dtype=torch.float32
   ).eval()
   with torch.no_grad():
-    logits = reloaded(**setup["inputs"]).logits.numpy()
+    logits = reloaded(**setup["forward_inputs"]).logits.numpy()
   np.testing.assert_array_equal(logits, setup["ref_logits"])
   original = setup["hf"].state_dict()
   for name, value in reloaded.state_dict().items():

@@ -24,6 +24,12 @@ PRESETS = [
   "qwen3vl_2b",
   "qwen3vl_4b",
   "qwen3vl_8b",
+  "tiny_internvl",
+  "tiny_internvl_alt",
+  "synthmed_internvl",
+  "internvl3_1b",
+  "internvl3_2b",
+  "internvl3_8b",
 ]
 
 
@@ -68,7 +74,9 @@ def test_family_validation_names_the_setting():
     config_lib.ModelConfig.from_hf_config({"model_type": "llava"})
 
 
-@pytest.mark.parametrize("preset", ["tiny_alt", "tiny_qwen3"])
+@pytest.mark.parametrize(
+  "preset", ["tiny_alt", "tiny_qwen3", "tiny_internvl_alt"]
+)
 def test_every_param_has_logical_axes(preset):
   _, state = qwen25vl.abstract(getattr(config_lib.ModelConfig, preset)())
   for path, var in nnx.to_flat_state(state):
@@ -84,6 +92,9 @@ def test_every_param_has_logical_axes(preset):
 
 def _inputs(cfg):
   grids = np.array([[1, 4, 6], [1, 2, 4]])
+  if cfg.family == "internvl":  # tiles of side x side patches
+    side = cfg.vision.tile_side
+    grids = np.array([[2, side, side], [1, side, side]])
   n_rows = vision_index.bucket_rows(grids, 8)
   n_img = [int(np.prod(g)) // 4 for g in grids]
   seq = (
@@ -106,7 +117,7 @@ def _inputs(cfg):
   return ids, mask, pix.astype(np.float32), meta, pos, deltas
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_qwen3"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny_qwen3", "tiny_internvl"])
 def test_cache_decode_equals_full_forward_and_remat(preset):
   cfg = getattr(config_lib.ModelConfig, preset)().replace(remat=True)
   gd, params = nnx.split(qwen25vl.create(cfg))
@@ -257,7 +268,9 @@ def test_window_slots_hold_every_window(preset):
     assert len(np.unique(want)) == t * nwh * nww
 
 
-@pytest.mark.parametrize("preset", ["tiny_alt", "tiny_qwen3"])
+@pytest.mark.parametrize(
+  "preset", ["tiny_alt", "tiny_qwen3", "tiny_internvl_alt"]
+)
 def test_vision_remat_changes_nothing_but_memory(preset):
   """cfg.remat rematerialises vision blocks: same features and grads."""
   cfg = getattr(config_lib.ModelConfig, preset)()
