@@ -16,26 +16,17 @@ Variants as in qwen25vl_7b_mrpo.py (algo=, mesh=v5e16|v5p8|cpu, process=),
 plus size=8b|4b|2b.
 """
 
-import importlib.util
 import pathlib
+
+from stepjax import config_utils
 
 _RECIPE = pathlib.Path(__file__).with_name("qwen25vl_7b_mrpo.py")
 _SIZES = ("8b", "4b", "2b")
 
 
 def get_config(arg=None):
-  spec = importlib.util.spec_from_file_location("qwen25vl_7b_mrpo", _RECIPE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  parts = [p for p in (arg or "").split(",") if p]
-  size = "8b"
-  for p in list(parts):
-    if p.startswith("size="):
-      size = p.split("=", 1)[1]
-      parts.remove(p)
-  if size not in _SIZES:
-    raise ValueError(f"size={size!r}: expected one of {list(_SIZES)}")
-  c = module.get_config(",".join(parts) or None)
+  size, rest = config_utils.pop_arg(arg, "size", "8b", _SIZES)
+  c = config_utils.load_config_file(_RECIPE, rest)
   c.model.preset = f"qwen3vl_{size}"
   c.tokenizer.think_tag = "thinking"
   return c

@@ -69,6 +69,26 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return result
 
 
+def pop_arg(
+  arg: str | None, key: str, default: str, choices: tuple[str, ...]
+) -> tuple[str, str | None]:
+  """(value of `key=` in a `k1=v1,k2=v2` arg, the arg without it).
+
+  For configs that add one variant to another config's (a model size on
+  top of a recipe's variants). A value outside `choices` raises
+  InputError naming them.
+  """
+  parts = [p for p in (arg or "").split(",") if p]
+  value = default
+  for part in list(parts):
+    if part.startswith(f"{key}="):
+      value = part.split("=", 1)[1]
+      parts.remove(part)
+  if value not in choices:
+    raise InputError(f"{key}={value!r}: expected one of {list(choices)}")
+  return value, ",".join(parts) or None
+
+
 def load_config_file(
   path: str | pathlib.Path, arg: str | None = None
 ) -> ml_collections.ConfigDict:
