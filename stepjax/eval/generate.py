@@ -53,7 +53,7 @@ from stepjax.data import batching, images, pipeline, records
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.errors import InputError, MissingInputError
 from stepjax.eval import checkpoints
-from stepjax.models import language, qwen25vl, rope_index
+from stepjax.models import language, rope_index, vlm
 from stepjax.rl import rewards
 from stepjax.rl import steps as steps_lib
 from stepjax.sampling import sampler
@@ -214,7 +214,7 @@ def _prefill(graphdef, params, prompt: sampler.PromptBatch, slots: int):
   cfg = nnx.merge(graphdef, params).cfg
   ids = jnp.asarray(prompt.prompt_ids_PxT, jnp.int32)
   cache = language.init_cache(cfg, ids.shape[0], slots)
-  logits, _, cache = qwen25vl.forward(
+  logits, _, cache = vlm.forward(
     graphdef, params, ids, prompt.positions_3xPxT, prompt.prompt_mask_PxT,
     pixels_IxNxP=prompt.pixels_IxNxP, vision_meta=prompt.vision_meta,
     cache=cache, cache_index=0,
@@ -226,7 +226,7 @@ def _prefill(graphdef, params, prompt: sampler.PromptBatch, slots: int):
 def _decode(graphdef, params, tok_B, positions_3xBx1, cache, index):
   """Feeds one token per row at cache slot `index`; next logits_BxV."""
   ones_Bx1 = jnp.ones((tok_B.shape[0], 1), jnp.int32)
-  logits, _, cache = qwen25vl.forward(
+  logits, _, cache = vlm.forward(
     graphdef, params, tok_B[:, None], positions_3xBx1, ones_Bx1,
     cache=cache, cache_index=index,
   )  # fmt: skip

@@ -2,6 +2,6 @@
 
 config (ModelConfig presets), layers, vision_index (host-side vision
 metadata), vision, rope_index (host-side M-RoPE positions), language
-(decoder + KV cache), qwen25vl (the policy; API in its docstring),
+(decoder + KV cache), vlm (the policy; API in its docstring),
 step_value, hf_convert (transformers checkpoints in and out).
 """

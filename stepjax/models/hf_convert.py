@@ -47,7 +47,7 @@ from flax import nnx
 
 from stepjax import errors
 from stepjax.models import config as config_lib
-from stepjax.models import qwen25vl
+from stepjax.models import vlm
 
 _VB = "model.visual.blocks.{i}."
 _LL = "model.language_model.layers.{i}."
@@ -359,7 +359,7 @@ def load_hf(
   """Reads a transformers Qwen2.5-VL / Qwen3-VL / InternVL directory ->
   (config, params).
 
-  params is the `nnx.State` of `qwen25vl.abstract(config)` (merge it with
+  params is the `nnx.State` of `vlm.abstract(config)` (merge it with
   that graphdef, or use `load_model`). `shardings`: None (default device),
   one Sharding for all, a callable (path_tuple, shape) -> Sharding, or a
   mapping / nnx.State of shardings by parameter path. Each tensor is read
@@ -375,7 +375,7 @@ def load_hf(
   hf_cfg = read_hf_config(directory)
   parsed = config_lib.ModelConfig.from_hf_config(hf_cfg)
   cfg = config or parsed
-  _, abstract_state = qwen25vl.abstract(cfg)
+  _, abstract_state = vlm.abstract(cfg)
   targets = {_path_str(p): v for p, v in nnx.to_flat_state(abstract_state)}
   dtype = np.dtype(cfg.param_dtype)
   loaded: dict[str, Any] = {}
@@ -421,9 +421,9 @@ def load_hf(
 
 
 def load_model(directory: str, config=None, shardings=None):
-  """`load_hf` merged into a `qwen25vl.Qwen25VL` module."""
+  """`load_hf` merged into a `vlm.VisionLanguageModel` module."""
   cfg, params = load_hf(directory, config, shardings)
-  graphdef, _ = qwen25vl.abstract(cfg)
+  graphdef, _ = vlm.abstract(cfg)
   return nnx.merge(graphdef, params)
 
 

@@ -3,7 +3,7 @@
 B: batch, T: tokens, D: decoder hidden, F: head width.
 
 RMSNorm -> Linear(D, F) -> SiLU -> Linear(F, 1) on the policy's final
-hidden state (`hidden_BxTxD` from `qwen25vl.Qwen25VL.__call__`), giving
+hidden state (`hidden_BxTxD` from `vlm.VisionLanguageModel.__call__`), giving
 per-token logits `value_logit_BxT`. Its parameters are a module of their
 own, separate from the policy's, so a reference policy carries none; split
 it with `nnx.split` and pass both pytrees to the train step. Callers

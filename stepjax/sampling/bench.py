@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from stepjax.models import config as config_lib
-from stepjax.models import hf_convert, qwen25vl, vision_index
+from stepjax.models import hf_convert, vision_index, vlm
 from stepjax.sampling import sampler
 
 
@@ -107,7 +107,7 @@ def bench_sampler(
   import transformers
 
   cfg = config_lib.ModelConfig.bench()
-  model = qwen25vl.create(cfg, seed)
+  model = vlm.create(cfg, seed)
   graphdef, params = nnx.split(model, nnx.Param)
   batch = prompt_batch(cfg, prompts, image_px, text_tokens, seed)
   n_gen = prompts * group_size * new_tokens

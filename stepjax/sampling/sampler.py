@@ -18,7 +18,7 @@ of the KV cache G times (group prefix sharing; `share_prefix=False`
 prefills all B rows instead, for checking), then decodes one token per
 step inside a `lax.while_loop` that stops when every row has emitted a stop
 id or R tokens exist. Nothing leaves the device between steps. Prefill
-and decode steps are the model's own forward (`qwen25vl.forward` with a
+and decode steps are the model's own forward (`vlm.forward` with a
 KV cache); the cache's per-layer buffers are carried by the while_loop, so
 each step writes its token's keys and values in place.
 The image / video pad ids are never sampled by default (`suppress_ids`): a
@@ -52,7 +52,7 @@ from flax import nnx
 
 from stepjax import rows
 from stepjax.models import config as config_lib
-from stepjax.models import language, qwen25vl, rope_index, vision_index
+from stepjax.models import language, rope_index, vision_index, vlm
 
 
 @flax.struct.dataclass
@@ -294,7 +294,7 @@ def _generate(
   banned_V[list(suppress_ids)] = True
   # The last sampled token is never fed back, so R - 1 decode slots.
   cache = split(language.init_cache(cfg, p, t + r - 1))
-  logits, _, cache = qwen25vl.forward(
+  logits, _, cache = vlm.forward(
     graphdef, params, ids, prompt.positions_3xPxT, prompt.prompt_mask_PxT,
     pixels_IxNxP=prompt.pixels_IxNxP, vision_meta=prompt.vision_meta,
     cache=cache, cache_index=0,
@@ -352,7 +352,7 @@ def _generate(
     step, tok, cache, state = carry
     # Feed token step-1, which is real token num_real + step - 1 of its row.
     pos = rope_index.next_positions(num_real_B + step - 1, deltas_B)
-    logits, _, cache = qwen25vl.forward(
+    logits, _, cache = vlm.forward(
       graphdef, params, tok[:, None], pos, ones_Bx1, cache=cache,
       cache_index=t + step - 1,
     )  # fmt: skip
@@ -509,7 +509,7 @@ def teacher_forced_logp(graphdef, params, seq: dict) -> jax.Array:
 
   The reference the sampler's `logp_BxR` must match (0 where masked).
   """
-  logits, _, _ = qwen25vl.forward(
+  logits, _, _ = vlm.forward(
     graphdef, params, seq["ids_BxL"], seq["positions_3xBxL"],
     seq["mask_BxL"], pixels_IxNxP=seq["pixels_IxNxP"],
     vision_meta=seq["vision_meta"],

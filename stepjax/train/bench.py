@@ -52,7 +52,7 @@ import optax
 
 from stepjax import bench_machine
 from stepjax.models import config as config_lib
-from stepjax.models import hf_convert, qwen25vl, vision_internvl
+from stepjax.models import hf_convert, vision_internvl, vlm
 from stepjax.rl import losses
 from stepjax.sampling import bench as sampling_bench
 from stepjax.train import batches, optim, policy, steps
@@ -137,7 +137,7 @@ def random_params(cfg: config_lib.ModelConfig, seed: int) -> Any:
   computations (each an XLA compile, seconds on a busy host).
   """
   rng = np.random.default_rng(seed)
-  _, abstract = qwen25vl.abstract(cfg)
+  _, abstract = vlm.abstract(cfg)
 
   def draw(path, leaf):
     if "scale" in jax.tree_util.keystr(path):
@@ -302,7 +302,7 @@ def profile_ours(ours: Ours, iters: int) -> dict[str, float]:
 
   out = {
     "vision_s": timed(
-      lambda p, x: qwen25vl.encode_images(
+      lambda p, x: vlm.encode_images(
         g.policy, p, x["pixels_IxNxP"], x["vision_meta"]
       ),
       params,
@@ -360,7 +360,7 @@ def bench_train(
   )
   b, length = batch["ids_BxL"].shape
   tokens = b * length
-  n_params = qwen25vl.param_count(cfg)
+  n_params = vlm.param_count(cfg)
   result: dict[str, float] = {
     "tokens": float(tokens),
     "rows": float(b),

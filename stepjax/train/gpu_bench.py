@@ -52,7 +52,7 @@ import numpy as np
 from stepjax import bench_machine, config_utils
 from stepjax.errors import InputError
 from stepjax.models import config as config_lib
-from stepjax.models import qwen25vl
+from stepjax.models import vlm
 from stepjax.sampling import bench as sampling_bench
 from stepjax.sampling import sampler
 from stepjax.train import bench as train_bench
@@ -315,7 +315,7 @@ def bench_sampler(config: Any, cfg, graphs, params, opts: dict) -> dict:
   # the same modules, not rematerialised.
   graphdef = graphs.policy
   if cfg.remat:
-    graphdef, _ = qwen25vl.abstract(cfg.replace(remat=False))
+    graphdef, _ = vlm.abstract(cfg.replace(remat=False))
   key = [jax.random.key(0)]
 
   def run():
@@ -380,7 +380,7 @@ def bench_gpu(**options: Any) -> dict[str, Any]:
     "remat": cfg.remat,
     "attention": cfg.attention,
     "group_size": config.sampling.group_size,
-    "params": qwen25vl.param_count(cfg),
+    "params": vlm.param_count(cfg),
   }
   t0 = time.perf_counter()
   if result["params"] < _HOST_INIT_MAX:

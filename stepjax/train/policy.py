@@ -19,7 +19,7 @@ from flax import nnx
 from stepjax.data import synthmed
 from stepjax.errors import InputError
 from stepjax.models import config as config_lib
-from stepjax.models import hf_convert, qwen25vl, step_value
+from stepjax.models import hf_convert, step_value, vlm
 from stepjax.train import sharding
 
 _SMALL_PRESETS = (
@@ -164,7 +164,7 @@ class Graphs:
 def abstract(cfg: config_lib.ModelConfig) -> tuple[Graphs, Any, Any]:
   """(graphs, abstract policy params, abstract value params): no memory."""
   with nnx.use_eager_sharding(False):
-    policy_gd, policy_params = qwen25vl.abstract(cfg)
+    policy_gd, policy_params = vlm.abstract(cfg)
     value = nnx.eval_shape(lambda: step_value.create(cfg, seed=0))
     value_gd, value_params = nnx.split(value, nnx.Param)
   return Graphs(cfg, policy_gd, value_gd), policy_params, value_params
@@ -173,6 +173,6 @@ def abstract(cfg: config_lib.ModelConfig) -> tuple[Graphs, Any, Any]:
 def init(cfg: config_lib.ModelConfig, seed: int) -> tuple[Any, Any]:
   """Fresh (policy params, value params) as nnx.State pytrees."""
   with nnx.use_eager_sharding(False):
-    _, policy_params = nnx.split(qwen25vl.create(cfg, seed), nnx.Param)
+    _, policy_params = nnx.split(vlm.create(cfg, seed), nnx.Param)
     _, value_params = nnx.split(step_value.create(cfg, seed + 1), nnx.Param)
   return policy_params, value_params

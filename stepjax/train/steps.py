@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stepjax.models import qwen25vl, step_value
+from stepjax.models import step_value, vlm
 from stepjax.rl import losses
 from stepjax.train import state as state_lib
 
@@ -68,7 +68,7 @@ def forward(graphs, params, batch, group_size: int):
 
   The images are encoded once per prompt and repeated for its G rows.
   """
-  img_IxMxD, valid_IxM = qwen25vl.encode_images(
+  img_IxMxD, valid_IxM = vlm.encode_images(
     graphs.policy, params, batch["pixels_IxNxP"], batch["vision_meta"]
   )
   return decode(graphs, params, batch, img_IxMxD, valid_IxM, group_size)
@@ -79,7 +79,7 @@ def decode(graphs, params, batch, img_IxMxD, valid_IxM, group_size: int):
   if group_size > 1:
     img_IxMxD = jnp.repeat(img_IxMxD, group_size, axis=0)
     valid_IxM = jnp.repeat(valid_IxM, group_size, axis=0)
-  logits, hidden, _ = qwen25vl.forward(
+  logits, hidden, _ = vlm.forward(
     graphs.policy,
     params,
     batch["ids_BxL"],
@@ -148,7 +148,7 @@ def sft_loss(trainables, batch, graphs, opts: StepOptions):
   plus that weight times the grounding readout's loss on the image
   features (metrics keep "loss" the cross-entropy, "objective" the sum)."""
   params = trainables["policy"]
-  img_IxMxD, valid_IxM = qwen25vl.encode_images(
+  img_IxMxD, valid_IxM = vlm.encode_images(
     graphs.policy, params, batch["pixels_IxNxP"], batch["vision_meta"]
   )
   logits, _ = decode(graphs, params, batch, img_IxMxD, valid_IxM, 1)

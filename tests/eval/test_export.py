@@ -13,7 +13,7 @@ import transformers
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.eval import checkpoints, export
 from stepjax.eval import generate as gen
-from stepjax.models import qwen25vl
+from stepjax.models import vlm
 from stepjax.sampling import sampler
 from stepjax.train import loop
 
@@ -69,7 +69,7 @@ def test_transformers_logits_equal_ours(exported):
     "grid_thw_Bx3": grid,
   }
   prompt = sampler.prepare_inputs(batch, loaded.cfg)
-  ours, _, _ = qwen25vl.forward(
+  ours, _, _ = vlm.forward(
     loaded.graphs.policy, loaded.params, prompt.prompt_ids_PxT,
     prompt.positions_3xPxT, prompt.prompt_mask_PxT,
     pixels_IxNxP=prompt.pixels_IxNxP, vision_meta=prompt.vision_meta,

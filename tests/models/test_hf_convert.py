@@ -18,7 +18,7 @@ from flax import nnx
 
 from stepjax import errors
 from stepjax.models import config as config_lib
-from stepjax.models import hf_convert, qwen25vl
+from stepjax.models import hf_convert, vlm
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ from stepjax.models import hf_convert, qwen25vl
 )  # fmt: skip
 def test_param_count_equals_transformers(preset):
   cfg = getattr(config_lib.ModelConfig, preset)()
-  ours = qwen25vl.param_count(cfg)
+  ours = vlm.param_count(cfg)
   config_cls, model_cls = fx.hf_classes(cfg)
   with torch.device("meta"):
     hf = model_cls(config_cls(**cfg.to_hf_dict()))
@@ -42,7 +42,7 @@ def test_param_count_equals_transformers(preset):
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
   cfg = config_lib.ModelConfig.tiny_alt()
-  model = qwen25vl.create(cfg, seed=1)
+  model = vlm.create(cfg, seed=1)
   directory = str(tmp_path_factory.mktemp("saved"))
   hf_convert.save_hf(model, cfg, directory)
   return cfg, model, directory
@@ -174,7 +174,7 @@ def _bf16(cfg):
 
 def test_bf16_round_trip(tmp_path):
   cfg = _bf16(config_lib.ModelConfig.tiny_alt())
-  model = qwen25vl.create(cfg, seed=2)
+  model = vlm.create(cfg, seed=2)
   hf_convert.save_hf(model, cfg, str(tmp_path))
   with safetensors.safe_open(
     str(tmp_path / "model.safetensors"), framework="numpy"

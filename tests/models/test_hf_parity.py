@@ -28,10 +28,10 @@ from flax import nnx
 from stepjax.models import config as config_lib
 from stepjax.models import (
   hf_convert,
-  qwen25vl,
   rope_index,
   vision_index,
   vision_qwen3,
+  vlm,
 )
 
 TOL = 1e-4
@@ -64,7 +64,7 @@ def setup(request, tmp_path_factory):
   hf.save_pretrained(directory)
   loaded_cfg, params = hf_convert.load_hf(directory)
   assert loaded_cfg == cfg
-  graphdef, _ = qwen25vl.abstract(cfg)
+  graphdef, _ = vlm.abstract(cfg)
   n_rows = vision_index.bucket_rows(grids)
   ours = dict(
     ids=jnp.asarray(ids),
@@ -131,7 +131,7 @@ def test_image_features_match_transformers(setup):
     deepstack = getattr(ref, "deepstack_features", None) or []
     ref = ref.pooler_output
   o = setup["ours"]
-  img, valid = qwen25vl.encode_images(
+  img, valid = vlm.encode_images(
     setup["graphdef"], setup["params"], o["pixels"], o["meta"]
   )
   main, levels = vision_qwen3.split_levels(img, setup["cfg"].text.hidden_size)
@@ -154,7 +154,7 @@ def test_logits_match_transformers(setup, use_jit):
   o = setup["ours"]
 
   def run(params, ids, pos, mask, pixels, meta):
-    return qwen25vl.forward(
+    return vlm.forward(
       setup["graphdef"], params, ids, pos, mask, pixels_IxNxP=pixels,
       vision_meta=meta,
     )  # fmt: skip
@@ -195,8 +195,8 @@ def test_greedy_generation_matches_transformers(setup):
 
   @jax.jit
   def prefill(params, ids, pos, mask, pixels, meta):
-    cache = qwen25vl.language.init_cache(cfg, ids.shape[0], t + STEPS)
-    logits, _, cache = qwen25vl.forward(
+    cache = vlm.language.init_cache(cfg, ids.shape[0], t + STEPS)
+    logits, _, cache = vlm.forward(
       graphdef, params, ids, pos, mask, pixels_IxNxP=pixels,
       vision_meta=meta, cache=cache, cache_index=0,
     )  # fmt: skip
@@ -204,7 +204,7 @@ def test_greedy_generation_matches_transformers(setup):
 
   @jax.jit
   def decode(params, tok_B, pos, cache, index):
-    logits, _, cache = qwen25vl.forward(
+    logits, _, cache = vlm.forward(
       graphdef, params, tok_B[:, None], pos, jnp.ones_like(tok_B)[:, None],
       cache=cache, cache_index=index,
     )  # fmt: skip

@@ -10,10 +10,10 @@ import torch
 from stepjax.models import config as config_lib
 from stepjax.models import (
   hf_convert,
-  qwen25vl,
   rope_index,
   vision_index,
   vision_internvl,
+  vlm,
 )
 
 
@@ -135,8 +135,8 @@ def test_dynamic_ntk_rope_is_plain_rope_below_max_positions(tmp_path):
       position_ids=torch.tensor(pos[0]).long(),
     ).logits.numpy()
   n_rows = vision_index.bucket_rows(grids)
-  logits, _, _ = qwen25vl.forward(
-    qwen25vl.abstract(cfg)[0], params, jnp.asarray(ids), jnp.asarray(pos),
+  logits, _, _ = vlm.forward(
+    vlm.abstract(cfg)[0], params, jnp.asarray(ids), jnp.asarray(pos),
     jnp.asarray(mask),
     pixels_IxNxP=jnp.asarray(vision_index.pad_pixels(pix, grids, n_rows)),
     vision_meta=vision_index.vision_metadata(grids, n_rows, cfg.vision),
@@ -175,8 +175,8 @@ def test_features_at_the_real_tile_size(tmp_path):
   loaded_cfg, params = hf_convert.load_hf(str(tmp_path))
   assert loaded_cfg == cfg
   n_rows = vision_index.bucket_rows(grids)
-  img, valid = qwen25vl.encode_images(
-    qwen25vl.abstract(cfg)[0], params,
+  img, valid = vlm.encode_images(
+    vlm.abstract(cfg)[0], params,
     jnp.asarray(vision_index.pad_pixels(pix, grids, n_rows)),
     vision_index.vision_metadata(grids, n_rows, cfg.vision),
   )  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from stepjax.models import config as config_lib
-from stepjax.models import qwen25vl, rope_index, step_value, vision_index
+from stepjax.models import rope_index, step_value, vision_index, vlm
 
 PRESETS = [
   "tiny",
@@ -78,7 +78,7 @@ def test_family_validation_names_the_setting():
   "preset", ["tiny_alt", "tiny_qwen3", "tiny_internvl_alt"]
 )
 def test_every_param_has_logical_axes(preset):
-  _, state = qwen25vl.abstract(getattr(config_lib.ModelConfig, preset)())
+  _, state = vlm.abstract(getattr(config_lib.ModelConfig, preset)())
   for path, var in nnx.to_flat_state(state):
     axes = var.get_metadata().get("out_sharding")
     assert axes is not None and len(axes) == len(var.shape), path
@@ -120,22 +120,22 @@ def _inputs(cfg):
 @pytest.mark.parametrize("preset", ["tiny", "tiny_qwen3", "tiny_internvl"])
 def test_cache_decode_equals_full_forward_and_remat(preset):
   cfg = getattr(config_lib.ModelConfig, preset)().replace(remat=True)
-  gd, params = nnx.split(qwen25vl.create(cfg))
+  gd, params = nnx.split(vlm.create(cfg))
   ids, mask, pix, meta, pos, deltas = _inputs(cfg)
   t = ids.shape[1]
 
   @jax.jit
   def run(params):
-    full, hidden, _ = qwen25vl.forward(
+    full, hidden, _ = vlm.forward(
       gd, params, ids, pos, mask, pixels_IxNxP=pix, vision_meta=meta
     )
     # Prefill all but the last token, then decode it from the cache.
-    cache = qwen25vl.language.init_cache(cfg, 2, t + 3)
-    _, _, cache = qwen25vl.forward(
+    cache = vlm.language.init_cache(cfg, 2, t + 3)
+    _, _, cache = vlm.forward(
       gd, params, ids[:, :-1], pos[:, :, :-1], mask[:, :-1],
       pixels_IxNxP=pix, vision_meta=meta, cache=cache, cache_index=0,
     )  # fmt: skip
-    last, _, cache = qwen25vl.forward(
+    last, _, cache = vlm.forward(
       gd, params, ids[:, -1:], pos[:, :, -1:], mask[:, -1:], cache=cache,
       cache_index=jnp.int32(t - 1),
     )  # fmt: skip
@@ -152,7 +152,7 @@ def test_cache_decode_equals_full_forward_and_remat(preset):
 
   # Gradients flow through the rematerialised layers and the vision tower.
   def loss(p):
-    out, _, _ = qwen25vl.forward(
+    out, _, _ = vlm.forward(
       gd, p, ids, pos, mask, pixels_IxNxP=pix, vision_meta=meta
     )
     return jnp.mean(out**2)
@@ -166,7 +166,7 @@ def test_bfloat16_forward_runs():
   cfg = config_lib.ModelConfig.tiny().replace(
     param_dtype="bfloat16", dtype="bfloat16"
   )
-  model = qwen25vl.create(cfg)
+  model = vlm.create(cfg)
   ids, mask, pix, meta, pos, _ = _inputs(cfg)
   logits, hidden, _ = jax.jit(
     lambda i, p, m, x: model(i, p, m, pixels_IxNxP=x, vision_meta=meta)
@@ -182,7 +182,7 @@ def test_step_value_head_is_separate():
   hidden = jnp.ones((2, 5, cfg.text.hidden_size))
   out = jax.jit(step_value.apply, static_argnums=0)(gd, params, hidden)
   assert out.shape == (2, 5) and out.dtype == jnp.float32
-  policy_paths = {p[0] for p, _ in nnx.to_flat_state(qwen25vl.abstract(cfg)[1])}
+  policy_paths = {p[0] for p, _ in nnx.to_flat_state(vlm.abstract(cfg)[1])}
   assert policy_paths == {"visual", "language"}  # tied: no lm_head
 
 
@@ -206,13 +206,13 @@ def test_rope_index_errors():
 def test_decode_step_writes_the_donated_cache_in_place():
   """Each layer's k/v buffers are reused by a donated one-token step."""
   cfg = config_lib.ModelConfig.tiny()
-  gd, params = nnx.split(qwen25vl.create(cfg))
-  cache = qwen25vl.language.init_cache(cfg, 2, 8)
+  gd, params = nnx.split(vlm.create(cfg))
+  cache = vlm.language.init_cache(cfg, 2, 8)
 
   @functools.partial(jax.jit, donate_argnums=1)
   def step(params, cache, tok_Bx1, index):
     pos = rope_index.next_positions(jnp.full((2,), index), jnp.zeros(2))
-    _, _, cache = qwen25vl.forward(
+    _, _, cache = vlm.forward(
       gd, params, tok_Bx1, pos, jnp.ones_like(tok_Bx1), cache=cache,
       cache_index=index,
     )  # fmt: skip
@@ -274,14 +274,14 @@ def test_window_slots_hold_every_window(preset):
 def test_vision_remat_changes_nothing_but_memory(preset):
   """cfg.remat rematerialises vision blocks: same features and grads."""
   cfg = getattr(config_lib.ModelConfig, preset)()
-  _, params = nnx.split(qwen25vl.create(cfg))
+  _, params = nnx.split(vlm.create(cfg))
   *_, pix, meta, _, _ = _inputs(cfg)
 
   def grads(remat):
-    gd, _ = qwen25vl.abstract(cfg.replace(remat=remat))
+    gd, _ = vlm.abstract(cfg.replace(remat=remat))
 
     def loss(p):
-      img, valid = qwen25vl.encode_images(gd, p, pix, meta)
+      img, valid = vlm.encode_images(gd, p, pix, meta)
       return jnp.sum(jnp.where(valid[..., None], img, 0.0) ** 2), img
 
     return jax.jit(jax.grad(loss, has_aux=True))(params)
@@ -298,12 +298,12 @@ def test_row_loop_attention_equals_dense():
   gives the dense path's logits and gradients."""
   dense_cfg = config_lib.ModelConfig.tiny()
   rows_cfg = dense_cfg.replace(attention="rows")
-  gd_dense, params = nnx.split(qwen25vl.create(dense_cfg))
-  gd_rows, _ = nnx.split(qwen25vl.create(rows_cfg))
+  gd_dense, params = nnx.split(vlm.create(dense_cfg))
+  gd_rows, _ = nnx.split(vlm.create(rows_cfg))
   ids, mask, pix, meta, pos, _ = _inputs(dense_cfg)
 
   def loss(gd, p):
-    out, _, _ = qwen25vl.forward(
+    out, _, _ = vlm.forward(
       gd, p, ids, pos, mask, pixels_IxNxP=pix, vision_meta=meta
     )
     return jnp.mean(out**2), out

@@ -73,7 +73,7 @@ def test_axes_of_each_layout():
 
 
 def test_interleaved_model_is_not_saved_as_qwen25vl(tmp_path):
-  from stepjax.models import hf_convert, qwen25vl
+  from stepjax.models import hf_convert, vlm
 
   cfg = config_lib.ModelConfig.tiny()
   cfg = cfg.replace(text={"mrope_interleaved": True})
@@ -81,7 +81,7 @@ def test_interleaved_model_is_not_saved_as_qwen25vl(tmp_path):
     cfg.to_hf_dict()
   out = tmp_path / "export"
   with pytest.raises(InputError, match="interleaved M-RoPE"):
-    hf_convert.save_hf(qwen25vl.create(cfg), cfg, str(out))
+    hf_convert.save_hf(vlm.create(cfg), cfg, str(out))
   assert not out.exists()  # refused before writing anything
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 
 from stepjax.models import config as config_lib
-from stepjax.models import qwen25vl
+from stepjax.models import vlm
 
 NUM_PROMPTS = 8
 GROUP = 2
@@ -20,7 +20,7 @@ SEED = 5  # the sampling key: jax.random.key(SEED)
 def model():
   """(cfg, graphdef, params): the same random weights in every process."""
   cfg = config_lib.ModelConfig.tiny().replace(initializer_range=0.2)
-  graphdef, params = nnx.split(qwen25vl.create(cfg, seed=3), nnx.Param)
+  graphdef, params = nnx.split(vlm.create(cfg, seed=3), nnx.Param)
   return cfg, graphdef, params
 
 

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from stepjax.models import config as config_lib
-from stepjax.models import qwen25vl, rope_index
+from stepjax.models import rope_index, vlm
 from stepjax.sampling import sampler
 
 GRIDS = np.array([[1, 4, 4], [1, 4, 8]], np.int32)
@@ -58,7 +58,7 @@ def _np_batch(cfg, rows, grids, pixels_BxNxP):
 @pytest.fixture(scope="module")
 def setup():
   cfg = config_lib.ModelConfig.tiny().replace(initializer_range=0.2)
-  graphdef, params = nnx.split(qwen25vl.create(cfg, seed=1), nnx.Param)
+  graphdef, params = nnx.split(vlm.create(cfg, seed=1), nnx.Param)
   rng = np.random.default_rng(0)
   rows = _prompt_rows(cfg, rng)
   pixels = rng.standard_normal((2, N_ROWS, cfg.vision.patch_dim))
@@ -150,7 +150,7 @@ def test_eos_stop_and_padding(setup, sampled, greedy):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward_logits(graphdef, params, ids, pos, mask, pixels, meta):
-  logits, _, _ = qwen25vl.forward(
+  logits, _, _ = vlm.forward(
     graphdef, params, ids, pos, mask, pixels_IxNxP=pixels, vision_meta=meta
   )
   return logits
@@ -302,7 +302,7 @@ def test_sampling_distribution(temperature, top_k, top_p):
 def test_remat_config_samples_like_no_remat(setup, greedy):
   """3B/7B presets train with remat: sampling must still run, unchanged."""
   cfg = setup["cfg"].replace(remat=True)
-  graphdef, params = nnx.split(qwen25vl.create(cfg, seed=1), nnx.Param)
+  graphdef, params = nnx.split(vlm.create(cfg, seed=1), nnx.Param)
   out = _gen(
     dict(setup, cfg=cfg, graphdef=graphdef, params=params), temperature=0.0
   )

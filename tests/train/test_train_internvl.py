@@ -16,7 +16,7 @@ import transformers
 from stepjax.data import images
 from stepjax.eval import checkpoints, export
 from stepjax.eval import generate as gen
-from stepjax.models import qwen25vl, vision_internvl
+from stepjax.models import vision_internvl, vlm
 from stepjax.sampling import sampler
 from stepjax.train import metrics
 
@@ -70,7 +70,7 @@ def test_export_loads_in_transformers_with_our_logits(run, tmp_path):
     },
     loaded.cfg,
   )
-  ours, _, _ = qwen25vl.forward(
+  ours, _, _ = vlm.forward(
     loaded.graphs.policy, loaded.params, prompt.prompt_ids_PxT,
     prompt.positions_3xPxT, prompt.prompt_mask_PxT,
     pixels_IxNxP=prompt.pixels_IxNxP, vision_meta=prompt.vision_meta,

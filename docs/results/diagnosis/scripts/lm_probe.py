@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO)); sys.path.insert(0, str(REPO / "configs"))
 import synthmed_tiny
 from stepjax.data import pipeline, sources, synthmed, tokenizer as tokenizer_lib
 from stepjax.train import batches, components
-from stepjax.models import qwen25vl, config as config_lib
+from stepjax.models import vlm, config as config_lib
 from stepjax.rl import losses
 
 variant = sys.argv[1]; steps = int(sys.argv[2])
@@ -57,7 +57,7 @@ train = batches_of([synthmed.make_findings_record(30000, i) for i in range(ntrai
 test = batches_of([synthmed.make_findings_record(40000, i) for i in range(256)], 64)
 print(f"data {time.time()-t0:.0f}s", flush=True)
 
-model = qwen25vl.create(cfg, seed=0)
+model = vlm.create(cfg, seed=0)
 class Head(nnx.Module):
   def __init__(s, rngs):
     s.lin = nnx.Linear(16*cfg.vision.out_hidden_size, len(ORGANS), rngs=rngs)

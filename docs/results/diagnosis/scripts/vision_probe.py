@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "configs"))
 import synthmed_tiny
 from stepjax.data import pipeline, sources, synthmed, tokenizer as tokenizer_lib
 from stepjax.train import batches, components
-from stepjax.models import qwen25vl, config as config_lib
+from stepjax.models import vlm, config as config_lib
 
 ORGANS = ["right lung","left lung","heart","liver","spleen","right kidney","left kidney"]
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 400
@@ -45,7 +45,7 @@ train = list(synthmed.generate(2048, seed=0)); test = list(synthmed.generate(512
 bt = data(train, 0, True); be = data(test, 0, False)
 Yt = np.stack([labels(r)[0] for r in train]); Mt = np.stack([labels(r)[1] for r in train])
 Ye = np.stack([labels(r)[0] for r in test]); Me = np.stack([labels(r)[1] for r in test])
-model = qwen25vl.create(cfg, seed=0)
+model = vlm.create(cfg, seed=0)
 vis = model.visual
 class Head(nnx.Module):
   def __init__(s, rngs):

@@ -63,7 +63,7 @@ from stepjax.models import (
 )
 
 
-class Qwen25VL(nnx.Module):
+class VisionLanguageModel(nnx.Module):
   def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     if cfg.family == "qwen3_vl":
@@ -160,13 +160,13 @@ class Qwen25VL(nnx.Module):
     return language.init_cache(self.cfg, batch, max_len, dtype)
 
 
-def create(cfg: config_lib.ModelConfig, seed: int = 0) -> Qwen25VL:
-  return Qwen25VL(cfg, nnx.Rngs(params=seed))
+def create(cfg: config_lib.ModelConfig, seed: int = 0) -> VisionLanguageModel:
+  return VisionLanguageModel(cfg, nnx.Rngs(params=seed))
 
 
 def abstract(cfg: config_lib.ModelConfig):
   """(graphdef, abstract param state) without allocating anything."""
-  model = nnx.eval_shape(lambda: Qwen25VL(cfg, nnx.Rngs(params=0)))
+  model = nnx.eval_shape(lambda: VisionLanguageModel(cfg, nnx.Rngs(params=0)))
   return nnx.split(model, nnx.Param)
 
 
@@ -176,10 +176,10 @@ def param_count(cfg: config_lib.ModelConfig) -> int:
 
 
 def forward(graphdef, params, *args, **kwargs):
-  """Functional form of `Qwen25VL.__call__` for use inside jax.jit."""
+  """Functional form of `VisionLanguageModel.__call__`, for jax.jit."""
   return nnx.merge(graphdef, params)(*args, **kwargs)
 
 
 def encode_images(graphdef, params, pixels_IxNxP, vision_meta):
-  """Functional form of `Qwen25VL.encode_images`."""
+  """Functional form of `VisionLanguageModel.encode_images`."""
   return nnx.merge(graphdef, params).encode_images(pixels_IxNxP, vision_meta)
