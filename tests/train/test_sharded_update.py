@@ -99,6 +99,7 @@ def test_eight_device_mesh_equals_one_device(reference, tmp_path):
   assert param_diff <= TOL
 
 
+@pytest.mark.slow  # about a minute; run with -m slow
 def test_qwen3_eight_device_mesh_equals_one_device(tmp_path):
   """Qwen3-VL's tower and decoder sharded over (2, 2, 2): the same loss,
   and the same first Adam step wherever that step is well conditioned.
