@@ -380,13 +380,16 @@ def load_hf(
   dtype = np.dtype(cfg.param_dtype)
   loaded: dict[str, Any] = {}
   unexpected = []
+  stored_head = None  # (file, name) of a tied checkpoint's stored lm_head
+  embed_host = None  # the token embedding as read, to compare with it
   for path in _weight_files(directory):
     with _open(path) as f:
       for name in f.keys():
         hit = hf_to_ours_name(name, cfg.family)
         if hit is None or hit[0] not in targets:
           if hit and hit[0] == "lm_head.kernel" and cfg.tie_word_embeddings:
-            continue  # tied checkpoints may still store a copy of the head
+            stored_head = (path, name)  # a copy of the embedding, checked
+            continue
           unexpected.append(f"{name} (in {path})")
           continue
         ours, tf = hit
@@ -400,6 +403,8 @@ def load_hf(
             f"not fit parameter {ours} of shape {want} for this config"
           )
         x = _to_ours(_read_tensor(f, path, name), tf, want).astype(dtype)
+        if ours == "language.embed" and cfg.tie_word_embeddings:
+          embed_host = x
         sharding = _sharding_for(shardings, _path_tuple(ours), want)
         loaded[ours] = jax.device_put(x, sharding)
   if unexpected:
@@ -415,9 +420,26 @@ def load_hf(
       + ", ".join(missing[:20])
       + (f" ... ({len(missing)} total)" if len(missing) > 20 else "")
     )
+  if stored_head is not None:
+    _check_tied_head(stored_head, embed_host, dtype, directory)
   for path, var in nnx.to_flat_state(abstract_state):
     var.set_value(loaded[_path_str(path)])
   return cfg, abstract_state
+
+
+def _check_tied_head(stored_head, embed_host, dtype, directory: str) -> None:
+  """A tied checkpoint may store its lm_head only as a copy of the token
+  embedding; a different one would be dropped, so it is refused."""
+  path, name = stored_head
+  with _open(path) as f:
+    head = _read_tensor(f, path, name).astype(dtype)
+  if embed_host is None or not np.array_equal(head, embed_host):
+    raise errors.InputError(
+      f"{path}: {name} differs from the token embedding, but "
+      f"{directory}/config.json ties them (tie_word_embeddings); set "
+      "tie_word_embeddings to false there (top level and text_config) to "
+      "load the separate head"
+    )
 
 
 def load_model(directory: str, config=None, shardings=None):

@@ -142,6 +142,25 @@ def test_unexpected_tensor_is_named(saved, tmp_path):
     hf_convert.load_hf(d)
 
 
+def test_tied_config_with_another_head_is_refused(saved, tmp_path):
+  """A checkpoint that says tied but stores a different lm_head is not
+  loaded with the head dropped; a stored copy of the embedding is fine."""
+  cfg, _, directory = saved
+  tied = {"tie_word_embeddings": True}
+  tensors = _tensors(directory)  # untied: its own, different lm_head
+  d = _rewrite(directory, str(tmp_path / "t"), tensors, config=tied)
+  with pytest.raises(errors.InputError, match=r"lm_head.weight differs"):
+    hf_convert.load_hf(d)
+  tensors["lm_head.weight"] = tensors[
+    "model.language_model.embed_tokens.weight"
+  ].copy()
+  d = _rewrite(directory, str(tmp_path / "c"), tensors, config=tied)
+  loaded_cfg, params = hf_convert.load_hf(d)
+  assert loaded_cfg.tie_word_embeddings
+  paths = [path for path, _ in nnx.to_flat_state(params)]
+  assert not any(path[0] == "lm_head" for path in paths)
+
+
 def test_misshaped_tensor_is_named(saved, tmp_path):
   _, _, directory = saved
   tensors = _tensors(directory)
