@@ -112,6 +112,11 @@ class ImageSpec:
     """P: values in one patch row (C * T * p * p)."""
     return _CHANNELS * self.temporal_patch_size * self.patch_size**2
 
+  def image_tokens(self, num_patches: int) -> int:
+    """Image pad tokens of an image with `num_patches` patch rows (one per
+    merged merge x merge block)."""
+    return int(num_patches) // self.merge_size**2
+
 
 QWEN2_5_VL = ImageSpec(
   PATCH_SIZE, TEMPORAL_PATCH_SIZE, MERGE_SIZE, CLIP_MEAN, CLIP_STD

@@ -239,7 +239,7 @@ class _Prepare:
         f"data.patch_buckets={list(o.patch_buckets)}; raise "
         f"data.patch_buckets or lower data.max_pixels={o.max_pixels}",
       )
-    num_image_tokens = num_patches // (o.image_spec.merge_size**2)
+    num_image_tokens = o.image_spec.image_tokens(num_patches)
     prompt = self.prompt_fn(record.question, num_image_tokens)
     prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
     token_bucket = batching.bucket_for(len(prompt_ids), o.token_buckets)

@@ -163,13 +163,21 @@ def prompt_builder(
   template (checked now by rendering one prompt), else `build_prompt`.
   """
   instruction(think_tag)  # a bad tag fails here, not in a data worker
+  prompt = _prompt_fn(tok, think_tag)
+  if isinstance(prompt, ChatPrompt):
+    prompt("Which organ is shown?", 1)  # a bad template fails here too
+  return prompt
+
+
+def _prompt_fn(
+  tok: transformers.PreTrainedTokenizerFast, think_tag: str
+) -> PromptFn:
+  """`prompt_builder`'s choice, without its up-front check."""
   if not getattr(tok, "chat_template", None):
     return functools.partial(
       build_prompt, think_tag=think_tag, tokens=image_tokens(tok)
     )
-  prompt = ChatPrompt(tok, think_tag)
-  prompt("Which organ is shown?", 1)
-  return prompt
+  return ChatPrompt(tok, think_tag)
 
 
 class ChatPrompt:
@@ -334,9 +342,10 @@ def encode_prompt(
   think_tag: str = "think",
 ) -> list[int]:
   """Token ids of the prompt `prompt_builder(tok)` lays out; checks the
-  image pad count."""
+  image pad count. (The prompt's own rendering checks the template, so
+  no probe prompt is rendered first.)"""
   ids = tok.encode(
-    prompt_builder(tok, think_tag)(question, num_image_tokens),
+    _prompt_fn(tok, think_tag)(question, num_image_tokens),
     add_special_tokens=False,
   )
   pad = image_tokens(tok).pad

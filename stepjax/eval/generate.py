@@ -169,7 +169,7 @@ def prepare_example(
   ids = tokenizer_lib.encode_prompt(
     tokenizer,
     question,
-    int(np.prod(grid_thw)) // spec.merge_size**2,
+    spec.image_tokens(np.prod(grid_thw)),
     config.tokenizer.think_tag,
   )
   return {
