@@ -323,6 +323,17 @@ class Trainer:
     m["update_tokens_per_s"] = tokens / (time.perf_counter() - start)
     return state, m
 
+  def policy(self, params, value_params=None) -> policy.Policy:
+    """This run's policy with `params` (placed on the run's mesh)."""
+    return policy.Policy(
+      graphs=self.graphs,
+      params=params,
+      tokenizer=self.tokenizer,
+      tok_info=self.tok_info,
+      mesh=self.mesh,
+      value_params=value_params,
+    )
+
   def sample(self, params, batch: dict, rng, *, group_size, temperature):
     """G completions per prompt of this process's `batch` (host numpy).
 
@@ -330,16 +341,13 @@ class Trainer:
     its own rows, each process gets its own completions back, and each
     row's randomness depends only on its global index.
     """
-    return rollout.generate(
-      self.graphs,
-      self.tok_info,
-      self.config.sampling,
-      params,
-      {k: batch[k] for k in _PROMPT_KEYS if k in batch},
+    return rollout.sample(
+      self.policy(params),
+      batch,
       rng,
+      self.config.sampling,
       group_size=group_size,
       temperature=temperature,
-      mesh=self.mesh,
     )
 
   def rl_step(self, state, phase: Phase, batch: dict, step: int):
@@ -527,12 +535,3 @@ class Trainer:
 
 def _entered_rl(info: dict) -> bool:
   return bool(info.get("entered_rl")) or "before_rl" in info["evals"]
-
-
-_PROMPT_KEYS = (
-  "prompt_ids_BxT",
-  "prompt_mask_BxT",
-  "pixels_BxNxP",
-  "patch_mask_BxN",
-  "grid_thw_Bx3",
-)

@@ -161,6 +161,36 @@ class Graphs:
   value: Any
 
 
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  """A policy ready to sample and score: what training, evaluation,
+  `stepjax generate` and export pass around instead of a Trainer.
+
+  graphs: static halves (`graphs.policy` is the sampler's graphdef).
+  params / value_params: the policy's and step-value head's nnx.State
+    pytrees (value_params None when the checkpoint has none, e.g. an HF
+    directory).
+  tokenizer / tok_info: the tokenizer and its special ids (stop ids, pad).
+  mesh: the device mesh the params are placed on; sampling splits prompts
+    over its batch axes (None: one device, no placement).
+  """
+
+  graphs: Graphs
+  params: Any
+  tokenizer: Any
+  tok_info: Any
+  mesh: Any = None
+  value_params: Any = None
+
+  @property
+  def cfg(self) -> config_lib.ModelConfig:
+    return self.graphs.cfg
+
+  def with_params(self, params: Any, value_params: Any = None) -> Policy:
+    """The same policy with other parameters (a training step's)."""
+    return dataclasses.replace(self, params=params, value_params=value_params)
+
+
 def abstract(cfg: config_lib.ModelConfig) -> tuple[Graphs, Any, Any]:
   """(graphs, abstract policy params, abstract value params): no memory."""
   with nnx.use_eager_sharding(False):

@@ -109,6 +109,41 @@ def generate(
   return jax.tree.map(lambda x: x[: num * group_size], out)
 
 
+def sample(
+  policy: Any,
+  batch: dict[str, Any],
+  rng: Any,
+  sampling_config: Any,
+  *,
+  group_size: int,
+  temperature: float,
+) -> Any:
+  """G completions per prompt of a pipeline `batch` from a
+  `train.policy.Policy` (host numpy `SampleOutput`): `generate` with the
+  policy's graphs, params, stop ids and mesh."""
+  return generate(
+    policy.graphs,
+    policy.tok_info,
+    sampling_config,
+    policy.params,
+    {k: batch[k] for k in PROMPT_KEYS if k in batch},
+    rng,
+    group_size=group_size,
+    temperature=temperature,
+    mesh=policy.mesh,
+  )
+
+
+# The pipeline batch's keys the sampler reads.
+PROMPT_KEYS = (
+  "prompt_ids_BxT",
+  "prompt_mask_BxT",
+  "pixels_BxNxP",
+  "patch_mask_BxN",
+  "grid_thw_Bx3",
+)
+
+
 def _pad_rows(prompt: sampler.PromptBatch, multiple: int):
   """The prompts with the last one repeated up to a multiple of `multiple`."""
   num = prompt.prompt_ids_PxT.shape[0]
