@@ -73,14 +73,31 @@ def local_shards(mesh: Mesh) -> int:
 
 def place(tree: Any, mesh: Mesh) -> Any:
   """Global arrays from this process's rows of every named leaf; the
-  global rows are the processes' rows concatenated in process order."""
+  global rows are the processes' rows concatenated in process order.
+
+  A leaf that is already a global array on `mesh` (placed before, or the
+  output of a jitted function on it) is kept, moved to the row split if
+  it has another layout; any other array is this process's rows.
+  """
 
   def put(path, x):
+    sharding = NamedSharding(mesh, spec(leaf_name(path), np.ndim(x)))
+    if on_mesh(x, mesh):
+      return x if x.sharding == sharding else jax.device_put(x, sharding)
     x = np.asarray(x)
-    sharding = NamedSharding(mesh, spec(leaf_name(path), x.ndim))
     return jax.make_array_from_process_local_data(sharding, x)
 
   return jax.tree_util.tree_map_with_path(put, tree)
+
+
+def on_mesh(x: Any, mesh: Mesh) -> bool:
+  """True for a global jax.Array laid out on `mesh` (a NamedSharding)."""
+  sharding = getattr(x, "sharding", None)
+  return (
+    isinstance(x, jax.Array)
+    and isinstance(sharding, NamedSharding)
+    and sharding.mesh == mesh
+  )
 
 
 def local(tree: Any, mesh: Mesh) -> Any:

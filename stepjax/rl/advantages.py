@@ -1,11 +1,16 @@
 """Advantages: group-relative estimators and MRPO's step-aware shaping.
 
 Pure `jnp` functions, jit- and grad-safe, chosen by name from registries:
-`ESTIMATORS` (`rl.algorithm`: grpo, grpo_no_std, gdpo; MRPO uses grpo's
-advantages then `mrpo_shape`) and `PENALTIES` (`rl.penalty`: exp,
-exp_rounded, linear). See MRPO_SPEC.md, "Advantages". Every estimator is
-called as `fn(rewards_BxC, group_size, weights_C, scale_by_std=..., eps=...)
--> adv_B`; `group_size` is static under jit.
+`ESTIMATORS` (grpo, grpo_no_std, gdpo: per-completion advantages),
+`PENALTIES` (`rl.penalty`: exp, exp_rounded, linear) and `ALGORITHMS`
+(`rl.algorithm`: an estimator and how its advantage is laid over the
+tokens; "mrpo" is grpo's advantages reshaped per step by `mrpo_shape`,
+the others give every token its completion's advantage). See
+MRPO_SPEC.md, "Advantages". Every estimator is called as
+`fn(rewards_BxC, group_size, weights_C, scale_by_std=..., eps=...) ->
+adv_B`; every algorithm as `fn(inputs: AdvantageInputs, group_size,
+weights_C, opts: AlgorithmOptions) -> (adv_B, adv_BxT)`; `group_size`,
+`weights_C` (a tuple) and `opts` are static under jit.
 
 Shapes: B completions in the batch, made of B / G groups of G consecutive
 completions of one prompt; C reward components; T completion tokens; K_pad
@@ -14,8 +19,10 @@ the padded number of steps (K, the real count, is per completion).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -23,6 +30,7 @@ from stepjax.rl import registry
 
 ESTIMATORS = registry.Registry("advantage estimator", "rl.algorithm")
 PENALTIES = registry.Registry("step penalty schedule", "rl.penalty")
+ALGORITHMS = registry.Registry("RL algorithm", "rl.algorithm")
 
 EPS = 1e-4  # the spec's std epsilon
 
@@ -252,3 +260,77 @@ def mrpo_shape(
     shape_B = shape_B & (jnp.asarray(has_labels_B) > 0)
   use_BxT = shape_B[:, None] & in_step_BxT
   return jnp.where(use_BxT, shaped_BxT, adv_B[:, None])
+
+
+# Algorithms: per-completion advantages and their per-token layout.
+
+
+@flax.struct.dataclass
+class AdvantageInputs:
+  """What an algorithm's advantages are computed from (B completions).
+
+  rewards_BxC: float32 reward components (columns in `weights_C`'s order).
+  answer_reward_B: float32 R_ans, the answer component (MRPO's tau test).
+  step_id_BxT: int32 0-based step of each completion token, -1 outside.
+  num_steps_B: int32 K, the true step count of each completion.
+  step_valid_BxK: int32 {0,1} step labels, K_pad slots (past K: 0).
+  has_labels_B: int32 {0,1}; 0 = no process labels (no shaping).
+  """
+
+  rewards_BxC: jax.Array
+  answer_reward_B: jax.Array
+  step_id_BxT: jax.Array
+  num_steps_B: jax.Array
+  step_valid_BxK: jax.Array
+  has_labels_B: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmOptions:
+  """An algorithm's static settings (rl.scale_by_std, rl.tau, rl.penalty)."""
+
+  scale_by_std: bool = True
+  tau: float = 0.6
+  penalty: str = "exp"
+
+
+def _unshaped(estimator_name: str):
+  """An algorithm that gives every token its completion's advantage."""
+
+  def algorithm(inputs, group_size, weights_C=None, opts=AlgorithmOptions()):
+    adv_B = ESTIMATORS.get(estimator_name)(
+      inputs.rewards_BxC, group_size, weights_C, scale_by_std=opts.scale_by_std
+    )
+    return adv_B, broadcast(adv_B, inputs.step_id_BxT.shape[1])
+
+  algorithm.__name__ = estimator_name
+  algorithm.__doc__ = f"{estimator_name} advantages, the same on every token."
+  return algorithm
+
+
+for _name in ("grpo", "grpo_no_std", "gdpo"):
+  ALGORITHMS.register(_name)(_unshaped(_name))
+
+
+@ALGORITHMS.register("mrpo")
+def mrpo(
+  inputs: AdvantageInputs,
+  group_size: int,
+  weights_C=None,
+  opts: AlgorithmOptions = AlgorithmOptions(),
+) -> tuple[jax.Array, jax.Array]:
+  """MRPO: grpo's advantages, reshaped per step (`mrpo_shape`)."""
+  adv_B = grpo(
+    inputs.rewards_BxC, group_size, weights_C, scale_by_std=opts.scale_by_std
+  )
+  adv_BxT = mrpo_shape(
+    adv_B,
+    inputs.answer_reward_B,
+    inputs.step_id_BxT,
+    inputs.num_steps_B,
+    inputs.step_valid_BxK,
+    tau=opts.tau,
+    penalty=opts.penalty,
+    has_labels_B=inputs.has_labels_B,
+  )
+  return adv_B, adv_BxT

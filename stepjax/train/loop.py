@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from stepjax import config_checks
+from stepjax import config_checks, rows
 from stepjax.data import pipeline
 from stepjax.errors import InputError, MissingInputError
 from stepjax.models import hf_convert, step_value
@@ -91,9 +91,11 @@ class Trainer:
     self.writer = metrics.MetricsWriter(
       workdir, self.total_steps, log_every=config.train.log_every
     )
-    self._jitted: dict[str, Any] = {}
+    self._jitted: dict[Any, Any] = {}
     self._iterators: dict[str, Any] = {}
     self.ref_params = None
+    self._pending: _PendingMetrics | None = None
+    self._dispatched = self._last_ready = 0.0
 
   # -- set-up
 
@@ -290,13 +292,25 @@ class Trainer:
       )
     return self._jitted[key]
 
-  def logp_fn(self):
-    if "logp" not in self._jitted:
-      g = self.config.sampling.group_size
-      self._jitted["logp"] = jax.jit(
-        lambda params, batch: steps.sequence_logp(self.graphs, params, batch, g)
+  def prepare_fn(self, prompt_len: int, weights_C: tuple[float, ...]):
+    """(ref params, placed update batch) -> adv_B, adv_BxL and, when beta >
+    0, ref_logp_BxL: `steps.prepare_update` jitted, its outputs split by
+    row like the batch."""
+    adv = steps.advantage_options(self.config, weights_C)
+    key = ("prepare", prompt_len, adv)
+    if key not in self._jitted:
+      fn = functools.partial(
+        steps.prepare_update,
+        graphs=self.graphs,
+        adv=adv,
+        prompt_len=prompt_len,
+        beta=float(self.config.rl.beta),
       )
-    return self._jitted["logp"]
+      mesh = self.mesh
+      self._jitted[key] = jax.jit(
+        lambda ref, batch: rows.constrain(fn(ref, batch), mesh)
+      )
+    return self._jitted[key]
 
   def value_logits_fn(self):
     """(params, value params, batch) -> step-value logits [B, L] of every
@@ -314,13 +328,15 @@ class Trainer:
   # -- one step of each phase
 
   def sft_step(self, state, phase: Phase, batch: dict) -> tuple[Any, dict]:
+    """One SFT update, dispatched: its metrics stay on the device (read
+    one step late, see `log_step`)."""
     inputs = batches.sft_batch(batch, self.cfg)
-    start = time.perf_counter()
-    state, m = self.update_fn(phase)(state, self.place(inputs))
-    m = jax.device_get(m)
+    placed = self.place(inputs)
+    self._dispatched = time.perf_counter()
+    state, m = self.update_fn(phase)(state, placed)
+    m = dict(m)
     m["token_accuracy"] = m.pop("accuracy")
-    tokens = float(np.sum(inputs["loss_mask_BxL"]))
-    m["update_tokens_per_s"] = tokens / (time.perf_counter() - start)
+    m["update_tokens"] = float(np.sum(inputs["loss_mask_BxL"]))
     return state, m
 
   def policy(self, params, value_params=None) -> policy.Policy:
@@ -351,39 +367,53 @@ class Trainer:
     )
 
   def rl_step(self, state, phase: Phase, batch: dict, step: int):
-    """Sample, score, then `num_iterations` clipped updates."""
+    """Sample, score, then `num_iterations` clipped updates (dispatched:
+    the update's metrics stay on the device, read one step late)."""
     update, m = self.rollout(state, batch, step)
-    t1 = time.perf_counter()
     state, um = self.apply_update(state, phase, update)
-    t_update = time.perf_counter() - t1
     m.update(um)
-    m["update_tokens_per_s"] = (
-      self.config.rl.num_iterations
-      * float(np.sum(update["mask_BxL"]))
-      / max(t_update, 1e-9)
+    m["update_tokens"] = self.config.rl.num_iterations * float(
+      np.sum(jax.device_get(update["loss_mask_BxL"]))
     )
     return state, m
 
   def apply_update(self, state, phase: Phase, update: dict):
-    """The jitted update(s) on a host-side update batch (see steps.py)."""
+    """The jitted update(s) on an update batch (see steps.py): a dict of
+    this process's rows (numpy) and / or arrays placed on the mesh. Returns
+    the new state and the last update's metrics (device arrays)."""
     c = self.config
+    if c.optim.grad_accum > 1:
+      # Micro-batches of whole groups of this process's rows.
+      host = sharding.local_update_batch(update, self.mesh)
+      micros = [
+        self.place(micro)
+        for micro in batches.micro_batches(
+          host, c.optim.grad_accum, c.sampling.group_size
+        )
+      ]
+    else:
+      micros = [self.place(update)]
     m = {}
     for _ in range(c.rl.num_iterations):
-      for micro in batches.micro_batches(
-        update, c.optim.grad_accum, c.sampling.group_size
-      ):
-        state, m = self.update_fn(phase)(state, self.place(micro))
-    return state, jax.device_get(m)
+      for micro in micros:
+        state, m = self.update_fn(phase)(state, micro)
+    return state, m
 
   def place(self, batch: dict) -> dict:
     """Global arrays from this process's rows: per-row arrays split over
-    (data, fsdp), images and their metadata replicated."""
+    (data, fsdp), images and their metadata replicated; arrays already on
+    the mesh are kept."""
     return sharding.place_update_batch(batch, self.mesh)
 
   def rollout(self, state, batch: dict, step: int) -> tuple[dict, dict]:
-    """Samples G completions per prompt and scores them: (update, metrics)."""
+    """Samples G completions per prompt and scores them: (update,
+    metrics). The update batch is placed on the mesh once; its advantages
+    and reference log-probs are computed there (`prepare_fn`)."""
     c = self.config
     g = c.sampling.group_size
+    # The sampler needs the last update's parameters: wait for them here,
+    # which also times that update (`settle_metrics`).
+    self.settle_metrics()
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
     t0 = time.perf_counter()
     out = self.sample(
@@ -422,13 +452,18 @@ class Trainer:
       label_mask[self.process_source.last_judged] = 1
     elif c.rl.process_source == "value_head":
       label_mask = np.zeros_like(label_mask)
-    update = rollout.update_batch(seq, scored, out.logp_BxR, label_mask)
-    if c.rl.beta > 0:
-      ref = self.logp_fn()(self.ref_params, self.place(update))
-      update["ref_logp_BxL"] = np.concatenate(
-        [np.zeros((ref.shape[0], 1), np.float32), np.asarray(ref)], axis=1
-      )
+    update = self.place(
+      rollout.update_batch(seq, scored, out.logp_BxR, label_mask)
+    )
+    prepare = self.prepare_fn(prompt_len, rollout.reward_weights(scored))
+    prepared = jax.block_until_ready(dict(prepare(self.ref_params, update)))
+    self._dispatched = time.perf_counter()  # the update starts now
+    for key in rollout.ADVANTAGE_INPUT_KEYS:  # not the update's inputs
+      update.pop(key)
+    adv_B = prepared.pop("adv_B")
+    update.update(prepared)
     m = rollout.metrics(scored, out, g)
+    m["adv_abs_mean"] = jnp.mean(jnp.abs(adv_B))  # read one step late
     if isinstance(self.process_source, process.HybridSource):
       m["judge_completions"] = float(len(self.process_source.last_judged))
       m["judge_share"] = len(self.process_source.last_judged) / len(
@@ -439,6 +474,42 @@ class Trainer:
       t_sample, 1e-9
     )
     return update, m
+
+  # -- metrics, read one step late
+
+  def log_step(self, step: int, phase: str, m: dict) -> None:
+    """Queues step `step`'s metrics (device arrays stay on the device) and
+    writes the previous step's: the host reads a step's results while the
+    device runs the next one. `update_tokens_per_s` is filled in when the
+    update is seen done (`settle_metrics`)."""
+    self.flush_metrics()
+    self._pending = _PendingMetrics(step, phase, m, self._dispatched)
+
+  def settle_metrics(self) -> None:
+    """Waits for the pending step's update, and times it: from its
+    dispatch (or the previous update's end, if later) to now."""
+    p = self._pending
+    if p is None or p.settled:
+      return
+    # The update's metrics come out with its new state (whose buffers the
+    # next update may already have taken over: donated).
+    jax.block_until_ready(p.metrics)
+    now = time.perf_counter()
+    seconds = now - max(p.dispatched, self._last_ready)
+    self._last_ready = now
+    tokens = p.metrics.pop("update_tokens", None)
+    if tokens is not None:
+      p.metrics["update_tokens_per_s"] = tokens / max(seconds, 1e-9)
+    p.settled = True
+
+  def flush_metrics(self) -> dict | None:
+    """Writes the pending step's metrics; returns them (host floats)."""
+    p = self._pending
+    if p is None:
+      return None
+    self.settle_metrics()
+    self._pending = None
+    return self.writer.write(p.step, p.phase, jax.device_get(p.metrics))
 
   # -- driver
 
@@ -491,10 +562,11 @@ class Trainer:
         state, m = self.rl_step(state, phase, batch, done)
       m["step_time_s"] = time.perf_counter() - t0
       m.update(pipeline.skip_metrics(self._iterators[phase.name]))
-      self.writer.write(done, phase.name, m)
+      self.log_step(done, phase.name, m)
       done += 1
       info["done"] = done
       if done == sft_end and c.train.steps > 0:
+        self.flush_metrics()
         state = self._enter_rl(state, info)
       rl_done = done - sft_end
       if (
@@ -503,12 +575,16 @@ class Trainer:
         and rl_done % c.train.eval_every == 0
         and done < self.total_steps
       ):
+        self.flush_metrics()
         name = f"rl_step_{rl_done}"
         info["evals"][name] = self.evaluate(state, name)
       if done == self.total_steps:
+        self.flush_metrics()
         info["evals"]["final"] = self.evaluate(state, "final")
       if done % c.train.checkpoint_every == 0 or done == self.total_steps:
+        self.flush_metrics()
         self.save(state, done, info)
+    self.flush_metrics()
     if "final" not in info["evals"]:
       info["evals"]["final"] = self.evaluate(state, "final")
     self.writer.close()
@@ -531,6 +607,17 @@ class Trainer:
       model=self.config.model.to_dict(),
     )
     self.checkpointer.save(done, state, iterator, info, self.ref_params)
+
+
+@dataclasses.dataclass
+class _PendingMetrics:
+  """A dispatched step whose metrics are not read yet."""
+
+  step: int
+  phase: str
+  metrics: dict
+  dispatched: float  # perf_counter when its update was dispatched
+  settled: bool = False
 
 
 def _entered_rl(info: dict) -> bool:

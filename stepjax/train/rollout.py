@@ -7,11 +7,15 @@ to a multiple of STEP_SLOTS; storage only).
 
 Sampled token ids are decoded to text, split into steps (exact token spans
 from `rl.steps`), rewarded (`rl.rewards`), labelled by the process-reward
-source (`rl.process`), and turned into per-token advantages (`rl.advantages`)
-laid out over the full sequence so the update can use one array per
-quantity (`update_batch`, see `train/steps.py`). Steps are never merged:
-rewards, labels and the MRPO penalty schedule all see the true K, and the
-update batch carries per-token step labels, so it has no step axis.
+source (`rl.process`): host work on text only. `update_batch` lays what
+the advantages are computed from (reward components, step ids, labels,
+true step counts) over the full sequence; `train/steps.py`
+`prepare_update` then computes the per-token advantages (`rl.advantages`,
+the algorithm picked by name) and the reference log-probs on the device,
+in one jitted call. Steps are never merged: rewards, labels and the MRPO
+penalty schedule all see the true K; the update batch carries per-token
+step ids and labels, and only the step-label slots (K_pad) have a step
+axis.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stepjax import rows
-from stepjax.rl import advantages, failures, losses, process, rewards, steps
+from stepjax.rl import failures, losses, process, rewards, steps
 from stepjax.sampling import sampler
 from stepjax.train import batches
 
@@ -46,8 +50,7 @@ class Scored:
   step_id_BxC, num_steps_B (true K), step_valid_BxK (K_pad slots),
     step_valid_BxC (the label of each token's step, 0 outside steps),
     has_labels_B: step layout and process labels; rewards:
-    `rl.rewards.Rewards`; adv_BxC: per-token advantages over the completion
-    tokens; labels: per-completion labels.
+    `rl.rewards.Rewards`; labels: per-completion labels.
   """
 
   texts: list[str]
@@ -59,8 +62,6 @@ class Scored:
   has_labels_B: np.ndarray
   labels: list[process.StepLabels]
   rewards: rewards.Rewards
-  adv_B: np.ndarray
-  adv_BxC: np.ndarray
   correct_B: np.ndarray
 
 
@@ -206,7 +207,7 @@ def score(
   value_logits_BxC: np.ndarray | None = None,
   bertscore: rewards.BertScorer | None = None,
 ) -> Scored:
-  """Rewards, labels and advantages of B = P * G sampled completions.
+  """Rewards and step labels of B = P * G sampled completions.
 
   Args:
     tokens_BxC: int[B, C] sampled ids, padded after each row's length.
@@ -251,9 +252,6 @@ def score(
     think_tag=think,
     bertscore=bertscore,
   )
-  adv_B, adv_BxC = token_advantages(
-    scored_rewards, layout, valid_BxK, has_B, config
-  )
   correct = np.array(
     [
       rewards.answers_match(rewards.extract_answer(t), ref)
@@ -270,50 +268,8 @@ def score(
     has_labels_B=has_B,
     labels=labels,
     rewards=scored_rewards,
-    adv_B=adv_B,
-    adv_BxC=adv_BxC,
     correct_B=correct,
   )
-
-
-def token_advantages(
-  scored_rewards: rewards.Rewards,
-  layout: steps.StepBatch,
-  valid_BxK: np.ndarray,
-  has_B: np.ndarray,
-  config: Any,
-) -> tuple[np.ndarray, np.ndarray]:
-  """(adv_B, adv_BxC) by `rl.algorithm`: grpo, gdpo or mrpo shaping."""
-  rl = config.rl
-  g = config.sampling.group_size
-  rewards_BxC, weights_C = scored_rewards.matrix()
-  estimator = advantages.get_estimator(rl.algorithm)
-  adv_B = estimator(
-    jnp.asarray(rewards_BxC),
-    g,
-    jnp.asarray(weights_C),
-    scale_by_std=rl.scale_by_std,
-  )
-  num_tokens = layout.step_id_BxT.shape[1]
-  if layout.max_steps > valid_BxK.shape[1]:
-    raise ValueError(
-      f"{valid_BxK.shape[1]} step slots for completions of up to "
-      f"{layout.max_steps} steps (size them with step_slots)"
-    )
-  if rl.algorithm == "mrpo":
-    adv_BxC = advantages.mrpo_shape(
-      adv_B,
-      jnp.asarray(scored_rewards.components["answer"]),
-      jnp.asarray(layout.step_id_BxT),
-      jnp.asarray(layout.num_steps_B),
-      jnp.asarray(valid_BxK),
-      tau=rl.tau,
-      penalty=rl.penalty,
-      has_labels_B=jnp.asarray(has_B),
-    )
-  else:
-    adv_BxC = advantages.broadcast(adv_B, num_tokens)
-  return np.asarray(adv_B), np.asarray(adv_BxC)
 
 
 def update_batch(
@@ -335,22 +291,29 @@ def update_batch(
       head.
 
   Returns:
-    `seq`'s arrays plus adv_BxL, old_logp_BxL, step_id_BxL, step_valid_BxL
+    `seq`'s arrays plus old_logp_BxL, step_id_BxL, step_valid_BxL
     (completion token c at column T + c; the T prompt columns hold 0, step
-    id -1) and label_mask_B. ref_logp_BxL is the caller's (a forward pass).
+    id -1), label_mask_B, and what `steps.prepare_update` computes the
+    advantages from: rewards_BxC (reward components, `reward_weights`'
+    order), answer_reward_B, num_steps_B (true K), step_valid_BxK,
+    has_labels_B.
   """
-  b, c = scored.adv_BxC.shape
+  b, c = scored.step_id_BxC.shape
   length = seq["ids_BxL"].shape[1]
   if seq["ids_BxL"].shape[0] != b or length < c:
     raise ValueError(
       f"sequences of shape {seq['ids_BxL'].shape} cannot hold {b} "
       f"completions of {c} tokens"
     )
+  if scored.step_valid_BxK.shape[1] < scored.num_steps_B.max(initial=0):
+    raise ValueError(
+      f"{scored.step_valid_BxK.shape[1]} step slots for completions of up "
+      f"to {scored.num_steps_B.max()} steps (size them with step_slots)"
+    )
   update = dict(seq)
   update.update(
     batches.pad_completion_arrays(
       {
-        "adv_BxL": scored.adv_BxC.astype(np.float32),
         "old_logp_BxL": np.asarray(old_logp_BxC, np.float32),
         "step_id_BxL": scored.step_id_BxC.astype(np.int32),
         "step_valid_BxL": scored.step_valid_BxC.astype(np.int32),
@@ -359,7 +322,31 @@ def update_batch(
     )
   )
   update["label_mask_B"] = np.asarray(label_mask_B, np.int32)
+  rewards_BxC, _ = scored.rewards.matrix()
+  update["rewards_BxC"] = rewards_BxC
+  update["answer_reward_B"] = np.asarray(
+    scored.rewards.components["answer"], np.float32
+  )
+  update["num_steps_B"] = np.asarray(scored.num_steps_B, np.int32)
+  update["step_valid_BxK"] = np.asarray(scored.step_valid_BxK, np.int32)
+  update["has_labels_B"] = np.asarray(scored.has_labels_B, np.int32)
   return update
+
+
+# What `update_batch` adds for `steps.prepare_update` only.
+ADVANTAGE_INPUT_KEYS = (
+  "rewards_BxC",
+  "answer_reward_B",
+  "num_steps_B",
+  "step_valid_BxK",
+  "has_labels_B",
+)
+
+
+def reward_weights(scored: Scored) -> tuple[float, ...]:
+  """The weights of `update_batch`'s rewards_BxC columns (static)."""
+  _, weights_C = scored.rewards.matrix()
+  return tuple(float(w) for w in weights_C)
 
 
 def metrics(
@@ -382,7 +369,6 @@ def metrics(
     "step_validity": stats.step_validity,
     "num_steps": float(np.mean(scored.num_steps_B)),
     "completion_length": float(np.mean(out.lengths_B)),
-    "adv_abs_mean": float(np.mean(np.abs(scored.adv_B))),
   }
   for name, value in comps.items():
     m[f"reward_{name}"] = float(np.mean(value))

@@ -12,12 +12,14 @@ for the device where the trainer reads the result back at once anyway.
   data          next(batch) from the RL pipeline (decode, preprocess, pad)
   sample        `Trainer.sample`: the jit sampler, tokens back on the host
   value_logits  the step-value head's forward (process=value_head|hybrid)
-  ref_logp      the reference policy's log-probs (beta > 0): placing the
-                update batch on the devices and the jitted forward
+  prepare       placing the update batch on the devices, then one jitted
+                call: advantages and (beta > 0) the reference policy's
+                log-probs (`Trainer.prepare_fn`)
   update        `Trainer.apply_update`: num_iterations x grad_accum
-                jitted updates, metrics back on the host
+                jitted updates, waited for (the trainer itself reads
+                their metrics one step late)
   score         the rest of `Trainer.rollout`, host work: sequences, decode,
-                steps, rewards, process labels, advantages, update batch
+                steps, rewards, process labels, the update batch
   step          the whole step (data + `rl_step`); its parts sum to it
 
 Each part: median, min and max seconds over the timed steps, and its share
@@ -46,7 +48,7 @@ from stepjax import config_utils
 from stepjax.errors import InputError
 from stepjax.train import loop
 
-PARTS = ("data", "sample", "value_logits", "ref_logp", "score", "update")
+PARTS = ("data", "sample", "value_logits", "prepare", "score", "update")
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
@@ -79,25 +81,27 @@ def _instrument(trainer: loop.Trainer, timer: _Timer) -> None:
   """Times the trainer's parts through instance attributes (its own
   methods run unchanged underneath)."""
   sample, apply_update = trainer.sample, trainer.apply_update
-  place, logp_fn = trainer.place, trainer.logp_fn
+  place, prepare_fn = trainer.place, trainer.prepare_fn
   value_logits_fn = trainer.value_logits_fn
   trainer.sample = timer.wrap("sample", sample)
 
   def timed_update(*args, **kwargs):
     timer.in_update = True
     try:
-      return timer.wrap("update", apply_update)(*args, **kwargs)
+      return timer.wrap("update", apply_update, block=True)(*args, **kwargs)
     finally:
       timer.in_update = False
 
   def timed_place(batch):
     if timer.in_update:  # counted in the update
       return place(batch)
-    return timer.wrap("ref_logp", place, block=True)(batch)
+    return timer.wrap("prepare", place, block=True)(batch)
 
   trainer.apply_update = timed_update
   trainer.place = timed_place
-  trainer.logp_fn = lambda: timer.wrap("ref_logp", logp_fn(), block=True)
+  trainer.prepare_fn = lambda *a: timer.wrap(
+    "prepare", prepare_fn(*a), block=True
+  )
   trainer.value_logits_fn = lambda: timer.wrap(
     "value_logits", value_logits_fn(), block=True
   )
@@ -147,8 +151,10 @@ def _run(trainer: loop.Trainer, timer: _Timer, steps: int, warmup: int):
     inside = sum(parts[k] for k in PARTS if k not in ("data", "score"))
     parts["score"] = (end - t1) - inside
     row = dict(parts, step=end - t0, compiles=timer.compiles - compiles)
-    for key in ("sample_tokens_per_s", "update_tokens_per_s"):
-      row[key] = float(m[key])
+    row["sample_tokens_per_s"] = float(m["sample_tokens_per_s"])
+    row["update_tokens_per_s"] = float(m["update_tokens"]) / max(
+      parts["update"], 1e-9
+    )
     row["completion_length"] = float(m["completion_length"])
     (first_steps if i < warmup else rows).append(row)
   jax.block_until_ready(state)

@@ -174,20 +174,49 @@ def place_update_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
   Per-row arrays are this process's rows of the global batch, split over
   (data, fsdp) (`rows.place`); images and their metadata (this process's
   prompts) are gathered from all processes in process order and replicated.
+  Arrays already placed on `mesh` are kept (see `rows.place`).
   """
   split = {k: v for k, v in batch.items() if k not in _REPLICATED_KEYS}
   out = rows.place(split, mesh)
   for key in _REPLICATED_KEYS:
     if key in batch:
-      out[key] = jax.tree.map(
-        lambda x: _global_replicated(np.asarray(x), mesh), batch[key]
-      )
+      out[key] = jax.tree.map(lambda x: _global_replicated(x, mesh), batch[key])
   return {key: out[key] for key in batch}
 
 
-def _global_replicated(x: np.ndarray, mesh: Mesh) -> jax.Array:
+def _global_replicated(x: Any, mesh: Mesh) -> jax.Array:
+  if rows.on_mesh(x, mesh):  # placed already (all processes' rows)
+    return jax.device_put(x, NamedSharding(mesh, P()))
+  x = np.asarray(x)
   if jax.process_count() > 1:
     x = np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return jax.make_array_from_process_local_data(
     NamedSharding(mesh, P()), x, x.shape
   )
+
+
+def local_update_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
+  """This process's rows (numpy) of an update batch whose arrays may be
+  placed on `mesh` (`place_update_batch`'s inverse): per-row arrays are
+  read back by row, the replicated images cut to this process's share
+  (every process holds as many prompts)."""
+  out = {}
+  for key, value in batch.items():
+    if key in _REPLICATED_KEYS:
+      out[key] = jax.tree.map(lambda x: _local_share(x, mesh), value)
+    elif rows.on_mesh(value, mesh):
+      out[key] = rows.local({key: value}, mesh)[key]
+    else:
+      out[key] = np.asarray(value)
+  return out
+
+
+def _local_share(x: Any, mesh: Mesh) -> np.ndarray:
+  if not rows.on_mesh(x, mesh):
+    return np.asarray(x)
+  full = np.asarray(x.addressable_data(0))  # replicated: a whole copy
+  if jax.process_count() == 1:
+    return full
+  share = full.shape[0] // jax.process_count()
+  start = jax.process_index() * share
+  return full[start : start + share]

@@ -16,6 +16,12 @@ Update batch (a dict of arrays):
   RL only: adv_BxL, old_logp_BxL, ref_logp_BxL (when beta > 0),
   step_id_BxL (-1 outside steps), step_valid_BxL (the label of each
   token's step), label_mask_B (1 where step labels train the value head).
+
+An RL step's host side (`train/rollout.py`) builds everything but adv_BxL
+and ref_logp_BxL; `prepare_update` computes both on the device in one
+jitted call (the advantages from the reward components and step labels in
+the batch, the algorithm picked by name from `rl.advantages.ALGORITHMS`),
+then `train_step` runs on the same placed batch.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from stepjax.models import step_value, vlm
-from stepjax.rl import losses
+from stepjax.rl import advantages, losses
 from stepjax.train import state as state_lib
 
 
@@ -61,6 +67,74 @@ def options_from_config(config) -> StepOptions:
     train_value_head=rl.value_loss_weight > 0,
     grounding_weight=float(config.sft.grounding_weight),
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageOptions:
+  """Static settings of the advantages (part of the jit cache key)."""
+
+  algorithm: str = "mrpo"  # a name in rl.advantages.ALGORITHMS
+  group_size: int = 1
+  weights_C: tuple[float, ...] = ()  # of the batch's rewards_BxC columns
+  options: advantages.AlgorithmOptions = advantages.AlgorithmOptions()
+
+
+def advantage_options(config, weights_C) -> AdvantageOptions:
+  """The advantages' options from a job config (rl.*, sampling.group_size)
+  and the reward weights (`rollout.reward_weights`)."""
+  rl = config.rl
+  advantages.ALGORITHMS.get(rl.algorithm)  # a clear error for a bad name
+  return AdvantageOptions(
+    algorithm=rl.algorithm,
+    group_size=config.sampling.group_size,
+    weights_C=tuple(float(w) for w in weights_C),
+    options=advantages.AlgorithmOptions(
+      scale_by_std=bool(rl.scale_by_std), tau=float(rl.tau), penalty=rl.penalty
+    ),
+  )
+
+
+def prepare_update(
+  ref_params,
+  batch,
+  *,
+  graphs,
+  adv: AdvantageOptions,
+  prompt_len: int,
+  beta: float,
+) -> dict[str, jax.Array]:
+  """What the RL update needs beyond the host's batch, in one pass.
+
+  Returns adv_B (per completion), adv_BxL (the algorithm's per-token
+  advantages at the completion columns, 0 at the `prompt_len` prompt
+  columns) and, when beta > 0, ref_logp_BxL (the reference policy's
+  log-prob of each token, 0 at column 0).
+  """
+  inputs = advantages.AdvantageInputs(
+    rewards_BxC=batch["rewards_BxC"],
+    answer_reward_B=batch["answer_reward_B"],
+    step_id_BxT=batch["step_id_BxL"][:, prompt_len:],
+    num_steps_B=batch["num_steps_B"],
+    step_valid_BxK=batch["step_valid_BxK"],
+    has_labels_B=batch["has_labels_B"],
+  )
+  adv_B, adv_BxC = advantages.ALGORITHMS.get(adv.algorithm)(
+    inputs, adv.group_size, adv.weights_C, adv.options
+  )
+  b = adv_BxC.shape[0]
+  out = {
+    "adv_B": adv_B.astype(jnp.float32),
+    "adv_BxL": jnp.concatenate(
+      [jnp.zeros((b, prompt_len), jnp.float32), adv_BxC.astype(jnp.float32)],
+      axis=1,
+    ),
+  }
+  if beta > 0:
+    ref = sequence_logp(graphs, ref_params, batch, adv.group_size)
+    out["ref_logp_BxL"] = jnp.concatenate(
+      [jnp.zeros((b, 1), jnp.float32), ref], axis=1
+    )
+  return out
 
 
 def forward(graphs, params, batch, group_size: int):

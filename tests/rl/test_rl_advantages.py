@@ -144,6 +144,66 @@ def test_registries():
     advantages.PENALTIES.get("cubic")
 
 
+def _algorithm_inputs(seed=0, b=6, t=9, k_pad=16):
+  rng = np.random.default_rng(seed)
+  num_steps = rng.integers(1, 5, size=b)
+  step_id = np.full((b, t), -1, np.int32)
+  for i, k in enumerate(num_steps):
+    step_id[i, 1 : 1 + 2 * k] = np.repeat(np.arange(k), 2)
+  return advantages.AdvantageInputs(
+    rewards_BxC=rng.normal(size=(b, 3)).astype(np.float32),
+    answer_reward_B=rng.choice([0.0, 1.0], size=b).astype(np.float32),
+    step_id_BxT=step_id,
+    num_steps_B=num_steps.astype(np.int32),
+    step_valid_BxK=rng.integers(0, 2, size=(b, k_pad)).astype(np.int32),
+    has_labels_B=np.array([1, 1, 0, 1, 1, 1], np.int32),
+  )
+
+
+@pytest.mark.parametrize("name", ["grpo", "grpo_no_std", "gdpo", "mrpo"])
+def test_algorithms_are_their_estimator_then_layout(name):
+  """Each `rl.algorithm` is its estimator's A_i laid over the tokens:
+  every token for grpo / gdpo, MRPO's step shaping for mrpo; jitted."""
+  inputs = _algorithm_inputs()
+  weights = (1.0, 0.5, 2.0)
+  run = jax.jit(
+    lambda x: advantages.ALGORITHMS.get(name)(
+      x, 2, weights, advantages.AlgorithmOptions(penalty="linear")
+    )
+  )
+  adv_B, adv_BxT = run(inputs)
+  want_B = advantages.get_estimator(name)(
+    inputs.rewards_BxC, 2, jnp.asarray(weights), scale_by_std=True
+  )
+  np.testing.assert_allclose(adv_B, want_B, rtol=1e-6)
+  if name == "mrpo":
+    want_BxT = advantages.mrpo_shape(
+      want_B,
+      inputs.answer_reward_B,
+      inputs.step_id_BxT,
+      inputs.num_steps_B,
+      inputs.step_valid_BxK,
+      tau=0.6,
+      penalty="linear",
+      has_labels_B=inputs.has_labels_B,
+    )
+    assert not np.allclose(want_BxT, advantages.broadcast(want_B, 9))
+  else:
+    want_BxT = advantages.broadcast(want_B, 9)
+  np.testing.assert_allclose(adv_BxT, want_BxT, rtol=1e-6)
+
+
+def test_algorithm_registry_names_the_config_key():
+  assert set(advantages.ALGORITHMS.names()) == {
+    "grpo",
+    "grpo_no_std",
+    "gdpo",
+    "mrpo",
+  }
+  with pytest.raises(ValueError, match="rl.algorithm"):
+    advantages.ALGORITHMS.get("ppo")
+
+
 def test_mrpo_hand_example():
   # Row 0: R_ans 0.2 <= tau, A = -0.5, K = 3: steps valid, invalid, invalid.
   # Row 1: R_ans 0.9 > tau: untouched. Row 2: K = 1, invalid.

@@ -27,7 +27,7 @@ def test_rollout_bench_times_each_part(tmp_path, capsys):
   )
   printed = capsys.readouterr().out
   assert printed.startswith("machine: ")
-  assert "ref_logp" in printed and "update" in printed
+  assert "prepare" in printed and "update" in printed
   result = json.loads(out.read_text())
   assert result["machine"]["cores"] >= 1
   assert result["prompts"] == 2 and result["group_size"] == 2
@@ -35,7 +35,7 @@ def test_rollout_bench_times_each_part(tmp_path, capsys):
   parts = rollout_bench.PARTS
   for name in (*parts, "step"):
     assert result[f"{name}_s_min"] <= result[f"{name}_s_median"]
-  for name in ("sample", "ref_logp", "update", "step"):
+  for name in ("sample", "prepare", "update", "step"):
     assert result[f"{name}_s_median"] > 0
   assert sum(result[f"{name}_share"] for name in parts) == pytest.approx(1)
   assert result["sample_tokens_per_s_median"] > 0

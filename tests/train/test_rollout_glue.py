@@ -1,5 +1,6 @@
-"""The host glue of an RL step, token by token: known completions of real
+"""The glue of an RL step, token by token: known completions of real
 SynthMed prompts -> `rollout.score` -> `rollout.update_batch` ->
+`steps.prepare_update` (advantages, on the device) ->
 `batches.micro_batches`, as `Trainer.rollout` runs it (no model).
 
 Expected values are computed here from the spec (MRPO_SPEC.md) with plain
@@ -21,6 +22,7 @@ from stepjax.data import pipeline, synthmed
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.rl import process
 from stepjax.train import batches, components, policy, rollout
+from stepjax.train import steps as train_steps
 
 from . import trainer_utils
 
@@ -192,7 +194,25 @@ def _build(s, prompts=slice(None)):
   )
   label_mask = scored.has_labels_B.astype(np.int32)
   update = rollout.update_batch(seq, scored, s["logp_BxC"][rows], label_mask)
-  return update, scored
+  adv = train_steps.advantage_options(
+    s["config"], rollout.reward_weights(scored)
+  )
+  prepare = jax.jit(
+    lambda batch: train_steps.prepare_update(
+      None,
+      batch,
+      graphs=None,
+      adv=adv,
+      prompt_len=batch["ids_BxL"].shape[1] - tokens.shape[1],
+      beta=0.0,
+    )
+  )
+  prepared = jax.device_get(prepare(update))
+  for key in rollout.ADVANTAGE_INPUT_KEYS:  # as Trainer.rollout does
+    update.pop(key)
+  adv_B = prepared.pop("adv_B")
+  update.update(prepared)
+  return update, scored, adv_B
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +253,7 @@ def _expected_token_advantage(s, i, k, adv):
 
 
 def test_rewards_and_steps_use_the_true_step_count(setup, built):
-  _, scored = built
+  _, scored, adv_B = built
   ks = [len(r["steps"]) for r in setup["rows"]]
   assert ks[1] == 20
   np.testing.assert_array_equal(scored.num_steps_B, ks)
@@ -252,7 +272,7 @@ def test_rewards_and_steps_use_the_true_step_count(setup, built):
   np.testing.assert_allclose(comps["answer"], [1.0, 0.0, 0.0, 0.0])
   np.testing.assert_allclose(comps["format"], [1.0] * 4)
   np.testing.assert_allclose(
-    scored.adv_B, _expected_advantages(setup), rtol=1e-5, atol=1e-6
+    adv_B, _expected_advantages(setup), rtol=1e-5, atol=1e-6
   )
   # Step slots are storage: the batch's largest K rounded up.
   assert scored.step_valid_BxK.shape == (4, 32)
@@ -261,9 +281,9 @@ def test_rewards_and_steps_use_the_true_step_count(setup, built):
 
 def test_twenty_step_penalty_schedule(setup, built):
   """K = 20: an invalid first step gets e * |A|, an invalid last step 1."""
-  update, scored = built
+  update, _, adv_B = built
   t = setup["batch"]["prompt_ids_BxT"].shape[1]
-  adv = float(scored.adv_B[1])
+  adv = float(adv_B[1])
   assert abs(adv) > 0.1
   step_id = update["step_id_BxL"][1, t:]
   adv_C = update["adv_BxL"][1, t:]
@@ -274,7 +294,7 @@ def test_twenty_step_penalty_schedule(setup, built):
 
 
 def test_update_batch_token_by_token(setup, built):
-  update, scored = built
+  update, _, _ = built
   s = setup
   prompt_ids, prompt_mask = (
     s["batch"]["prompt_ids_BxT"],
@@ -361,11 +381,11 @@ def test_value_head_labels_cover_every_step(setup):
 
 def test_micro_batches_split_every_key_consistently(setup, built):
   """Micro-batch p of whole groups equals the update of prompt p alone."""
-  update, _ = built
+  update, _, _ = built
   micros = list(batches.micro_batches(update, 2, G))
   assert len(micros) == 2
   for p, micro in enumerate(micros):
-    alone, _ = _build(setup, slice(p, p + 1))
+    alone, _, _ = _build(setup, slice(p, p + 1))
     assert micro.keys() == update.keys() == alone.keys()
     assert micro["ids_BxL"].shape[0] == G
     assert micro["positions_3xBxL"].shape[1] == G
@@ -390,7 +410,7 @@ def test_step_slots():
 def test_metrics_with_skipped_labels(setup, built):
   """A completion without labels (judge fallback "skip") is left out of
   the step statistics, not of accuracy or the step count."""
-  _, scored = built
+  _, scored, _ = built
   labels = list(scored.labels)
   labels[0] = process.StepLabels((), skipped=True)
   skipped = dataclasses.replace(scored, labels=labels)
