@@ -11,7 +11,8 @@ from . import trainer_utils
 
 
 def test_step_metrics_are_written_when_the_next_step_is_queued(tmp_path):
-  trainer = loop.Trainer(trainer_utils.test_config(), str(tmp_path))
+  config = trainer_utils.test_config(**{"mesh.data": 1})
+  trainer = loop.Trainer(config, str(tmp_path))
   try:
     trainer.log_step(0, "sft", {"loss": jnp.asarray(1.5), "update_tokens": 8.0})
     assert metrics_lib.read_metrics(str(tmp_path)) == []
