@@ -260,6 +260,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.eps_low = 0.2
   c.rl.eps_high = 0.2
   c.rl.num_iterations = 1
+  # Run each group's prompt once in the update and reference forward (its
+  # G rows share it); False runs every row whole (same maths, for checks).
+  c.rl.share_prompt = True
   c.rl.loss_aggregation = "seq_mean"  # seq_mean | token_mean | constant
   c.rl.process_source = "verifier"  # verifier | judge | value_head | hybrid
   c.rl.value_threshold = 0.5

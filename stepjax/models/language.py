@@ -200,11 +200,16 @@ class Decoder(nnx.Module):
     cache=None,
     cache_index=None,
     deepstack=None,
+    remat=None,
   ):
     """Returns (hidden_BxTxD after the final norm, new cache or None).
 
     deepstack: None, or (levels_SxFxD, src_BxT, is_img_BxT): after layer
     s < S, token (b, t) with is_img gets levels[s, src[b, t]] added.
+    remat: recompute each layer in the backward pass; None = `cfg.remat`
+    without a cache (a decode step takes no gradient, and nnx.remat cannot
+    run inside the sampler's loop); a training forward that runs through a
+    cache (`train.steps.shared_prompt_forward`) passes `cfg.remat`.
     """
     dtype = layers.to_dtype(self.cfg.dtype)
     cos, sin = mrope_cos_sin(positions_3xBxT, self.cfg.text, dtype)
@@ -227,9 +232,9 @@ class Decoder(nnx.Module):
       :, None, :
     ]
     step = DecoderLayer.__call__
-    # Remat saves memory in the backward pass; decoding with a cache takes
-    # no gradient (and nnx.remat cannot run inside the sampler's loop).
-    if self.cfg.remat and cache is None:
+    if remat is None:
+      remat = self.cfg.remat and cache is None
+    if remat:
       step = nnx.remat(step)
     new_layers = []
     for i, layer in enumerate(self.layers):

@@ -135,8 +135,10 @@ class VisionLanguageModel(nnx.Module):
     img_valid_IxM=None,
     cache=None,
     cache_index=None,
+    remat=None,
   ):
-    """Returns (logits_BxTxV, hidden_BxTxD, new_cache); see module doc."""
+    """Returns (logits_BxTxV, hidden_BxTxD, new_cache); see module doc.
+    remat: see `language.Decoder.__call__`."""
     if pixels_IxNxP is not None:
       if vision_meta is None:
         raise ValueError("pixels_IxNxP needs vision_meta (vision_metadata)")
@@ -153,6 +155,7 @@ class VisionLanguageModel(nnx.Module):
       cache,
       cache_index,
       deepstack,
+      remat,
     )
     return self.logits(hidden), hidden, new_cache
 

@@ -210,7 +210,9 @@ class Ours:
   def logp(self):
     """float32[B, L-1] log-probs under the current params (not donated)."""
     fn = jax.jit(
-      lambda p, b: steps.sequence_logp(self.graphs, p, b, self.opts.group_size)
+      lambda p, b: steps.sequence_logp(self.graphs, p, b, self.opts.group_size)[
+        0
+      ]
     )
     return np.asarray(fn(self.state.params, self.batch))
 
@@ -312,7 +314,9 @@ def profile_ours(ours: Ours, iters: int) -> dict[str, float]:
       lambda p, x: steps.forward(g, p, x, opts.group_size)[0], params, b
     ),
     "logp_s": timed(
-      lambda p, x: steps.sequence_logp(g, p, x, opts.group_size), params, b
+      lambda p, x: steps.sequence_logp(g, p, x, opts.group_size)[0],
+      params,
+      b,
     ),
     "grad_s": timed(
       jax.grad(lambda t, x: steps.rl_loss(t, x, g, opts)[0]), trainables, b

@@ -276,14 +276,20 @@ class Trainer:
 
   # -- jitted functions
 
-  def update_fn(self, phase: Phase):
-    key = f"update_{phase.name}"
+  def update_fn(self, phase: Phase, prompt_len: int = 0):
+    """The jitted update of `phase`; with `prompt_len` = T (RL batches
+    whose groups share a T-column prompt, `rl.share_prompt`), each prompt
+    runs once per group (`steps.shared_prompt_forward`)."""
+    key = ("update", phase.name, prompt_len)
     if key not in self._jitted:
+      opts = dataclasses.replace(
+        steps.options_from_config(self.config), prompt_len=prompt_len
+      )
       fn = functools.partial(
         steps.train_step,
         graphs=self.graphs,
         tx=phase.tx,
-        opts=steps.options_from_config(self.config),
+        opts=opts,
         kind=phase.name,
       )
       _, shardings = self.state_shardings(phase.tx)
@@ -291,6 +297,13 @@ class Trainer:
         fn, out_shardings=(shardings, None), donate_argnums=(0,)
       )
     return self._jitted[key]
+
+  def shared_prompt_len(self, prompt_len: int) -> int:
+    """T when the RL update and reference forward run each group's
+    T-column prompt once (`rl.share_prompt`, G > 1), else 0."""
+    c = self.config
+    share = c.rl.share_prompt and c.sampling.group_size > 1
+    return int(prompt_len) if share else 0
 
   def prepare_fn(self, prompt_len: int, weights_C: tuple[float, ...]):
     """(ref params, placed update batch) -> adv_B, adv_BxL and, when beta >
@@ -305,6 +318,7 @@ class Trainer:
         adv=adv,
         prompt_len=prompt_len,
         beta=float(self.config.rl.beta),
+        shared_prompt_len=self.shared_prompt_len(prompt_len),
       )
       mesh = self.mesh
       self._jitted[key] = jax.jit(
@@ -370,17 +384,20 @@ class Trainer:
     """Sample, score, then `num_iterations` clipped updates (dispatched:
     the update's metrics stay on the device, read one step late)."""
     update, m = self.rollout(state, batch, step)
-    state, um = self.apply_update(state, phase, update)
+    prompt_len = batch["prompt_ids_BxT"].shape[1]
+    state, um = self.apply_update(state, phase, update, prompt_len)
     m.update(um)
     m["update_tokens"] = self.config.rl.num_iterations * float(
       np.sum(jax.device_get(update["loss_mask_BxL"]))
     )
     return state, m
 
-  def apply_update(self, state, phase: Phase, update: dict):
+  def apply_update(self, state, phase: Phase, update: dict, prompt_len=0):
     """The jitted update(s) on an update batch (see steps.py): a dict of
-    this process's rows (numpy) and / or arrays placed on the mesh. Returns
-    the new state and the last update's metrics (device arrays)."""
+    this process's rows (numpy) and / or arrays placed on the mesh, whose
+    first `prompt_len` columns are the groups' prompts (0: not known, every
+    row runs whole). Returns the new state and the last update's metrics
+    (device arrays)."""
     c = self.config
     if c.optim.grad_accum > 1:
       # Micro-batches of whole groups of this process's rows.
@@ -393,10 +410,11 @@ class Trainer:
       ]
     else:
       micros = [self.place(update)]
+    update_fn = self.update_fn(phase, self.shared_prompt_len(prompt_len))
     m = {}
     for _ in range(c.rl.num_iterations):
       for micro in micros:
-        state, m = self.update_fn(phase)(state, micro)
+        state, m = update_fn(state, micro)
     return state, m
 
   def place(self, batch: dict) -> dict:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stepjax.models import step_value, vlm
+from stepjax.models import language, step_value, vlm
 from stepjax.rl import advantages, losses
 from stepjax.train import state as state_lib
 
@@ -51,6 +51,10 @@ class StepOptions:
   value_loss_weight: float = 0.1
   train_value_head: bool = True
   grounding_weight: float = 0.0  # SFT: weight of the grounding readout loss
+  # RL: the prompt width T of the batch's sequences when each group's G
+  # rows share their prompt (`shared_prompt_forward`); 0 = every row is
+  # run whole.
+  prompt_len: int = 0
 
 
 def options_from_config(config) -> StepOptions:
@@ -102,13 +106,16 @@ def prepare_update(
   adv: AdvantageOptions,
   prompt_len: int,
   beta: float,
+  shared_prompt_len: int = 0,
 ) -> dict[str, jax.Array]:
   """What the RL update needs beyond the host's batch, in one pass.
 
   Returns adv_B (per completion), adv_BxL (the algorithm's per-token
   advantages at the completion columns, 0 at the `prompt_len` prompt
   columns) and, when beta > 0, ref_logp_BxL (the reference policy's
-  log-prob of each token, 0 at column 0).
+  log-prob of each token, 0 at column 0; with `shared_prompt_len` = T the
+  groups share their prompt in the forward and the T prompt columns hold
+  0, see `shared_prompt_forward`).
   """
   inputs = advantages.AdvantageInputs(
     rewards_BxC=batch["rewards_BxC"],
@@ -130,9 +137,11 @@ def prepare_update(
     ),
   }
   if beta > 0:
-    ref = sequence_logp(graphs, ref_params, batch, adv.group_size)
+    ref, start = sequence_logp(
+      graphs, ref_params, batch, adv.group_size, shared_prompt_len
+    )
     out["ref_logp_BxL"] = jnp.concatenate(
-      [jnp.zeros((b, 1), jnp.float32), ref], axis=1
+      [jnp.zeros((b, start), jnp.float32), ref], axis=1
     )
   return out
 
@@ -165,36 +174,86 @@ def decode(graphs, params, batch, img_IxMxD, valid_IxM, group_size: int):
   return logits, hidden
 
 
-def sequence_logp(graphs, params, batch, group_size: int):
-  """log p(token t | tokens < t) for t >= 1: float32[B, L-1]."""
-  logits, _ = forward(graphs, params, batch, group_size)
-  return losses.token_logp(logits[:, :-1], batch["ids_BxL"][:, 1:])
+def shared_prompt_forward(graphs, params, batch, group_size: int, t: int):
+  """The policy on the completion columns of G rows per shared prompt:
+  (logits_BxCxV, hidden_BxCxD) with C = L - t.
+
+  Each group's prompt (its rows' first t columns, equal by construction:
+  `batches.sequences`) runs once with the images, its keys and values are
+  repeated for the G rows, then the C completion columns of all B rows
+  run against them. logits_BxCxV[:, c] predicts the token at column t + c
+  (the first from the prompt's last position); hidden_BxCxD[:, c] is the
+  hidden state at column t + c. The same function of the parameters as
+  `forward` on those columns, at about (P * t + B * C) / (B * L) of its
+  cost; gradients from the G rows add up in the shared prompt.
+  """
+  g = group_size
+  ids_BxL, mask_BxL = batch["ids_BxL"], batch["mask_BxL"]
+  positions = batch["positions_3xBxL"]
+  b, length = ids_BxL.shape
+  cache = language.init_cache(graphs.cfg, b // g, length)
+  prompt_logits, _, cache = vlm.forward(
+    graphs.policy, params, ids_BxL[::g, :t], positions[:, ::g, :t],
+    mask_BxL[::g, :t], pixels_IxNxP=batch["pixels_IxNxP"],
+    vision_meta=batch["vision_meta"], cache=cache, cache_index=0,
+    remat=graphs.cfg.remat,
+  )  # fmt: skip
+  cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), cache)
+  logits, hidden, _ = vlm.forward(
+    graphs.policy, params, ids_BxL[:, t:], positions[:, :, t:],
+    mask_BxL[:, t:], cache=cache, cache_index=t, remat=graphs.cfg.remat,
+  )  # fmt: skip
+  first_Bx1xV = jnp.repeat(prompt_logits[:, -1:], g, axis=0)
+  logits = jnp.concatenate([first_Bx1xV, logits[:, :-1]], axis=1)
+  return logits, hidden
 
 
-def _value_terms(graphs, value_params, hidden, batch):
+def _token_view(graphs, params, batch, opts: StepOptions):
+  """(logits predicting columns s.., hidden at columns h.., s, h): the
+  whole rows (s = 1, h = 0), or with `opts.prompt_len` = t the completion
+  columns only (s = h = t), where every trained token lies."""
+  g, t = opts.group_size, opts.prompt_len
+  if t > 0 and g > 1:
+    logits, hidden = shared_prompt_forward(graphs, params, batch, g, t)
+    return logits, hidden, t, t
+  logits, hidden = forward(graphs, params, batch, g)
+  return logits[:, :-1], hidden, 1, 0
+
+
+def sequence_logp(graphs, params, batch, group_size: int, prompt_len: int = 0):
+  """log p(token t | tokens < t) for t >= s: (float32[B, L - s], s), with
+  s = 1, or s = prompt_len when each group shares its prompt (> 0)."""
+  opts = StepOptions(group_size=group_size, prompt_len=prompt_len)
+  logits, _, start, _ = _token_view(graphs, params, batch, opts)
+  return losses.token_logp(logits, batch["ids_BxL"][:, start:]), start
+
+
+def _value_terms(graphs, value_params, hidden, batch, h: int):
   # The head reads the policy's hidden states without moving them: its loss
   # trains the head only, so process labels never reshape the policy.
+  # hidden holds columns h.. of the rows.
   value_logits = step_value.apply(
     graphs.value, value_params, jax.lax.stop_gradient(hidden)
   )
   return losses.step_value_loss(
     value_logits,
-    batch["step_id_BxL"],
-    batch["step_valid_BxL"],
+    batch["step_id_BxL"][:, h:],
+    batch["step_valid_BxL"][:, h:],
     batch["label_mask_B"],
   )
 
 
 def rl_loss(trainables, batch, graphs, opts: StepOptions):
-  logits, hidden = forward(graphs, trainables["policy"], batch, opts.group_size)
-  targets = batch["ids_BxL"][:, 1:]
-  mask = batch["loss_mask_BxL"][:, 1:]
-  logp = losses.token_logp(logits[:, :-1], targets)
-  ref = batch["ref_logp_BxL"][:, 1:] if opts.beta > 0 else None
-  old = batch["old_logp_BxL"][:, 1:] if opts.use_old_logp else None
+  logits, hidden, s, h = _token_view(graphs, trainables["policy"], batch, opts)
+  targets = batch["ids_BxL"][:, s:]
+  mask = batch["loss_mask_BxL"][:, s:]
+  logp = losses.token_logp(logits, targets)
+  ref = batch["ref_logp_BxL"][:, s:] if opts.beta > 0 else None
+  old = batch["old_logp_BxL"][:, s:] if opts.use_old_logp else None
+  b, length = batch["ids_BxL"].shape
   loss, metrics = losses.policy_loss(
     logp,
-    batch["adv_BxL"][:, 1:],
+    batch["adv_BxL"][:, s:],
     mask,
     old_logp_BxT=old,
     ref_logp_BxT=ref,
@@ -202,14 +261,16 @@ def rl_loss(trainables, batch, graphs, opts: StepOptions):
     eps_high=opts.eps_high,
     beta=opts.beta,
     aggregation=opts.aggregation,
+    # "constant" divides by B x (L - 1) whichever columns are computed.
+    norm=float(b * (length - 1)),
   )
   _, metrics["entropy"] = losses.entropy_from_logits(
-    jax.lax.stop_gradient(logits[:, :-1]), mask
+    jax.lax.stop_gradient(logits), mask
   )
   metrics["policy_loss"] = loss
   if opts.train_value_head:
     value_loss, value_metrics = _value_terms(
-      graphs, trainables["value"], hidden, batch
+      graphs, trainables["value"], hidden, batch, h
     )
     loss = loss + opts.value_loss_weight * value_loss
     metrics.update({f"value_{k}": v for k, v in value_metrics.items()})

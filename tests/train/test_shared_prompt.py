@@ -1,0 +1,96 @@
+"""Each group's prompt run once (`steps.shared_prompt_forward`, the RL
+default `rl.share_prompt`) computes the same loss, gradients and log-probs
+as running every row whole, on a real rollout of the tiny policy."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from stepjax.train import loop, steps
+
+from . import trainer_utils
+
+
+def _trainer(workdir, **overrides):
+  config = trainer_utils.test_config(
+    **{
+      "mesh.data": 1,
+      "sft.steps": 0,
+      "train.steps": 1,
+      "rl.beta": 0.04,
+      "sampling.group_size": 4,
+      "sampling.max_new_tokens": 24,
+      **overrides,
+    }
+  )
+  return loop.Trainer(config, str(workdir))
+
+
+def _rollout(trainer):
+  phase = trainer.phases[-1]
+  state = trainer.fresh_state(phase.tx)
+  trainer.ref_params = jax.tree.map(lambda x: x * 1.01, state.params)
+  batch = next(iter(phase.dataset))
+  update, _ = trainer.rollout(state, batch, step=0)
+  # Random advantages and labels, so every term of the loss moves.
+  rng = np.random.default_rng(0)
+  mask = np.asarray(update["loss_mask_BxL"])
+  update["adv_BxL"] = (rng.normal(size=mask.shape) * mask).astype(np.float32)
+  update["label_mask_B"] = np.ones(mask.shape[0], np.int32)
+  return state, trainer.place(update), batch["prompt_ids_BxT"].shape[1]
+
+
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    {},
+    {"rl.loss_aggregation": "constant", "model.remat": True},
+    {"rl.num_iterations": 2},
+  ],
+)
+def test_shared_prompt_equals_whole_rows(tmp_path, overrides):
+  trainer = _trainer(tmp_path, **overrides)
+  try:
+    state, update, t = _rollout(trainer)
+    g = trainer.config.sampling.group_size
+    ids = np.asarray(update["ids_BxL"])
+    # The premise: a group's rows share their first t columns.
+    assert (ids[:, :t].reshape(-1, g, t) == ids[::g, None, :t]).all()
+    whole = steps.options_from_config(trainer.config)
+    shared = dataclasses.replace(whole, prompt_len=t)
+    grad_fn = jax.jit(
+      jax.value_and_grad(steps.rl_loss, has_aux=True),
+      static_argnames=("graphs", "opts"),
+    )
+    results = [
+      grad_fn(state.trainables(), update, graphs=trainer.graphs, opts=o)
+      for o in (whole, shared)
+    ]
+    (loss_a, m_a), grads_a = results[0]
+    (loss_b, m_b), grads_b = results[1]
+    assert abs(float(loss_a)) > 1e-3
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5, atol=1e-7)
+    for key in ("kl", "entropy", "value_loss", "clip_frac"):
+      np.testing.assert_allclose(m_b[key], m_a[key], rtol=1e-4, atol=1e-6)
+    flat_a = jax.tree.leaves(grads_a)
+    flat_b = jax.tree.leaves(grads_b)
+    scale = max(float(np.abs(x).max()) for x in flat_a)
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(flat_a, flat_b))
+    assert scale > 0 and worst <= 1e-4 * scale, (worst, scale)
+    logp_a, s_a = steps.sequence_logp(trainer.graphs, state.params, update, g)
+    logp_b, s_b = steps.sequence_logp(
+      trainer.graphs, state.params, update, g, t
+    )
+    assert (s_a, s_b) == (1, t)
+    real = np.asarray(update["loss_mask_BxL"])[:, t:] > 0
+    np.testing.assert_allclose(
+      np.asarray(logp_b)[real],
+      np.asarray(logp_a)[:, t - 1 :][real],
+      rtol=1e-5,
+      atol=1e-5,
+    )
+  finally:
+    trainer.writer.close()
+    trainer.checkpointer.close()
