@@ -266,9 +266,20 @@ class Trainer:
       _, params = hf_convert.load_hf(path, self.cfg, shardings.params)
       logging.info("policy initialised from HF checkpoint %s", path)
     else:
-      target = checkpoint.abstract_with_shardings(abstract, shardings)
-      params = checkpoint.restore_state_only(path, target).params
-      logging.info("policy initialised from Orbax checkpoint %s", path)
+      # The reader `stepjax eval` uses: the newest readable step, checked
+      # against this run's model; the step-value head starts fresh.
+      restored = checkpoint.restore_params(
+        path,
+        checkpoint.abstract_with_shardings(abstract.params, shardings.params),
+        model=self.config.model,
+        flag="--config.init_from",
+      )
+      params = restored.params
+      logging.info(
+        "policy initialised from Orbax checkpoint %s (step %s)",
+        path,
+        restored.step,
+      )
     state = state.replace(params=params)
     return self.reset_optimizer(state, tx)
 
