@@ -62,10 +62,12 @@ class Trainer:
   """Holds what one run needs; `run()` drives both phases.
 
   evaluator: what evaluates the policy during `run()` (a module or object
-  with `evaluate(trainer, params, name) -> report`, `summary_line(report)`,
-  `table(reports)` and `write_plots(workdir, reports)`:
-  `stepjax.eval.evaluate`). A Trainer without one can take steps
-  (`rl_step`, `sft_step`, `apply_update`) but not `run()`.
+  with `EvalTask(config=, source=, labeller=, workdir=)`, the run's eval
+  context, built once here; `evaluate(policy, task, name) -> report` of a
+  `policy.Policy`; `summary_line(report)`, `table(reports)` and
+  `write_plots(workdir, reports)`: `stepjax.eval.evaluate`). A Trainer
+  without one can take steps (`rl_step`, `sft_step`, `apply_update`) but
+  not `run()`.
   """
 
   def __init__(self, config: Any, workdir: str, evaluator: Any = None):
@@ -82,6 +84,14 @@ class Trainer:
     self.train_source = components.make_source(config, "train")
     self.eval_source = components.make_source(config, "eval")
     self.process_source = components.process_source(config)
+    self.eval_task = None
+    if evaluator is not None:
+      self.eval_task = evaluator.EvalTask(
+        config=config,
+        source=self.eval_source,
+        labeller=self.process_source,
+        workdir=workdir,
+      )
     self.bertscore = components.answer_scorer(config)
     self.phases = self._phases()
     self.total_steps = sum(p.num_steps for p in self.phases)
@@ -454,7 +464,9 @@ class Trainer:
   # -- driver
 
   def evaluate(self, state, name: str) -> dict:
-    report = self.evaluator.evaluate(self, state.params, name)
+    report = self.evaluator.evaluate(
+      self.policy(state.params), self.eval_task, name
+    )
     line = self.evaluator.summary_line(report)
     logging.info("eval %s: %s", name, line)
     print(f"eval {name}: {line}", flush=True)
