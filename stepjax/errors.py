@@ -36,7 +36,7 @@ def quiet_failed_restore_reports() -> None:
   retrieved' with its stack. Dozens of stacks around the one line that
   says what went wrong and what was done about it (`stepjax train` falls
   back to the previous checkpoint, `eval` names the file). Installed once
-  (by `stepjax.main` and before each restore in `eval.checkpoints`):
+  (by `stepjax.main` and before each `train.checkpoint.restore_params`):
   exactly those reports are dropped; anything else reaches the previous
   hook or handler.
   """

@@ -1,8 +1,14 @@
-"""Evaluation during training: decode the eval split, score every step.
+"""Evaluation of a policy: decode the eval split, score every step.
+
+A `train.policy.Policy` (the trainer's during a run, or one
+`eval.checkpoints.load` read for `stepjax eval`) is evaluated on an
+`EvalTask`: the job config, the eval records, the run's step labeller,
+where reports go and how sampler keys are drawn. Nothing here needs a
+Trainer.
 
 Greedy decoding (or `sampling.eval_temperature`) of one completion per
 eval record, its steps labelled by the SynthMed verifier when the records
-carry a scene and by the run's process-reward source otherwise, answers
+carry a scene and by the task's labeller (a judge) otherwise, answers
 checked by normalised exact match and, with `eval.answer_judge=judge`, by
 the LLM answer judge too (`judge_answers`). The result is an `eval.report`
 report (accuracy, judged accuracy, step validity, first-failure shares,
@@ -11,6 +17,7 @@ FAR) plus per-record rows.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -23,34 +30,69 @@ from stepjax.eval import report as report_lib
 from stepjax.rl import process, rewards
 from stepjax.train import batches, distributed, rollout
 from stepjax.train import metrics as metrics_lib
+from stepjax.train import policy as policy_lib
 
 
-def eval_dataset(trainer: Any):
-  c = trainer.config
+@dataclasses.dataclass(frozen=True)
+class EvalTask:
+  """What a policy is evaluated on, and how.
+
+  config: the job config (data options, `sampling.*`, `tokenizer.*`,
+    `data.eval_verifier`, `eval.answer_judge`, `seed`, `rl.algorithm`).
+  source: the eval records (a random-access source, as the pipeline reads).
+  labeller: the run's process-reward source (None: none). Only a judge in
+    it (`judge`, or the judge of `hybrid`) labels the steps of records
+    without a SynthMed scene, never the policy's own value head; without
+    one such steps stay unlabelled and the report holds accuracy only.
+  workdir: `evaluate` writes its report and rows to workdir/eval/NAME/.
+  resample: False: every batch is decoded with one fixed key, as training
+    evaluates; True: each batch draws from its own key, so the N copies
+    of a record (`stepjax eval --num=N`) get different completions
+    wherever they fall.
+  """
+
+  config: Any
+  source: Any
+  labeller: Any = None
+  workdir: str = ""
+  resample: bool = False
+
+  def batch_key(self, index: int) -> jax.Array:
+    """The sampler key of eval batch `index` (see `resample`)."""
+    if self.resample:
+      return jax.random.fold_in(jax.random.key(self.config.seed + 11), index)
+    return jax.random.key(self.config.seed + 7)
+
+
+def eval_dataset(policy: policy_lib.Policy, task: EvalTask):
+  """The task's records as one pass of unshuffled batches for `policy`."""
+  c = task.config
   opts = pipeline.PipelineOptions.from_config(
     c,
-    model_cfg=trainer.cfg,
+    model_cfg=policy.cfg,
     shuffle=False,
     num_epochs=1,
     drop_remainder=False,
     batch_size=int(c.data.eval_batch_size or c.data.batch_size),
   )
   return pipeline.make_dataset(
-    trainer.eval_source,
-    trainer.tokenizer,
+    task.source,
+    policy.tokenizer,
     opts,
     think_tag=c.tokenizer.think_tag,
   )
 
 
-def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
-  """Decodes the eval split with `params`; returns the report dict.
+def evaluate(
+  policy: policy_lib.Policy, task: EvalTask, name: str
+) -> dict[str, Any]:
+  """Decodes the task's records with `policy`; returns the report dict.
 
-  The report and per-record rows are written to `workdir/eval/NAME/`
+  The report and per-record rows are written to `task.workdir/eval/NAME/`
   (report.json, records.jsonl) by process 0.
   """
-  c = trainer.config
-  rows, skipped, judged = score_and_judge(trainer, params)
+  c = task.config
+  rows, skipped, judged = score_and_judge(policy, task)
   report = report_lib.build_report(
     [report_lib.record_fields(r) for r in rows],
     meta={
@@ -62,66 +104,69 @@ def evaluate(trainer: Any, params: Any, name: str) -> dict[str, Any]:
     answer_judge=judged,
   )
   if jax.process_index() == 0:
-    out = epath.Path(trainer.workdir) / "eval" / name
+    out = epath.Path(task.workdir) / "eval" / name
     report_lib.write(report, rows, str(out))
   return report
 
 
-def score_rows(trainer: Any, params: Any) -> list[dict[str, Any]]:
+def score_rows(
+  policy: policy_lib.Policy, task: EvalTask
+) -> list[dict[str, Any]]:
   """One row per decoded eval record (the `eval.report` record keys plus
   the raw completion)."""
-  return score(trainer, params)[0]
+  return score(policy, task)[0]
 
 
 def score(
-  trainer: Any, params: Any
+  policy: policy_lib.Policy, task: EvalTask
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
   """(`score_rows`, {reason: count} of the eval records skipped as bad
   records, `pipeline.skip_counts`), over every process's slice."""
-  rows, skipped = _score_local(trainer, params)
+  rows, skipped = _score_local(policy, task)
   rows, skipped, _ = _from_all_processes(rows, skipped, None)
   return rows, skipped
 
 
 def score_and_judge(
-  trainer: Any, params: Any
+  policy: policy_lib.Policy, task: EvalTask
 ) -> tuple[list[dict[str, Any]], dict[str, int], dict | None]:
   """`score`, plus the answer judge's verdicts (`judge_answers`): each
   process asks the judge about its own rows only, then rows, skip counts
   and the judge's counts are gathered from every process."""
-  rows, skipped = _score_local(trainer, params)
-  judged = judge_answers(trainer.config, rows)
+  rows, skipped = _score_local(policy, task)
+  judged = judge_answers(task.config, rows)
   return _from_all_processes(rows, skipped, judged)
 
 
 def _score_local(
-  trainer: Any, params: Any
+  policy: policy_lib.Policy, task: EvalTask
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-  c = trainer.config
+  c = task.config
   verifier = process.VerifierSource(
     synthmed.step_verifier(c.data.eval_verifier)
   )
-  rng = jax.random.key(c.seed + 7)
+  labeller = _external_labeler(task.labeller)
   rows = []
-  iterator = iter(eval_dataset(trainer))
-  for batch in iterator:
-    out = trainer.sample(
-      params,
+  iterator = iter(eval_dataset(policy, task))
+  for index, batch in enumerate(iterator):
+    out = rollout.sample(
+      policy,
       batch,
-      rng,
+      task.batch_key(index),
+      c.sampling,
       group_size=1,
       temperature=c.sampling.eval_temperature,
     )
     layout = rollout.step_layout(
       out.tokens_BxR,
       out.lengths_B,
-      trainer.tokenizer,
+      policy.tokenizer,
       c.tokenizer.think_tag,
     )
     examples = batches.examples(batch)
     requests = rollout.step_requests(layout, examples, 1)
     has_scene = all("scene" in (ex["meta"] or {}) for ex in examples)
-    source = verifier if has_scene else _external_labeler(trainer)
+    source = verifier if has_scene else labeller
     if source is None:
       # No rule verifier and no judge: step validity is unknown (reported
       # as such), never guessed from the policy's own value head.
@@ -187,14 +232,14 @@ def judge_answers(config: Any, rows: list[dict[str, Any]]) -> dict | None:
   return answer_judge.judge_rows(config, rows)
 
 
-def _external_labeler(trainer: Any):
-  """The judge, when the run has one; step labels for evaluation must not
-  come from the policy's own value head."""
-  source = trainer.process_source
-  if isinstance(source, process.HybridSource):
-    return source.judge
-  if isinstance(source, process.JudgeSource):
-    return source
+def _external_labeler(labeller: Any):
+  """The judge in `labeller` (a process-reward source), when it has one;
+  step labels for evaluation must not come from the policy's own value
+  head."""
+  if isinstance(labeller, process.HybridSource):
+    return labeller.judge
+  if isinstance(labeller, process.JudgeSource):
+    return labeller
   return None
 
 

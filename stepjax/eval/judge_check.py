@@ -156,11 +156,9 @@ def sampled_items(
   config = checkpoints.with_updates(config, **{"data.num_eval": num})
   loaded = checkpoints.load(config, checkpoint)
   source = eval_run.eval_source(loaded.config, "eval")
-  host = eval_run.EvalHost(
-    loaded, loaded.config, workdir, source, None, resample=False
-  )
+  task = evaluate.EvalTask(config=loaded.config, source=source, workdir=workdir)
   print(f"sampling {num} completions from {checkpoint}", flush=True)
-  rows, _ = evaluate.score(host, loaded.params)
+  rows, _ = evaluate.score(loaded, task)
   records = {source[i].id: source[i] for i in range(len(source))}
   items = []
   for row in rows:

@@ -9,14 +9,16 @@ Evaluation decodes the split with the policy (greedy, or
 SynthMed verifier for records with a scene, else the configured
 `rl.process_source`) and checks answers (exact match, and with
 `--config.eval.answer_judge=judge` the LLM answer judge too), through the same
-`eval.evaluate.evaluate` the training loop runs. It writes into --workdir:
+`eval.evaluate` functions the training loop runs, on the `Policy` that
+`eval.checkpoints.load` reads. It writes into --workdir:
 report.json, records.jsonl, ffp.png, far.png and, when --checkpoint is a
 run directory with a metrics.jsonl, curves.png (reward / accuracy / step
 validity over training).
 
 `--num=N` (N > 1, given explicitly) samples N completions per record at
-`sampling.temperature`; each is one row of records.jsonl, its id suffixed
-`#k`, and the report aggregates over all of them.
+`sampling.temperature`, each batch from its own key; each is one row of
+records.jsonl, its id suffixed `#k`, and the report aggregates over all of
+them.
 
 `--compare=a,b,...` takes directories holding report.json, or run
 directories holding eval/final/report.json (or eval outputs of this
@@ -41,7 +43,7 @@ from etils import epath
 from stepjax.errors import InputError, MissingInputError
 from stepjax.eval import checkpoints, evaluate, plots
 from stepjax.eval import report as report_lib
-from stepjax.train import components, rollout
+from stepjax.train import components
 from stepjax.train import metrics as train_metrics
 
 SPLITS = ("eval", "train")
@@ -122,47 +124,6 @@ def process_source(config: Any) -> Any:
   return components.process_source(config)
 
 
-# ------------------------------------------------------------------ host
-
-
-class EvalHost:
-  """What `eval.evaluate.evaluate` needs of a `train.loop.Trainer`.
-
-  With `resample`, every sampler call draws from its own key (so the N
-  copies of a record get different completions wherever they fall);
-  otherwise the key evaluate passes is used, as in training.
-  """
-
-  def __init__(self, loaded, config, workdir, source, labeller, resample):
-    self.config = config
-    self.workdir = workdir
-    self.tokenizer = loaded.tokenizer
-    self.tok_info = loaded.tok_info
-    self.cfg = loaded.cfg
-    self.graphs = loaded.graphs
-    self.eval_source = source
-    self.process_source = labeller
-    self._resample = resample
-    self._calls = 0
-
-  def sample(self, params, batch, rng, *, group_size, temperature):
-    if self._resample:
-      rng = jax.random.fold_in(
-        jax.random.key(self.config.seed + 11), self._calls
-      )
-    self._calls += 1
-    return rollout.generate(
-      self.graphs,
-      self.tok_info,
-      self.config.sampling,
-      params,
-      batch,
-      rng,
-      group_size=group_size,
-      temperature=temperature,
-    )
-
-
 def run(
   config: Any,
   checkpoint: str,
@@ -195,11 +156,16 @@ def run(
     config = checkpoints.with_updates(
       config, **{"sampling.eval_temperature": config.sampling.temperature}
     )
-  labeller = process_source(config)
   out = epath.Path(workdir)
   out.mkdir(parents=True, exist_ok=True)
-  host = EvalHost(loaded, config, str(out), source, labeller, num_samples > 1)
-  rows, skipped, judged = evaluate.score_and_judge(host, loaded.params)
+  task = evaluate.EvalTask(
+    config=config,
+    source=source,
+    labeller=process_source(config),
+    workdir=str(out),
+    resample=num_samples > 1,
+  )
+  rows, skipped, judged = evaluate.score_and_judge(loaded, task)
   meta = {
     "eval": split,
     "algorithm": config.rl.algorithm,

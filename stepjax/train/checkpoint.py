@@ -11,10 +11,17 @@ mid-save leaves the previous checkpoint intact):
     a resumed run keeps the reference it started RL with.
 Restore order (see `loop.py`): latest in the workdir, else `init_from`, else
 fresh init.
+
+`restore_params` is the one way to read a policy out of a run without its
+optimizer state: `init_from` (the trainer), `stepjax eval`, `generate`,
+`export` and the benchmark suite (`eval/checkpoints.py`) all go through
+it. A run's own resume (`Checkpointer.restore`) reads the whole state and
+shares the run info and failure reports with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -23,7 +30,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from stepjax.errors import MissingInputError
+from stepjax import errors
+from stepjax.errors import InputError, MissingInputError
 
 
 def absolute(path: str) -> str:
@@ -143,42 +151,10 @@ class Checkpointer:
 
   def info(self, step: int) -> dict[str, Any]:
     """The run info saved with checkpoint `step`."""
-    restored = self.manager.restore(
-      step, args=ocp.args.Composite(info=ocp.args.JsonRestore())
-    )
-    return dict(restored["info"])
+    return read_info(self.step_dir(step))
 
   def close(self) -> None:
     self.manager.close()
-
-
-def restore_state_only(directory: str, abstract_state: Any) -> Any:
-  """Restores the newest `state` item from a run directory (for init_from).
-
-  Accepts a run's workdir (takes its latest checkpoint) or one step's
-  directory holding a `state` item.
-  """
-  path = epath.Path(absolute(directory))
-  candidates = [path / "state"] if (path / "state").exists() else []
-  if not candidates:
-    manager = ocp.CheckpointManager(
-      path,
-      item_names=("state",),
-      item_handlers={"state": ocp.StandardCheckpointHandler()},
-    )
-    step = manager.latest_step()
-    if step is None:
-      raise MissingInputError(
-        f"--config.init_from={directory}: no Orbax checkpoint found (and "
-        "no config.json: it is not an HF directory either)"
-      )
-    restored = manager.restore(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)),
-    )
-    return restored["state"]
-  checkpointer = ocp.StandardCheckpointer()
-  return checkpointer.restore(candidates[0], abstract_state)
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
@@ -188,3 +164,218 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
     tree,
     shardings,
   )
+
+
+def read_info(step_dir: epath.Path) -> dict[str, Any]:
+  """The run info saved with the checkpoint in `step_dir`."""
+  info = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+    step_dir / "info", args=ocp.args.JsonRestore()
+  )
+  return dict(info)
+
+
+def first_line(error: Exception) -> str:
+  """The first line of what went wrong: the cause's where the error wraps
+  one (Orbax wraps TensorStore's read errors in a bare Exception)."""
+  error = error.__cause__ or error
+  lines = str(error).strip().splitlines() or [""]
+  return f"{type(error).__name__}: {lines[0]}"[:300]
+
+
+# ------------------------------------------------------- params of a run
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+  """Where a policy is stored. kind: "hf" (a transformers directory, see
+  `train.policy.is_hf_dir`) or "orbax": then a manager directory (the
+  `checkpoints/` folder; its newest readable step is used) or one step's
+  folder holding `state`, and the run directory around them ("" when
+  unknown, e.g. a step folder named outside a run)."""
+
+  kind: str = "orbax"
+  manager_dir: str = ""
+  step_dir: str = ""
+  run_dir: str = ""
+
+
+def locate_orbax(path: str) -> Location:
+  """Classifies an Orbax `path`: a run directory (holding `checkpoints/`),
+  a `checkpoints/` folder, or one step's folder (holding `state`)."""
+  path = absolute(path)
+  p = epath.Path(path)
+  if (p / "checkpoints").is_dir():
+    return Location(manager_dir=str(p / "checkpoints"), run_dir=path)
+  parent_run = lambda d: str(d.parent) if d.name == "checkpoints" else ""
+  if (p / "state").is_dir():
+    return Location(step_dir=path, run_dir=parent_run(p.parent))
+  return Location(manager_dir=path, run_dir=parent_run(p))
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredParams:
+  """What `restore_params` read. value_params: None unless asked for.
+  step: the checkpoint's step (None when a step folder was named)."""
+
+  params: Any
+  value_params: Any
+  step: int | None
+  location: Location
+
+
+# What shapes the stored parameters, in the model block saved with each
+# checkpoint's run info (the compute dtype, remat and attention do not;
+# the parameter dtype is cast on reading).
+_POLICY_SHAPE_KEYS = ("preset",)
+_VALUE_SHAPE_KEYS = ("step_value_hidden",)
+
+
+def restore_params(
+  path: str,
+  target_params: Any,
+  target_value: Any = None,
+  *,
+  model: Any = None,
+  flag: str = "--checkpoint",
+) -> RestoredParams:
+  """The policy's (and with `target_value` the step-value head's)
+  parameters of the Orbax checkpoint at `path` (`locate_orbax`), read
+  into the shardings of the targets; the optimizer state stays on disk.
+
+  Args:
+    path: a run directory, its `checkpoints/` folder or one step's folder.
+    target_params / target_value: ShapeDtypeStruct trees with `.sharding`
+      (`abstract_with_shardings`).
+    model: the config's `model` block; a checkpoint saved for another
+      model (`model.preset`, and `model.step_value_hidden` when the head is
+      read) is refused before any array is read, naming both values.
+    flag: what errors name `path` by (`--checkpoint`,
+      `--config.init_from`).
+
+  Of a manager directory the newest readable step is read; one that cannot
+  be read is reported by step and path and the next older one tried. The
+  files are never moved or changed (this reads another run, or one being
+  evaluated); a run's own resume sets damaged steps aside instead.
+  """
+  loc = locate_orbax(path)
+  target = {"params": target_params}
+  keys = _POLICY_SHAPE_KEYS
+  if target_value is not None and jax.tree.leaves(target_value):
+    target["value_params"] = target_value
+    keys += _VALUE_SHAPE_KEYS
+  restore_args = jax.tree.map(
+    lambda x: ocp.ArrayRestoreArgs(
+      sharding=x.sharding, global_shape=x.shape, dtype=x.dtype
+    ),
+    target,
+  )
+  args = ocp.args.PyTreeRestore(
+    target, restore_args=restore_args, partial_restore=True
+  )
+  errors.quiet_failed_restore_reports()
+  where = _Where(path, flag, model, keys)
+  if loc.step_dir:
+    restored, step = _restore_step_dir(loc.step_dir, args, where), None
+  else:
+    restored, step = _restore_newest_readable(loc.manager_dir, args, where)
+  return RestoredParams(
+    params=restored["params"],
+    value_params=restored.get("value_params"),
+    step=step,
+    location=loc,
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Where:
+  """What `restore_params` was asked to read, for its checks and errors."""
+
+  path: str
+  flag: str
+  model: Any
+  keys: tuple[str, ...]
+
+  @property
+  def name(self) -> str:
+    return f"{self.flag}={self.path}"
+
+
+def _restore_step_dir(step_dir: str, args: Any, where: _Where) -> Any:
+  state_dir = epath.Path(step_dir) / "state"
+  _check_same_model(epath.Path(step_dir), where)
+  try:
+    return ocp.PyTreeCheckpointer().restore(state_dir, args=args)
+  except Exception as e:  # noqa: BLE001 - damage or another model
+    raise InputError(
+      f"{where.name}: cannot read {state_dir} ({first_line(e)}): its files "
+      "are damaged (pick another step) or --config describes another "
+      "model (use the config the run was trained with: model.preset, "
+      "tokenizer.path, init_from, model.step_value_hidden)"
+    ) from e
+
+
+def _restore_newest_readable(
+  manager_dir: str, args: Any, where: _Where
+) -> tuple[Any, int]:
+  """(the restored `state` item, its step): the newest checkpoint under
+  `manager_dir` that can be read. When no step can be read and every
+  failure was a structure error, the parameters do not fit the model of
+  --config (the same model reads every step of a run)."""
+  manager = ocp.CheckpointManager(
+    epath.Path(manager_dir),
+    item_names=("state",),
+    item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+  )
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    raise MissingInputError(
+      f"{where.name}: no Orbax checkpoint found (expected a run directory, "
+      "its checkpoints/ folder, a step folder holding `state`, or an HF "
+      "directory with config.json)"
+    )
+  problems, mismatch = [], None
+  for step in steps:
+    path = epath.Path(manager_dir) / str(step)
+    _check_same_model(path, where)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(state=args))
+    except Exception as e:  # noqa: BLE001 - damage or another model
+      if isinstance(e, (ValueError, KeyError)) and mismatch is None:
+        mismatch = e
+      problems.append(f"checkpoint {step} ({path}): {first_line(e)}")
+      continue
+    for problem in problems:  # reported only when an older step was read
+      print(f"warning: cannot read {problem}", flush=True)
+    if problems:
+      print(f"warning: using checkpoint {step} ({path})", flush=True)
+    return restored["state"], step
+  if mismatch is not None and len(problems) == len(steps):
+    raise InputError(
+      f"{where.name}: its parameters do not fit the model of --config (use "
+      "the config the run was trained with: model.preset, tokenizer.path, "
+      f"init_from, model.step_value_hidden): {mismatch}"
+    ) from mismatch
+  raise InputError(
+    f"{where.name}: no readable checkpoint: " + "; ".join(problems)
+  )
+
+
+def _check_same_model(step_dir: epath.Path, where: _Where) -> None:
+  """InputError naming both values when checkpoint `step_dir` was saved
+  for another model than `where.model`; read before the arrays, so a
+  mismatch is not found halfway through a restore. Says nothing when the
+  run info cannot be read (the restore reports that)."""
+  if where.model is None:
+    return
+  try:
+    saved = dict(read_info(step_dir).get("model") or {})
+  except Exception:  # noqa: BLE001 - no or damaged run info: not checked
+    return
+  changes = model_changes(
+    saved, where.model, tuple(k for k in where.keys if k in saved)
+  )
+  if changes:
+    raise InputError(
+      f"{where.name}: checkpoint {step_dir.name} holds another model "
+      f"({changes}); load it with the config it was trained with"
+    )

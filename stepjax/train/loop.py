@@ -62,10 +62,12 @@ class Trainer:
   """Holds what one run needs; `run()` drives both phases.
 
   evaluator: what evaluates the policy during `run()` (a module or object
-  with `evaluate(trainer, params, name) -> report`, `summary_line(report)`,
-  `table(reports)` and `write_plots(workdir, reports)`:
-  `stepjax.eval.evaluate`). A Trainer without one can take steps
-  (`rl_step`, `sft_step`, `apply_update`) but not `run()`.
+  with `EvalTask(config=, source=, labeller=, workdir=)`, the run's eval
+  context, built once here; `evaluate(policy, task, name) -> report` of a
+  `policy.Policy`; `summary_line(report)`, `table(reports)` and
+  `write_plots(workdir, reports)`: `stepjax.eval.evaluate`). A Trainer
+  without one can take steps (`rl_step`, `sft_step`, `apply_update`) but
+  not `run()`.
   """
 
   def __init__(self, config: Any, workdir: str, evaluator: Any = None):
@@ -82,6 +84,14 @@ class Trainer:
     self.train_source = components.make_source(config, "train")
     self.eval_source = components.make_source(config, "eval")
     self.process_source = components.process_source(config)
+    self.eval_task = None
+    if evaluator is not None:
+      self.eval_task = evaluator.EvalTask(
+        config=config,
+        source=self.eval_source,
+        labeller=self.process_source,
+        workdir=workdir,
+      )
     self.bertscore = components.answer_scorer(config)
     self.phases = self._phases()
     self.total_steps = sum(p.num_steps for p in self.phases)
@@ -268,9 +278,20 @@ class Trainer:
       _, params = hf_convert.load_hf(path, self.cfg, shardings.params)
       logging.info("policy initialised from HF checkpoint %s", path)
     else:
-      target = checkpoint.abstract_with_shardings(abstract, shardings)
-      params = checkpoint.restore_state_only(path, target).params
-      logging.info("policy initialised from Orbax checkpoint %s", path)
+      # The reader `stepjax eval` uses: the newest readable step, checked
+      # against this run's model; the step-value head starts fresh.
+      restored = checkpoint.restore_params(
+        path,
+        checkpoint.abstract_with_shardings(abstract.params, shardings.params),
+        model=self.config.model,
+        flag="--config.init_from",
+      )
+      params = restored.params
+      logging.info(
+        "policy initialised from Orbax checkpoint %s (step %s)",
+        path,
+        restored.step,
+      )
     state = state.replace(params=params)
     return self.reset_optimizer(state, tx)
 
@@ -532,7 +553,9 @@ class Trainer:
   # -- driver
 
   def evaluate(self, state, name: str) -> dict:
-    report = self.evaluator.evaluate(self, state.params, name)
+    report = self.evaluator.evaluate(
+      self.policy(state.params), self.eval_task, name
+    )
     line = self.evaluator.summary_line(report)
     logging.info("eval %s: %s", name, line)
     print(f"eval {name}: {line}", flush=True)

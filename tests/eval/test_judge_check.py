@@ -352,12 +352,12 @@ def test_sampled_completions_with_steps_are_judged(
   }
   sampled = []  # (row, record) of every completion written
 
-  def fake_score(host, params):
-    del params
-    verify = synthmed.step_verifier(host.config.data.eval_verifier)
+  def fake_score(policy, task):
+    del policy
+    verify = synthmed.step_verifier(task.config.data.eval_verifier)
     rows = []
-    for i in range(len(host.eval_source)):
-      record = host.eval_source[i]
+    for i in range(len(task.source)):
+      record = task.source[i]
       scene = synthmed.scene_of(record)
       steps = synthmed.gold_steps(scene)
       if i % 3 == 1:

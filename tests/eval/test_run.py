@@ -5,11 +5,15 @@ import json
 import pathlib
 import types
 
+import jax
+import numpy as np
 import pytest
 
 from stepjax.eval import checkpoints
 from stepjax.eval import report as report_lib
 from stepjax.eval import run as eval_run
+from stepjax.train import checkpoint as train_checkpoint
+from stepjax.train import loop
 
 _spec = importlib.util.spec_from_file_location(
   "tiny_run", pathlib.Path(__file__).with_name("tiny_run.py")
@@ -134,3 +138,36 @@ def test_a_run_directory_with_its_job_config_is_not_an_hf_directory(tmp_path):
   assert checkpoints.locate(str(hf)).kind == "hf"
   (hf / "config.json").write_text("{not json")
   assert checkpoints.locate(str(hf)).kind == "hf"  # loading names the file
+
+
+def test_init_from_and_eval_restore_through_one_function(
+  run_dir, tmp_path, monkeypatch
+):
+  calls = []
+  restore = train_checkpoint.restore_params
+
+  def spy(path, *args, **kwargs):
+    calls.append((path, kwargs.get("flag", "--checkpoint")))
+    return restore(path, *args, **kwargs)
+
+  monkeypatch.setattr(train_checkpoint, "restore_params", spy)
+  loaded = checkpoints.load(tiny_run.config(), run_dir)
+  # init_from takes a run directory, as --checkpoint does.
+  trainer = loop.Trainer(tiny_run.config(init_from=run_dir), str(tmp_path))
+  state, done, _, _ = trainer.initial_state()
+  assert calls == [(run_dir, "--checkpoint"), (run_dir, "--config.init_from")]
+  assert done == 0 and loaded.step == 4
+  want, got = jax.tree.leaves(loaded.params), jax.tree.leaves(state.params)
+  assert len(want) == len(got)
+  for a, b in zip(want, got):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_init_from_another_model_is_refused_before_reading(run_dir):
+  with pytest.raises(
+    ValueError,
+    match=r"--config.init_from=.*model.preset: saved 'tiny', config 'synthmed'",
+  ):
+    train_checkpoint.restore_params(
+      run_dir, {}, model={"preset": "synthmed"}, flag="--config.init_from"
+    )
