@@ -12,8 +12,11 @@ mean over completions, beta = 0 (no reference model), no value head; then
 global-norm clipping and AdamW with equal hyper-parameters.
 
 Ours: `steps.train_step(kind="rl")` jitted once (AOT-compiled, the state
-donated) with an empty value-head state. Transformers: the model in train
-mode with its default (sdpa) attention, `torch.optim.AdamW` and
+donated) with an empty value-head state, by default as the trainer runs
+it (`rl.share_prompt`): each prompt once per group of G rows
+(`steps.shared_prompt_forward`), the same loss and gradients as whole
+rows; `--whole_rows` runs every row whole (`prompt_len` 0).
+Transformers: the model in train mode with its default (sdpa) attention, `torch.optim.AdamW` and
 `clip_grad_norm_`, torch threads = the CPU cores we may run on. It gets
 the P images repeated G times (one per row, as a transformers RL trainer
 feeds them); ours encodes each image once and repeats its features.
@@ -170,10 +173,11 @@ def xla_flops(compiled) -> float:
 class Ours:
   """Our jitted RL update on a fixed batch; `step()` runs one update."""
 
-  def __init__(self, cfg, params, batch, group_size: int):
+  def __init__(self, cfg, params, batch, group_size: int, prompt_len=0):
     self.graphs, _, _ = policy.abstract(cfg)
     self.opts = steps.StepOptions(
       group_size=group_size,
+      prompt_len=prompt_len,
       eps_low=_CLIP_EPS,
       eps_high=_CLIP_EPS,
       beta=0.0,
@@ -354,8 +358,10 @@ def bench_train(
   torch_threads: int | None = None,
   peak: bool = True,
   profile: bool = False,
+  share_prompt: bool = True,
 ) -> dict[str, float]:
-  """Times both updates; returns seconds, tokens/s, ratio, parity, FLOPs."""
+  """Times both updates; returns seconds, tokens/s, ratio, parity, FLOPs.
+  share_prompt: ours runs each group's prompt once (as the trainer does)."""
   # The attention the trainer picks on one CPU (`model.attention=auto`).
   cfg = getattr(config_lib.ModelConfig, preset)().replace(attention="rows")
   params = random_params(cfg, seed)
@@ -370,12 +376,14 @@ def bench_train(
     "rows": float(b),
     "seq_len": float(length),
     "params": float(n_params),
+    "share_prompt": float(share_prompt),
   }
 
   theirs = None
   if hf:
     theirs = Theirs(cfg, params, batch)
-  ours = Ours(cfg, jax.device_put(params), batch, group_size)
+  prompt_len = length - completion if share_prompt and group_size > 1 else 0
+  ours = Ours(cfg, jax.device_put(params), batch, group_size, prompt_len)
   mask = batch["loss_mask_BxL"][:, 1:] > 0
   ours_logp = ours.logp()
   t0 = time.perf_counter()
@@ -450,7 +458,12 @@ def format_table(result: dict[str, float]) -> str:
   lines.append(
     f"update: {result['rows']:.0f} rows x {result['seq_len']:.0f} tokens, "
     f"{result['params'] / 1e6:.2f}M params; stepjax compile "
-    f"{result['ours_compile_s']:.2f} s"
+    f"{result['ours_compile_s']:.2f} s; stepjax runs "
+    + (
+      "each prompt once per group (rl.share_prompt)"
+      if result.get("share_prompt")
+      else "every row whole (--whole_rows)"
+    )
   )
   gflop = result["xla_flops"] / 1e9
   lines.append(
@@ -488,9 +501,10 @@ def format_table(result: dict[str, float]) -> str:
 def main(argv=None) -> dict[str, float]:
   argv = sys.argv[1:] if argv is None else argv
   profile = "--profile" in argv
-  rest = [a for a in argv if a != "--profile"]
+  whole = "--whole_rows" in argv
+  rest = [a for a in argv if a not in ("--profile", "--whole_rows")]
   iters = int(rest[0]) if rest else 5
-  result = bench_train(iters=iters, profile=profile)
+  result = bench_train(iters=iters, profile=profile, share_prompt=not whole)
   print(format_table(result))
   return result
 
