@@ -16,8 +16,9 @@ donated) with an empty value-head state, by default as the trainer runs
 it (`rl.share_prompt`): each prompt once per group of G rows
 (`steps.shared_prompt_forward`), the same loss and gradients as whole
 rows; `--whole_rows` runs every row whole (`prompt_len` 0).
-Transformers: the model in train mode with its default (sdpa) attention, `torch.optim.AdamW` and
-`clip_grad_norm_`, torch threads = the CPU cores we may run on. It gets
+Transformers: the model in train mode with its default (sdpa) attention,
+`torch.optim.AdamW` and `clip_grad_norm_`, torch threads = the CPU cores
+we may run on. It gets
 the P images repeated G times (one per row, as a transformers RL trainer
 feeds them); ours encodes each image once and repeats its features.
 
