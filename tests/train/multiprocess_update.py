@@ -5,6 +5,7 @@ feeds its half of the rows (and its prompts' images); process 0 writes the
 loss and the gathered parameters to output/result.pkl.
 """
 
+import pathlib
 import pickle
 import sys
 
@@ -12,10 +13,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from stepjax.train import loop
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+# This checkout's stepjax (not an installed copy), and trainer_utils.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import trainer_utils  # noqa: E402
+
+from stepjax.train import loop  # noqa: E402
 
 
 def local_rows(update, pid, nproc, group_size):
