@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from stepjax import rows
+from stepjax import image_slots, rows
 from stepjax.errors import InputError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -161,22 +161,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-# Update-batch keys that are not split by row: the P images and their
-# metadata (small; gathered from all processes and replicated, every device
-# encodes them). Every other array is split by the row axis its name gives
-# (`rows.row_axis`: positions_3xBxL over axis 1, the rest over axis 0).
-_REPLICATED_KEYS = ("pixels_IxNxP", "vision_meta")
+# Update-batch keys that are not split by row: the P prompts' image slots,
+# their metadata and owners (small; gathered from all processes and
+# replicated, every device encodes them). Every other array is split by the
+# row axis its name gives (`rows.row_axis`: positions_3xBxL over axis 1, the
+# rest over axis 0).
+_REPLICATED_KEYS = ("pixels_IxNxP", "vision_meta", "image_prompt_I")
 
 
 def place_update_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
   """Places an update batch (train/steps.py layout) on the mesh.
 
   Per-row arrays are this process's rows of the global batch, split over
-  (data, fsdp) (`rows.place`); images and their metadata (this process's
-  prompts) are gathered from all processes in process order and replicated.
+  (data, fsdp) (`rows.place`); image slots and their metadata (this
+  process's prompts) are gathered from all processes in process order and
+  replicated, `image_prompt_I` renumbered to the gathered prompts.
   """
   split = {k: v for k, v in batch.items() if k not in _REPLICATED_KEYS}
   out = rows.place(split, mesh)
+  if "image_prompt_I" in batch:
+    batch = dict(batch)
+    batch["image_prompt_I"] = image_slots.for_process(batch["image_prompt_I"])
   for key in _REPLICATED_KEYS:
     if key in batch:
       out[key] = jax.tree.map(
