@@ -79,6 +79,14 @@ def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
       f"is {buckets}; list the buckets in increasing order",
     )
   _require(data.batch_size >= 1, "data.batch_size", "must be >= 1")
+  max_images = data.get("max_images", 1)
+  _require(max_images >= 1, "data.max_images", f"is {max_images}; must be >= 1")
+  _require(
+    not training or config.sft.grounding_weight <= 0 or max_images == 1,
+    "sft.grounding_weight",
+    f"is {config.sft.grounding_weight}; the grounding readout reads one "
+    f"image per prompt but data.max_images={max_images} (set it to 0)",
+  )
   _require(data.eval_batch_size >= 0, "data.eval_batch_size", "must be >= 0")
   _require(
     data.min_pixels <= data.max_pixels,

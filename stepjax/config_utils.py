@@ -226,6 +226,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.max_pixels = 112 * 112
   c.data.token_buckets = (96, 128)  # padded prompt lengths
   c.data.patch_buckets = (64,)  # padded vision patch counts per image
+  # Image slots per prompt: a record may hold up to this many images (MRPO
+  # json's "image" as a list); more is a bad record (data.on_bad_record).
+  c.data.max_images = 1
   c.data.batch_size = 4  # prompts per batch (global)
   # Prompts per evaluation batch (greedy decoding is far faster in larger
   # batches); 0 = data.batch_size.

@@ -56,8 +56,13 @@ flags.DEFINE_string("checkpoint", "", "Orbax checkpoint or HF directory.")
 flags.DEFINE_bool(
   "overwrite", False, "export: write into a non-empty --out directory."
 )
-flags.DEFINE_string("image", "", "Image file (PNG, JPEG, DICOM).")
-flags.DEFINE_string("question", "", "Question about the image.")
+flags.DEFINE_list(
+  "image",
+  [],
+  "Image file(s) (PNG, JPEG, DICOM) for generate; several comma-separated "
+  "paths make one prompt with those images, in order.",
+)
+flags.DEFINE_string("question", "", "Question about the image(s).")
 flags.DEFINE_string("split", "eval", "Data split to evaluate.")
 flags.DEFINE_list("compare", [], "Run directories to compare (eval).")
 _SUITE = config_flags.DEFINE_config_file(
@@ -99,7 +104,11 @@ _COMMANDS = {
     "main",
     "Does a policy see lesions and their side? (SynthMed)",
   ),
-  "generate": ("stepjax.eval.generate", "main", "Reason on one image."),
+  "generate": (
+    "stepjax.eval.generate",
+    "main",
+    "Reason on one image or several (--image=a.png,b.png).",
+  ),
   "export": ("stepjax.eval.export", "main", "Write an HF directory."),
   "plan": ("stepjax.eval.plan", "main", "Per-device memory plan."),
   "synthmed": ("stepjax.data.synthmed_cli", "main", "Write SynthMed samples."),

@@ -2,11 +2,11 @@
 
 Arrays in stepjax name their shapes (`prompt_ids_PxT`, `positions_3xPxT`,
 `k_BxGxSxK`). The first of the row letters B (completions), P (prompts) or
-I (images, one per prompt) in that suffix is the array's row axis, and the
-row axis is what data parallelism splits over the mesh's batch axes
-(`data`, `fsdp`). So a pytree of named arrays (a dict, or a
-`flax.struct.dataclass` whose fields are named this way) is placed, gathered
-and constrained without per-module lists of keys.
+I (image slots, M per prompt: `stepjax/image_slots.py`) in that suffix is
+the array's row axis, and the row axis is what data parallelism splits over
+the mesh's batch axes (`data`, `fsdp`). So a pytree of named arrays (a
+dict, or a `flax.struct.dataclass` whose fields are named this way) is
+placed, gathered and constrained without per-module lists of keys.
 
   place(tree, mesh)      this process's rows -> global arrays split by row
   local(tree, mesh)      global arrays -> this process's rows (numpy)
@@ -37,6 +37,11 @@ def row_axis(name: str) -> int:
     f"{name!r} names no row axis: its shape suffix needs one of "
     f"{'/'.join(ROW_LETTERS)} (e.g. ids_BxT)"
   )
+
+
+def row_letter(name: str) -> str:
+  """The row letter of a shape-suffixed name ("pixels_IxNxP" -> "I")."""
+  return name.rsplit("_", 1)[-1].split("x")[row_axis(name)]
 
 
 def leaf_name(path) -> str:

@@ -1,8 +1,9 @@
 """Batching for the input pipeline: bucket padding and skip accounting.
 
 `collate` pads prepared examples into the batch layout documented in
-`stepjax.data.pipeline` (B examples, T prompt tokens, N patches, P =
-`opts.image_spec.patch_dim` values per patch, S target tokens).
+`stepjax.data.pipeline` (B examples, T prompt tokens, M image slots per
+example, I = B * M, N patches, P = `opts.image_spec.patch_dim` values per
+patch, S target tokens).
 `BatchDataset` is the Grain stage that collects B good examples, turning
 the skip markers that the decode stage emits under
 `data.on_bad_record="skip"` into counts in `PipelineStats` (by kind and by
@@ -90,39 +91,53 @@ def bucket_for(size: int, buckets: Sequence[int]) -> int | None:
 def collate(
   examples: Sequence[dict[str, Any]], opts: Any, pad_id: int
 ) -> dict[str, Any]:
-  """Pads prepared examples to the largest bucket among them (see top)."""
-  b = len(examples)
+  """Pads prepared examples to the largest bucket among them (see top);
+  each prompt gets `opts.max_images` image slots, its images first."""
+  b, m = len(examples), int(getattr(opts, "max_images", 1))
   t = max(
     bucket_for(len(e["prompt_ids"]), opts.token_buckets) for e in examples
   )
   n = max(
-    bucket_for(e["pixels_NxP"].shape[0], opts.patch_buckets) for e in examples
+    bucket_for(x.shape[0], opts.patch_buckets)
+    for e in examples
+    for x in e["pixels"]
   )
   prompt_ids_BxT = np.full((b, t), pad_id, np.int32)
   prompt_mask_BxT = np.zeros((b, t), np.int32)
   p = opts.image_spec.patch_dim
-  widths = {e["pixels_NxP"].shape[1] for e in examples}
+  widths = {x.shape[1] for e in examples for x in e["pixels"]}
   if widths != {p}:
     raise ValueError(
       f"patch rows of width {sorted(widths)} in a batch for an image spec "
       f"with patch_dim {p}; preprocess with the same images.ImageSpec as "
       "the pipeline options"
     )
-  pixels_BxNxP = np.zeros((b, n, p), np.float32)
-  patch_mask_BxN = np.zeros((b, n), np.int32)
+  most = max(len(e["pixels"]) for e in examples)
+  if most > m:
+    raise ValueError(
+      f"an example has {most} images but the batch has {m} image slots "
+      "per prompt; raise data.max_images"
+    )
+  pixels_IxNxP = np.zeros((b * m, n, p), np.float32)
+  patch_mask_IxN = np.zeros((b * m, n), np.int32)
+  grids = [np.asarray(g) for e in examples for g in e["grids"]]
+  grid_thw_Ix3 = np.zeros((b * m, 3), np.result_type(*grids))
   for i, e in enumerate(examples):
     length = len(e["prompt_ids"])
     prompt_ids_BxT[i, t - length :] = e["prompt_ids"]
     prompt_mask_BxT[i, t - length :] = 1
-    num = e["pixels_NxP"].shape[0]
-    pixels_BxNxP[i, :num] = e["pixels_NxP"]
-    patch_mask_BxN[i, :num] = 1
+    for k, (x, grid) in enumerate(zip(e["pixels"], e["grids"])):
+      num = x.shape[0]
+      pixels_IxNxP[i * m + k, :num] = x
+      patch_mask_IxN[i * m + k, :num] = 1
+      grid_thw_Ix3[i * m + k] = grid
   batch = {
     "prompt_ids_BxT": prompt_ids_BxT,
     "prompt_mask_BxT": prompt_mask_BxT,
-    "pixels_BxNxP": pixels_BxNxP,
-    "patch_mask_BxN": patch_mask_BxN,
-    "grid_thw_Bx3": np.stack([e["grid_thw"] for e in examples]),
+    "pixels_IxNxP": pixels_IxNxP,
+    "patch_mask_IxN": patch_mask_IxN,
+    "grid_thw_Ix3": grid_thw_Ix3,
+    "image_prompt_I": np.repeat(np.arange(b, dtype=np.int32), m),
     "ids": [e["id"] for e in examples],
     "questions": [e["question"] for e in examples],
     "answers": [e["answer"] for e in examples],

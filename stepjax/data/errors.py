@@ -15,6 +15,7 @@ _REASON_PATTERNS = (
   ("patches (grid", "too_many_patches"),
   ("data.token_buckets", "prompt_too_long"),
   ("SFT target has", "target_too_long"),
+  ("data.max_images", "too_many_images"),
 )
 _KEY_END = re.compile(r"[:;,(]")
 

@@ -13,21 +13,27 @@ checkpoint with Orbax through
 examples and skipped records.
 
 Shapes: B prompts per batch on this process (data.batch_size divided by
-the process count), T prompt tokens (a value of data.token_buckets), N
-vision patches per image (a value of data.patch_buckets), P values per
-patch (`opts.image_spec.patch_dim`: 1176 for Qwen2.5-VL, 1536 for
-Qwen3-VL), S SFT target tokens (`target_len`).
+the process count), T prompt tokens (a value of data.token_buckets), M
+image slots per prompt (data.max_images), I = B * M image slots, N vision
+patches per image (a value of data.patch_buckets), P values per patch
+(`opts.image_spec.patch_dim`: 1176 for Qwen2.5-VL, 1536 for Qwen3-VL), S
+SFT target tokens (`target_len`).
 
-Batch layout (one image per prompt; numpy):
+Batch layout (numpy; a record has one image or, from MRPO json, several):
   prompt_ids_BxT   int32, LEFT-padded with the tokenizer's pad id, so every
                    prompt ends at column T-1 and generation appends.
   prompt_mask_BxT  int32, 1 for real tokens, 0 for padding.
-  pixels_BxNxP     float32 patch rows (images.preprocess), zero-padded.
-  patch_mask_BxN   int32, 1 for real patches.
-  grid_thw_Bx3     int32 (t, h, w) of each image in patches (14 px for
+  pixels_IxNxP     float32 patch rows (images.preprocess), zero-padded;
+                   slot b * M + k holds prompt b's k-th image (its k-th
+                   image placeholder), slots past its images are empty.
+  patch_mask_IxN   int32, 1 for real patches.
+  grid_thw_Ix3     int32 (t, h, w) of each image in patches (14 px for
                    Qwen2.5-VL, 16 for Qwen3-VL; InternVL: t tiles of h x w
-                   patches); the prompt holds t*h*w // merge**2 (= 4)
-                   image pad tokens.
+                   patches), (0, 0, 0) for an empty slot; the prompt holds
+                   t*h*w // merge**2 (= 4) image pad tokens per image.
+  image_prompt_I   int32, the prompt owning each slot (b for slot b*M + k;
+                   `stepjax/image_slots.py`). With data.max_images = 1
+                   (the default) I = B and slot b is prompt b's image.
   target_ids_BxS   int32 (only when target_len > 0, for SFT): the gold
   target_mask_BxS  completion `completion_fn(rationale sentences, answer)`
                    followed by eos, RIGHT-padded with the pad id.
@@ -47,7 +53,8 @@ padding, small when buckets are close (the defaults are 96/128 tokens and
 one patch bucket).
 
 Bad records (image missing, corrupt or not an image, decompression bomb,
-path escaping the root, too many patches, prompt or target too long, a
+path escaping the root, too many patches, more images than
+data.max_images, prompt or target too long, a
 record the source cannot read such as a parquet row with a null image
 cell): on_bad_record="fail" raises `BadRecordError` naming the file, the
 record and, for size limits, the config key to raise; "skip" drops the
@@ -63,7 +70,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grain
@@ -73,7 +80,8 @@ from absl import flags
 from stepjax.data import batching, errors, images, records, sources
 from stepjax.errors import InputError
 
-PromptFn = Callable[[str, int], str]  # (question, num_image_tokens) -> text
+# (question, num_image_tokens: an int, or one per image) -> text
+PromptFn = Callable[[str, int | Sequence[int]], str]
 CompletionFn = Callable[[list[str], str], str]  # (steps, answer) -> text
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
@@ -97,6 +105,7 @@ class PipelineOptions:
   max_image_pixels: int = images.DEFAULT_MAX_IMAGE_PIXELS
   target_len: int = 0  # >0: add SFT targets of this many tokens
   image_root: str = ""  # image paths must resolve under this ("" = as given)
+  max_images: int = 1  # image slots per prompt (data.max_images)
   # The model family's patch size, merge size and mean/std
   # (`images.image_spec(model_cfg)`).
   image_spec: images.ImageSpec = images.QWEN2_5_VL
@@ -113,7 +122,8 @@ class PipelineOptions:
     """Reads `config.data.*` (and `config.seed`).
 
     With `sft`, targets are `config.sampling.max_new_tokens` long. An
-    optional `data.max_image_pixels` key overrides the bomb guard.
+    optional `data.max_image_pixels` key overrides the bomb guard;
+    `data.max_images` (default 1) sets the image slots per prompt.
     `model_cfg` (the job's `models.config.ModelConfig`) sets the image
     preprocessing to its family's; without it, Qwen2.5-VL's is used.
     """
@@ -132,6 +142,7 @@ class PipelineOptions:
         d.get("max_image_pixels", images.DEFAULT_MAX_IMAGE_PIXELS)
       ),
       target_len=int(config.sampling.max_new_tokens) if sft else 0,
+      max_images=int(d.get("max_images", 1)),
     )
     if model_cfg is not None:
       kwargs["image_spec"] = images.image_spec(model_cfg)
@@ -203,17 +214,11 @@ class _Prepare:
     example["pass"] = data_pass
     return example
 
-  def _bad(self, record, kind: str, reason: str) -> errors.BadRecordError:
-    e = errors.BadRecordError(
-      reason, file=record.origin or record.image.describe(), record=record.id
-    )
-    e.kind = kind
-    return e
-
-  def _prepare(self, record: records.Record) -> dict[str, Any]:
+  def _image(self, record, ref) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels_NxP, grid_thw) of one of the record's images."""
     o = self.opts
     image = images.decode_image(
-      record.image,
+      ref,
       o.image_root,
       record_id=record.id,
       max_image_pixels=o.max_image_pixels,
@@ -229,33 +234,56 @@ class _Prepare:
     except ValueError as e:
       raise self._bad(record, "image", str(e)) from None
     num_patches = pixels_NxP.shape[0]
-    patch_bucket = batching.bucket_for(num_patches, o.patch_buckets)
-    if patch_bucket is None:
+    if batching.bucket_for(num_patches, o.patch_buckets) is None:
       raise self._bad(
         record,
         "too_many_patches",
-        f"image {record.image.describe()} gives {num_patches} patches "
+        f"image {ref.describe()} gives {num_patches} patches "
         f"(grid {grid_thw.tolist()}), more than the largest of "
         f"data.patch_buckets={list(o.patch_buckets)}; raise "
         f"data.patch_buckets or lower data.max_pixels={o.max_pixels}",
       )
-    num_image_tokens = o.image_spec.image_tokens(num_patches)
-    prompt = self.prompt_fn(record.question, num_image_tokens)
+    return pixels_NxP, grid_thw
+
+  def _bad(self, record, kind: str, reason: str) -> errors.BadRecordError:
+    e = errors.BadRecordError(
+      reason, file=record.origin or record.image.describe(), record=record.id
+    )
+    e.kind = kind
+    return e
+
+  def _prepare(self, record: records.Record) -> dict[str, Any]:
+    o = self.opts
+    refs = record.images
+    if len(refs) > o.max_images:
+      raise self._bad(
+        record,
+        "too_many_images",
+        f"record has {len(refs)} images, more than data.max_images="
+        f"{o.max_images}; raise data.max_images to {len(refs)} or more",
+      )
+    pixels, grids = zip(*(self._image(record, ref) for ref in refs))
+    tokens = [o.image_spec.image_tokens(x.shape[0]) for x in pixels]
+    # One image: an int, as prompt functions of one image take it.
+    prompt = self.prompt_fn(
+      record.question, tokens[0] if len(tokens) == 1 else tuple(tokens)
+    )
     prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
     token_bucket = batching.bucket_for(len(prompt_ids), o.token_buckets)
     if token_bucket is None:
+      which = "the image" if len(tokens) == 1 else f"{len(tokens)} images"
       raise self._bad(
         record,
         "prompt_too_long",
-        f"prompt has {len(prompt_ids)} tokens ({num_image_tokens} for the "
-        "image), more than the largest of "
+        f"prompt has {len(prompt_ids)} tokens ({sum(tokens)} for "
+        f"{which}), more than the largest of "
         f"data.token_buckets={list(o.token_buckets)}; raise "
         "data.token_buckets (or lower data.max_pixels)",
       )
     example = {
       "prompt_ids": np.asarray(prompt_ids, np.int32),
-      "pixels_NxP": pixels_NxP,
-      "grid_thw": grid_thw,
+      "pixels": list(pixels),  # one N_k x P array per image, in order
+      "grids": list(grids),
       "id": record.id,
       "question": record.question,
       "answer": record.answer,

@@ -87,11 +87,13 @@ class ImageRef:
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-  """One image-question example.
+  """One image-question example (one image, or several in order).
 
   id: unique within its source (duplicates are a bad-input error).
   question / answer: non-empty strings (numbers are converted to str by the
     readers).
+  image: the (first) image; extra_images: any further ones, in the order
+    the prompt shows them (MRPO json's list of paths); `images` is all.
   rationale: gold step-by-step reasoning ("" when the dataset has none).
   dataset: short name of the source ("synthmed", "vqa_rad", ...).
   origin: the file (and row) the record came from, for error messages.
@@ -106,6 +108,12 @@ class Record:
   dataset: str = ""
   origin: str = ""
   meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  extra_images: tuple[ImageRef, ...] = ()
+
+  @property
+  def images(self) -> tuple[ImageRef, ...]:
+    """Every image of the record, in prompt order."""
+    return (self.image, *self.extra_images)
 
   def __post_init__(self):
     # A backstop for sources that skip `text_value`: never train on a

@@ -166,7 +166,10 @@ class MrpoJsonSource:
   """The MRPO json format: a list of {"image", "problem", "solution"}.
 
   `image` is a path relative to the json file's directory or an absolute
-  (or gs://) path (DATA_FORMATS); either way it must resolve, symlinks and
+  (or gs://) path (DATA_FORMATS), or a non-empty list of such paths: the
+  record's images in the order its prompt shows them (one image
+  placeholder each, before the question; `data.max_images` bounds how
+  many a prompt may hold). Each must resolve, symlinks and
   `..` included, under `image_root` (`data.image_root`, default the json
   file's directory; `readers.paths.inside_root`), else the record is a
   bad record (`PathOutsideRootError`, whose message names
@@ -258,8 +261,14 @@ class MrpoJsonSource:
     if missing:
       raise bad(f"missing field(s) {missing}")
     image = row["image"]
-    if not isinstance(image, str) or not image.strip():
-      raise bad(f"'image' must be a non-empty path string, got {image!r}")
+    paths_K = image if isinstance(image, list) else [image]
+    if not paths_K or not all(
+      isinstance(x, str) and x.strip() for x in paths_K
+    ):
+      raise bad(
+        "'image' must be a non-empty path string or a non-empty list of "
+        f"them, got {image!r}"
+      )
     question = row["problem"]
     if not isinstance(question, str):
       raise bad(f"'problem' must be a string, got {question!r}")
@@ -273,23 +282,27 @@ class MrpoJsonSource:
     rationale = row.get("rationale", "")
     if not isinstance(rationale, str):
       raise bad(f"'rationale' must be a string, got {type(rationale).__name__}")
-    if not (posixpath.isabs(image) or paths.is_remote(image)):
-      image = posixpath.join(self._file_dir, image)  # relative to the file
-    image_path = str(
-      paths.inside_root(
-        self.image_root, image, file=self.path, record=where, fix=_ROOT_FIX
-      )
-    )
+    refs = [self._image_ref(p, where) for p in paths_K]
     return records.Record(
       id=record_id,
       question=question.strip(),
       answer=answer.strip(),
-      image=records.ImageRef(path=image_path),
+      image=refs[0],
       rationale=rationale.strip(),
       dataset=self.dataset,
       origin=f"{self.path}#{index}",
       meta={k: v for k, v in row.items() if k not in _MRPO_KEYS},
+      extra_images=tuple(refs[1:]),
     )
+
+  def _image_ref(self, image: str, where: str) -> records.ImageRef:
+    """One `image` path resolved (relative to the file) under the root."""
+    if not (posixpath.isabs(image) or paths.is_remote(image)):
+      image = posixpath.join(self._file_dir, image)  # relative to the file
+    image_path = paths.inside_root(
+      self.image_root, image, file=self.path, record=where, fix=_ROOT_FIX
+    )
+    return records.ImageRef(path=str(image_path))
 
   def __len__(self) -> int:
     return len(self._records)

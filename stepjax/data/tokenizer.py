@@ -17,6 +17,11 @@ no template; its prompt is Qwen2.5-VL's layout without a system message:
   <|im_start|>user\\n<|vision_start|><|image_pad|>*N<|vision_end|>
   {question}{instruction}<|im_end|>\\n<|im_start|>assistant\\n
 where N = grid_t * grid_h * grid_w // 4 (one pad per merged 2x2 patch).
+Several images (a list of pad counts, one per image): the user turn's
+content starts with one image item per image, in order, then the text (as
+TRL lays out a multi-image prompt); each renders its own
+`<|vision_start|><|image_pad|><|vision_end|>` run before the question,
+and the k-th run's pad becomes the k-th image's N_k pads.
 
 InternVL's tokenizers (those with a `context_image_token`, as InternVL's
 `-hf` checkpoints define `<img>`, `<IMG_CONTEXT>` and `</img>`) use those
@@ -35,7 +40,7 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jinja2
 import numpy as np
@@ -74,7 +79,9 @@ THINK_TAGS = ("think", "thinking")
 SPATIAL_MERGE = 2  # Qwen2.5-VL merges 2x2 patches into one image token
 GENERATION_CONFIG = "generation_config.json"
 
-PromptFn = Callable[[str, int], str]  # (question, num_image_tokens) -> text
+# (question, num_image_tokens) -> text; num_image_tokens is an int (one
+# image) or a sequence of ints (one per image, in prompt order).
+PromptFn = Callable[[str, int | Sequence[int]], str]
 
 _VOCAB_SIZE = 1536  # BPE trainer target before the added tokens
 _CORPUS_SEED = 20240601
@@ -137,18 +144,34 @@ def instruction(think_tag: str = "think") -> str:
   )
 
 
+def image_token_counts(num_image_tokens: int | Sequence[int]) -> tuple:
+  """Pad tokens per image: an int is one image, a sequence one per image."""
+  counts = (
+    (num_image_tokens,)
+    if isinstance(num_image_tokens, (int, np.integer))
+    else tuple(num_image_tokens)
+  )
+  if not counts or any(int(n) < 0 for n in counts):
+    raise ValueError(
+      f"num_image_tokens must be >= 0 per image; got {num_image_tokens}"
+    )
+  return tuple(int(n) for n in counts)
+
+
 def build_prompt(
   question: str,
-  num_image_tokens: int,
+  num_image_tokens: int | Sequence[int],
   think_tag: str = "think",
   tokens: ImageTokens = QWEN_IMAGE_TOKENS,
 ) -> str:
-  """The chat-formatted prompt text for one image and one question."""
-  if num_image_tokens < 0:
-    raise ValueError(f"num_image_tokens must be >= 0; got {num_image_tokens}")
+  """The chat-formatted prompt text for one question and its image(s):
+  one start + pads + end run per image, in order, before the question."""
+  runs = "".join(
+    f"{tokens.start}{tokens.pad * n}{tokens.end}"
+    for n in image_token_counts(num_image_tokens)
+  )
   return (
-    f"{IM_START}user\n{tokens.start}{tokens.pad * num_image_tokens}"
-    f"{tokens.end}{question}{instruction(think_tag)}{IM_END}\n"
+    f"{IM_START}user\n{runs}{question}{instruction(think_tag)}{IM_END}\n"
     f"{IM_START}assistant\n"
   )
 
@@ -183,11 +206,12 @@ def _prompt_fn(
 class ChatPrompt:
   """Prompt text from the tokenizer's own chat template.
 
-  One user turn whose content is [image, text = question + instruction]
-  (the MRPO reference layout), with the generation prompt; the template's
-  one image pad is then expanded to N pads (`ImageTokens.expand`), as
-  transformers' Qwen2.5-VL or InternVL processor expands it. Picklable,
-  for Grain's data workers.
+  One user turn whose content is [image, ..., text = question +
+  instruction] (the MRPO reference layout; one image item per image), with
+  the generation prompt; the template's k-th image pad is then expanded to
+  the k-th image's N pads (`ImageTokens.expand`), as transformers'
+  Qwen2.5-VL or InternVL processor expands it. Picklable, for Grain's data
+  workers.
   """
 
   def __init__(self, tok: transformers.PreTrainedTokenizerFast, think_tag: str):
@@ -195,27 +219,35 @@ class ChatPrompt:
     self.think_tag = think_tag
     self.tokens = image_tokens(tok)
 
-  def __call__(self, question: str, num_image_tokens: int) -> str:
-    if num_image_tokens < 0:
-      raise ValueError(f"num_image_tokens must be >= 0; got {num_image_tokens}")
+  def __call__(
+    self, question: str, num_image_tokens: int | Sequence[int]
+  ) -> str:
+    counts = image_token_counts(num_image_tokens)
     text = question + instruction(self.think_tag)
-    rendered = self._render(text)
+    rendered = self._render(text, len(counts))
     pad = self.tokens.pad
     found = rendered.count(pad) - text.count(pad)
-    if found != 1:
+    if found != len(counts):
       layout = pad if self.tokens.wrap else f"{VISION_START}{pad}{VISION_END}"
       raise InputError(
         f"the chat template of the tokenizer in {self._where()} renders "
-        f"{found} {pad} placeholders for one image; it needs exactly one "
-        f"({layout} for a content item of type 'image')"
+        f"{found} {pad} placeholders for {len(counts)} image(s); it needs "
+        f"one per image ({layout} for each content item of type 'image')"
       )
-    return rendered.replace(pad, self.tokens.expand(num_image_tokens), 1)
+    # The image items come before the text: the first placeholders are
+    # theirs, in order.
+    pieces, rest = [], rendered
+    for n in counts:
+      head, _, rest = rest.partition(pad)
+      pieces += [head, self.tokens.expand(n)]
+    return "".join(pieces) + rest
 
-  def _render(self, text: str) -> str:
+  def _render(self, text: str, num_images: int = 1) -> str:
+    content = [{"type": "image"}] * num_images
     messages = [
       {
         "role": "user",
-        "content": [{"type": "image"}, {"type": "text", "text": text}],
+        "content": [*content, {"type": "text", "text": text}],
       }
     ]
     try:
@@ -338,12 +370,13 @@ def _single_id(tok: transformers.PreTrainedTokenizerFast, token: str) -> int:
 def encode_prompt(
   tok: transformers.PreTrainedTokenizerFast,
   question: str,
-  num_image_tokens: int,
+  num_image_tokens: int | Sequence[int],
   think_tag: str = "think",
 ) -> list[int]:
-  """Token ids of the prompt `prompt_builder(tok)` lays out; checks the
-  image pad count. (The prompt's own rendering checks the template, so
-  no probe prompt is rendered first.)"""
+  """Token ids of the prompt `prompt_builder(tok)` lays out (one image, or
+  a sequence of pad counts for several); checks the image pad count. (The
+  prompt's own rendering checks the template, so no probe prompt is
+  rendered first.)"""
   ids = tok.encode(
     _prompt_fn(tok, think_tag)(question, num_image_tokens),
     add_special_tokens=False,
@@ -351,10 +384,11 @@ def encode_prompt(
   pad = image_tokens(tok).pad
   pad_id = _single_id(tok, pad)
   found = sum(1 for i in ids if i == pad_id)
-  if found != num_image_tokens:
+  want = sum(image_token_counts(num_image_tokens))
+  if found != want:
     raise ValueError(
       f"prompt for question {question[:60]!r} has {found} image pads, "
-      f"expected {num_image_tokens}; does the question contain {pad!r}?"
+      f"expected {want}; does the question contain {pad!r}?"
     )
   return ids
 

@@ -1,9 +1,16 @@
-r"""`stepjax generate`: reason about one image (streamed), or a list of them.
+r"""`stepjax generate`: reason about images (streamed), or a list of them.
 
   stepjax generate --checkpoint=runs/a --image=scan.dcm \
       --question="Which organ has a lesion?" [--window_center=40 \
       --window_width=400]
+  stepjax generate --checkpoint=runs/a --image=prior.png,current.png \
+      --question="Has the lesion grown?"
   stepjax generate --checkpoint=hf_dir --input=list.json --out=out.jsonl
+
+Several images for one prompt: a comma-separated --image list; the prompt
+shows them in that order, one image placeholder each before the question
+(`data.tokenizer.build_prompt`). A prompt holds as many image slots as it
+needs (at least `--config.data.max_images`).
 
 The checkpoint is a run directory, an Orbax checkpoint or an HF directory
 (`eval/checkpoints.py`). Images: PNG, JPEG, ... and DICOM (window/level
@@ -25,14 +32,16 @@ decoding (and for sampling with the same key) the tokens equal
 (held back while a multi-byte character is incomplete); then the numbered
 reasoning steps and the answer.
 
-Batch mode (`--input`): a JSON list of {"image": path, "question": str}
-(relative paths are relative to the list's folder); prompts are batched
+Batch mode (`--input`): a JSON list of {"image": path or [paths],
+"question": str} (relative paths are relative to the list's folder;
+entries may hold different numbers of images); prompts are batched
 `data.batch_size` at a time through `sampler.generate` and one JSON line
 per entry is written to --out (image, question, completion, steps,
 answer, num_tokens).
 
-Shapes: B prompts, T prompt tokens (left padded), N patch rows, P = 1176,
-S cache slots = T + R - 1, R = max_new_tokens, V vocab.
+Shapes: B prompts, T prompt tokens (left padded), M image slots per
+prompt, N patch rows, P = 1176, S cache slots = T + R - 1, R =
+max_new_tokens, V vocab.
 """
 
 from __future__ import annotations
@@ -63,8 +72,9 @@ def main(argv: list[str], config: Any, flag_values: Any) -> None:
   if argv:
     raise app.UsageError(f"generate takes no positional arguments, got {argv}")
   logging.set_verbosity(config.log_level)
+  paths = image_paths(flag_values.image)
   window = dicom_window(
-    flag_values.image,
+    paths,
     flag_values.window_center,
     flag_values.window_width,
   )
@@ -75,14 +85,15 @@ def main(argv: list[str], config: Any, flag_values: Any) -> None:
     n = generate_file(loaded, flag_values.input, flag_values.out, window)
     print(f"wrote {n} completions to {flag_values.out}", flush=True)
     return
-  if not flag_values.image or not flag_values.question:
+  if not paths or not flag_values.question:
     raise app.UsageError(
-      "generate needs --image=PATH and --question='...' (or --input=LIST)"
+      "generate needs --image=PATH[,PATH...] and --question='...' (or "
+      "--input=LIST)"
     )
   loaded = checkpoints.load(config, flag_values.checkpoint)
   result = generate_one(
     loaded,
-    flag_values.image,
+    paths,
     flag_values.question,
     window=window,
     on_text=lambda s: print(s, end="", flush=True),
@@ -93,12 +104,22 @@ def main(argv: list[str], config: Any, flag_values: Any) -> None:
 # ----------------------------------------------------------------- inputs
 
 
-def dicom_window(
-  path: str, center: float | None, width: float | None
-) -> tuple[float, float] | None:
-  """(center, width) from the flags; a missing half comes from the file.
+def image_paths(value: str | Sequence[str] | None) -> list[str]:
+  """The --image flag's paths: a list, or one string of comma-separated
+  paths."""
+  if not value:
+    return []
+  parts = value.split(",") if isinstance(value, str) else list(value)
+  return [p.strip() for p in parts if p.strip()]
 
-  None (both flags unset) lets the decoder use the file's own window.
+
+def dicom_window(
+  path: str | Sequence[str], center: float | None, width: float | None
+) -> tuple[float, float] | None:
+  """(center, width) from the flags for every image; a missing half comes
+  from the file (`path`, or a list holding one path).
+
+  None (both flags unset) lets the decoder use each file's own window.
   """
   if center is None and width is None:
     return None
@@ -106,11 +127,14 @@ def dicom_window(
     if width <= 0:
       raise InputError(f"--window_width={width}: must be positive")
     return float(center), float(width)
-  if not path:
+  found = image_paths(path)
+  if len(found) != 1:
     raise InputError(
       "--window_center and --window_width must be given together in "
-      "--input mode (there is no single file to take the other from)"
+      "--input mode or with several images (there is no single file to "
+      "take the other from)"
     )
+  path = found[0]
   file_center, file_width = file_window(path)
   return (
     float(file_center if center is None else center),
@@ -147,7 +171,7 @@ def _first(value) -> float:
 
 
 def prepare_example(
-  image_path: str,
+  image_path: str | Sequence[str],
   question: str,
   config: Any,
   tokenizer: Any,
@@ -156,27 +180,35 @@ def prepare_example(
   spec: images.ImageSpec = images.QWEN2_5_VL,
 ) -> dict[str, Any]:
   """Decodes, preprocesses (for the model family's `spec`) and tokenizes
-  one (image, question) pair into the example dict `collate` pads."""
+  one question and its image(s) (a path, or paths in prompt order) into
+  the example dict `collate` pads."""
+  paths = [image_path] if isinstance(image_path, str) else list(image_path)
+  if not paths:
+    raise InputError(f"no image for question {question[:60]!r}")
   if not question.strip():
-    raise InputError(f"empty question for image {image_path}")
+    raise InputError(f"empty question for image {', '.join(paths)}")
   d = config.data
-  rgb = images.decode_image(
-    records.ImageRef(path=image_path), record_id=image_path, window=window
-  )
-  pixels_NxP, grid_thw = images.preprocess(
-    rgb, min_pixels=d.min_pixels, max_pixels=d.max_pixels, spec=spec
-  )
+  pixels, grids = [], []
+  for path in paths:
+    rgb = images.decode_image(
+      records.ImageRef(path=path), record_id=path, window=window
+    )
+    pixels_NxP, grid_thw = images.preprocess(
+      rgb, min_pixels=d.min_pixels, max_pixels=d.max_pixels, spec=spec
+    )
+    pixels.append(pixels_NxP)
+    grids.append(grid_thw)
   ids = tokenizer_lib.encode_prompt(
     tokenizer,
     question,
-    spec.image_tokens(np.prod(grid_thw)),
+    [spec.image_tokens(np.prod(g)) for g in grids],
     config.tokenizer.think_tag,
   )
   return {
     "prompt_ids": np.asarray(ids, np.int32),
-    "pixels_NxP": pixels_NxP,
-    "grid_thw": grid_thw,
-    "id": image_path,
+    "pixels": pixels,
+    "grids": grids,
+    "id": ",".join(paths),
     "question": question,
     "answer": "",
     "rationale": "",
@@ -190,17 +222,25 @@ def collate(
   pad_id: int,
   *,
   spec: images.ImageSpec = images.QWEN2_5_VL,
+  max_images: int = 0,
 ) -> dict:
   """Pads examples to `data.token_buckets` / `data.patch_buckets` (or to
-  their exact size when larger), so repeated calls reuse compilations;
-  `spec` is the one `prepare_example` used."""
+  their exact size when larger) and to `data.max_images` image slots per
+  prompt (or `max_images`, or the most images of one example, if more),
+  so repeated calls reuse compilations; `spec` is the one
+  `prepare_example` used."""
   d = config.data
   longest = max(len(e["prompt_ids"]) for e in examples)
-  most = max(e["pixels_NxP"].shape[0] for e in examples)
+  most = max(x.shape[0] for e in examples for x in e["pixels"])
   opts = pipeline.PipelineOptions(
     token_buckets=tuple(int(b) for b in d.token_buckets) + (longest,),
     patch_buckets=tuple(int(b) for b in d.patch_buckets) + (most,),
     image_spec=spec,
+    max_images=max(
+      int(d.get("max_images", 1)),
+      int(max_images),
+      *(len(e["pixels"]) for e in examples),
+    ),
   )
   return batching.collate(examples, opts, pad_id)
 
@@ -344,14 +384,16 @@ def format_result(result: dict[str, Any]) -> str:
 
 def generate_one(
   loaded: checkpoints.LoadedPolicy,
-  image_path: str,
+  image_path: str | Sequence[str],
   question: str,
   *,
   window: tuple[float, float] | None = None,
   on_text: Callable[[str], Any] | None = None,
   seed: int | None = None,
 ) -> dict[str, Any]:
-  """Streams one completion; `on_text` receives each new piece of text.
+  """Streams one completion for a question on one image or several (a
+  list of paths, in prompt order); `on_text` receives each new piece of
+  text.
 
   Returns parse_completion(...) plus "tokens" (the generated ids, a stop id
   included when emitted).
@@ -376,8 +418,9 @@ def generate_one(
   return result
 
 
-def read_input_list(path: str) -> list[dict[str, str]]:
-  """The --input list: [{"image": path, "question": str}, ...]."""
+def read_input_list(path: str) -> list[dict[str, Any]]:
+  """The --input list: [{"image": path or [paths], "question": str}, ...]
+  (each "image" comes back as given, its relative paths resolved)."""
   p = epath.Path(path)
   try:
     entries = json.loads(p.read_text())
@@ -394,11 +437,25 @@ def read_input_list(path: str) -> list[dict[str, str]]:
         f"--input={path}: entry {i} must be an object with 'image' and "
         f"'question', got {e!r}"
       )
-    image = str(e["image"])
-    if "://" not in image and not image.startswith("/"):
-      image = str(p.parent / image)
-    out.append({"image": image, "question": str(e["question"])})
+    image = e["image"]
+    many = isinstance(image, list)
+    if many and not image:
+      raise InputError(f"--input={path}: entry {i} has an empty image list")
+    resolved = [_resolve(p, str(x)) for x in (image if many else [image])]
+    out.append(
+      {
+        "image": resolved if many else resolved[0],
+        "question": str(e["question"]),
+      }
+    )
   return out
+
+
+def _resolve(list_path: epath.Path, image: str) -> str:
+  """An --input entry's image path, relative ones under the list's folder."""
+  if "://" not in image and not image.startswith("/"):
+    return str(list_path.parent / image)
+  return image
 
 
 def generate_file(
@@ -415,6 +472,11 @@ def generate_file(
   rng = jax.random.key(config.seed)
   think = config.tokenizer.think_tag
   spec = images.image_spec(loaded.cfg)
+  # Every chunk gets as many image slots per prompt: one compilation.
+  slots = max(
+    (len(e["image"]) if isinstance(e["image"], list) else 1 for e in entries),
+    default=1,
+  )
   rows = []
   for start in range(0, len(entries), size):
     chunk = entries[start : start + size]
@@ -427,7 +489,9 @@ def generate_file(
     # A short last chunk is filled with copies so every chunk has one
     # shape (one compilation); the copies' rows are dropped.
     examples += examples[-1:] * (size - len(examples))
-    batch = collate(examples, config, loaded.tok_info.pad_id, spec=spec)
+    batch = collate(
+      examples, config, loaded.tok_info.pad_id, spec=spec, max_images=slots
+    )
     out = sampler.generate(
       loaded.graphs.policy,
       loaded.params,

@@ -32,8 +32,9 @@ item size. Those rows are exact; the transient rows are estimates:
                      grad_accum / (data x fsdp), L = T + max_new_tokens.
   logits             b x L x V / tensor x 4 bytes x 2 (fp32 log-softmax
                      and its gradient).
-  vision acts.       images are replicated in the update: I = batch /
-                     grad_accum images per device, N = min(max patch
+  vision acts.       images are replicated in the update: I = batch x
+                     data.max_images / grad_accum image slots per
+                     device, N = min(max patch
                      bucket, max_pixels / 196) patches; a block keeps
                      N x (6 Dv + 3 Fv) x bytes, plus for window blocks
                      4 x W x Lw x Dv x bytes (q, k, v, out gathered into
@@ -265,7 +266,10 @@ def transient_rows(
   add("decoder activations", act_dev * batch_axes, act_dev, "update", note)
   v_dev_logits = b * seq * _split(t.vocab_size, tensor) * 4 * 2
   add("logits (update)", v_dev_logits * batch_axes, v_dev_logits, "update")
-  images = max(batch / max(int(config.optim.grad_accum), 1), 1.0)
+  slots_per_prompt = int(d.get("max_images", 1))
+  images = max(
+    batch * slots_per_prompt / max(int(config.optim.grad_accum), 1), 1.0
+  )
   patches = min(
     max(int(x) for x in d.patch_buckets),
     int(d.max_pixels) // (v.patch_size * v.patch_size),

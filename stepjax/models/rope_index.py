@@ -2,6 +2,8 @@
 
 B: batch, T: prompt length, I: images in the batch (in reading order: row
 by row, left to right, the same order as `grid_thw_Ix3` and the pixels).
+A grid row (0, 0, 0) is an empty image slot: it has no image pad tokens
+and is skipped.
 
 Text tokens get the same position on all three axes, counting up. A run of
 `<|image_pad|>` tokens gets (t, h, w) grid coordinates of the merged image
@@ -50,6 +52,7 @@ def rope_index(
     if grid_thw_Ix3 is None
     else np.asarray(grid_thw_Ix3, np.int64).reshape(-1, 3)
   )
+  grids = grids[np.prod(grids, axis=-1) > 0]  # empty image slots
   if cfg.family == "internvl":
     return _positions_1d(ids, mask, grids, cfg)
   merge = cfg.vision.spatial_merge_size

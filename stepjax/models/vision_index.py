@@ -132,6 +132,8 @@ def _pack_windows(sizes, slot_len: int, num_slots: int):
 def _check_grid(grid_thw, n_rows: int, vcfg: config_lib.VisionConfig):
   m = vcfg.spatial_merge_size
   for i, (t, h, w) in enumerate(np.asarray(grid_thw).tolist()):
+    if (t, h, w) == (0, 0, 0):  # an empty image slot
+      continue
     if t < 1 or h % m or w % m or h < m or w < m:
       raise ValueError(
         f"image {i}: grid_thw {(t, h, w)} needs t >= 1 and h, w positive "
@@ -211,13 +213,37 @@ def _one_image(t, h, w, n_rows, vcfg):
           interp_idx, interp_w)  # fmt: skip
 
 
+def _empty_image(n_rows, vcfg):
+  """Metadata of an empty image slot: every row is padding, no token is
+  valid (so the slot gives the decoder no features)."""
+  m_rows = n_rows // vcfg.merge_unit
+  num_slots, slot_len = window_slots(n_rows, vcfg), window_rows(vcfg)
+  return (
+    np.arange(n_rows), np.full(n_rows, PAD_SEGMENT),
+    np.zeros((num_slots, slot_len), np.int64),
+    np.full((num_slots, slot_len), PAD_SEGMENT), np.zeros(n_rows, np.int64),
+    np.zeros((n_rows, 2), np.int64), np.arange(m_rows),
+    np.zeros(m_rows, bool), np.zeros((n_rows, 4), np.int64),
+    np.zeros((n_rows, 4), np.float32),
+  )  # fmt: skip
+
+
 def vision_metadata(
   grid_thw_Ix3: np.ndarray, n_rows: int, vcfg: config_lib.VisionConfig
 ) -> VisionMeta:
-  """Index arrays for images padded to `n_rows` patch rows each (numpy)."""
+  """Index arrays for images padded to `n_rows` patch rows each (numpy).
+
+  A grid row (0, 0, 0) is an empty image slot (`stepjax/image_slots.py`):
+  all its rows are padding and none of its tokens is valid.
+  """
   grid = np.asarray(grid_thw_Ix3, np.int64).reshape(-1, 3)
   _check_grid(grid, n_rows, vcfg)
-  parts = [_one_image(t, h, w, n_rows, vcfg) for t, h, w in grid.tolist()]
+  parts = [
+    _one_image(t, h, w, n_rows, vcfg)
+    if t * h * w
+    else _empty_image(n_rows, vcfg)
+    for t, h, w in grid.tolist()
+  ]
   cols = list(zip(*parts))
   return VisionMeta(
     perm_IxN=np.stack(cols[0]).astype(np.int32),

@@ -20,7 +20,10 @@ Host side (numpy, once per batch, outside jit):
   positions_3xBxT, deltas_B = rope_index.rope_index(
       input_ids_BxT, attn_mask_BxT, grid_thw_Ix3, cfg)
 Images are numbered in reading order of their `<|image_pad|>` runs (row by
-row, left to right); image i must have t*h*w/4 pad tokens.
+row, left to right); image i must have t*h*w/4 pad tokens. A row may hold
+several images; an image slot with grid (0, 0, 0) is empty (no valid
+tokens, no pad tokens) and is skipped, so batches can pad their image
+axis (`stepjax/image_slots.py`).
 
 Forward (a method; or `forward(graphdef, params, ...)` for jit):
   logits_BxTxV, hidden_BxTxD, new_cache = model(

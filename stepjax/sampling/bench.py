@@ -71,8 +71,9 @@ def prompt_batch(cfg, prompts, image_px, text_tokens, seed):
   return {
     "prompt_ids_BxT": ids,
     "prompt_mask_BxT": np.ones_like(ids),
-    "pixels_BxNxP": pixels_PxNxP,
-    "grid_thw_Bx3": grid_Px3,
+    "pixels_IxNxP": pixels_PxNxP,
+    "grid_thw_Ix3": grid_Px3,
+    "image_prompt_I": np.arange(prompts, dtype=np.int32),
     "flat_pixels": pixels.reshape(-1, cfg.vision.patch_dim),
   }
 
@@ -157,7 +158,7 @@ def bench_sampler(
     input_ids=ids,
     attention_mask=torch.ones_like(ids),
     pixel_values=torch.tensor(batch["flat_pixels"]),
-    image_grid_thw=torch.tensor(batch["grid_thw_Bx3"], dtype=torch.long),
+    image_grid_thw=torch.tensor(batch["grid_thw_Ix3"], dtype=torch.long),
     mm_token_type_ids=(ids == cfg.image_pad_token_id).long(),
   )
   hf_opts = dict(

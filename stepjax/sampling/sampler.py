@@ -3,8 +3,10 @@
 Shapes: P prompts, G samples per prompt (the group), B = P * G sampled rows
 (row b = p * G + g, so a group's samples are adjacent), T prompt length
 (left padded), R = max_new_tokens, L = T + R full sequence, S cache slots,
-V vocab, I images (one per prompt), N padded patch rows per image,
-P_ = 3*2*14*14 patch row (written `P` in `pixels_IxNxP`, as in the model).
+V vocab, M image slots per prompt, I = P * M image slots (`image_prompt_I`
+says which prompt owns each: `stepjax/image_slots.py`), N padded patch
+rows per image, P_ = 3*2*14*14 patch row (written `P` in `pixels_IxNxP`,
+as in the model).
 
 Flow:
   prompt = prepare_inputs(numpy_batch, cfg)           # host side, once
@@ -50,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stepjax import rows
+from stepjax import image_slots, rows
 from stepjax.models import config as config_lib
 from stepjax.models import language, rope_index, vision_index, vlm
 
@@ -64,8 +66,9 @@ class PromptBatch:
   positions_3xPxT: M-RoPE positions (rope_index.rope_index).
   deltas_P: rope deltas; a token after the k-th real one sits at k + delta.
   num_real_P: real prompt tokens per row.
-  pixels_IxNxP / vision_meta: image i belongs to prompt i (or None for
-    text-only prompts).
+  pixels_IxNxP / vision_meta: the images in M slots per prompt (None for
+    text-only prompts); image_prompt_I int32: the prompt owning each slot
+    (`stepjax/image_slots.py`; empty slots have no valid tokens).
   """
 
   prompt_ids_PxT: jax.Array
@@ -75,6 +78,7 @@ class PromptBatch:
   num_real_P: jax.Array
   pixels_IxNxP: jax.Array | None = None
   vision_meta: vision_index.VisionMeta | None = None
+  image_prompt_I: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -100,11 +104,15 @@ class SampleOutput:
 def prepare_inputs(
   batch: Mapping[str, np.ndarray], cfg: config_lib.ModelConfig
 ) -> PromptBatch:
-  """Host-side (numpy) model inputs from a batch of one-image prompts.
+  """Host-side (numpy) model inputs from a batch of prompts with images.
 
   batch: `prompt_ids_BxT` int32 left padded, `prompt_mask_BxT`, and
-  optionally `pixels_BxNxP` float32 (image b belongs to prompt b, rows past
-  its patches are padding), `patch_mask_BxN`, `grid_thw_Bx3` int32.
+  optionally the images in M slots per prompt (the pipeline's layout):
+  `pixels_IxNxP` float32 (rows past an image's patches are padding),
+  `grid_thw_Ix3` int32 ((0, 0, 0) for an empty slot), `image_prompt_I`
+  int32 (the prompt of each slot, `image_slots.check`) and optionally
+  `patch_mask_IxN`. Prompt p's image pad tokens must number its images'
+  tokens (its non-empty slots, in placeholder order).
   """
   ids = np.asarray(batch["prompt_ids_BxT"], np.int32)
   mask = np.asarray(batch["prompt_mask_BxT"]).astype(np.int32)
@@ -118,28 +126,22 @@ def prepare_inputs(
       "prompts must be left padded: rows "
       f"{np.flatnonzero(mask[:, -1] == 0).tolist()} end in padding"
     )
-  pixels = batch.get("pixels_BxNxP")
-  grid = batch.get("grid_thw_Bx3")
-  meta = None
+  pixels = batch.get("pixels_IxNxP")
+  grid = batch.get("grid_thw_Ix3")
+  meta = owner = None
   if pixels is not None:
-    if grid is None:
-      raise ValueError("pixels_BxNxP needs grid_thw_Bx3")
+    if grid is None or batch.get("image_prompt_I") is None:
+      raise ValueError("pixels_IxNxP needs grid_thw_Ix3 and image_prompt_I")
     pixels = np.asarray(pixels, np.float32)
     grid = np.asarray(grid, np.int64).reshape(-1, 3)
-    if pixels.shape[0] != ids.shape[0] or grid.shape[0] != ids.shape[0]:
+    owner = image_slots.check(batch["image_prompt_I"], ids.shape[0])
+    if not pixels.shape[0] == grid.shape[0] == owner.shape[0]:
       raise ValueError(
-        f"one image per prompt: pixels_BxNxP {pixels.shape}, grid_thw_Bx3 "
-        f"{grid.shape} and prompt_ids_BxT {ids.shape} disagree on B"
+        f"pixels_IxNxP {pixels.shape}, grid_thw_Ix3 {grid.shape} and "
+        f"image_prompt_I {owner.shape} disagree on the image slots I"
       )
-    patch_mask = batch.get("patch_mask_BxN")
-    if patch_mask is not None:
-      want = vision_index.num_patches(grid)
-      have = np.asarray(patch_mask).astype(bool).sum(1)
-      if not np.array_equal(want, have):
-        raise ValueError(
-          f"patch_mask_BxN counts {have.tolist()} patches but grid_thw_Bx3 "
-          f"needs {want.tolist()}"
-        )
+    _check_patches(batch.get("patch_mask_IxN"), grid)
+    _check_image_tokens(ids, mask, grid, owner, cfg)
     meta = vision_index.vision_metadata(grid, pixels.shape[1], cfg.vision)
   positions, deltas = rope_index.rope_index(ids, mask, grid, cfg)
   return PromptBatch(
@@ -150,26 +152,59 @@ def prepare_inputs(
     num_real_P=mask.sum(1).astype(np.int32),
     pixels_IxNxP=pixels,
     vision_meta=meta,
+    image_prompt_I=owner,
   )
 
 
+def _check_patches(patch_mask_IxN, grid_Ix3) -> None:
+  if patch_mask_IxN is None:
+    return
+  want = vision_index.num_patches(grid_Ix3)
+  have = np.asarray(patch_mask_IxN).astype(bool).sum(1)
+  if not np.array_equal(want, have):
+    raise ValueError(
+      f"patch_mask_IxN counts {have.tolist()} patches but grid_thw_Ix3 "
+      f"needs {want.tolist()}"
+    )
+
+
+def _check_image_tokens(ids, mask, grid_Ix3, owner_I, cfg) -> None:
+  """Each prompt holds as many image pad tokens as its images need."""
+  need_I = vision_index.num_patches(grid_Ix3) // cfg.vision.merge_unit
+  need_P = np.bincount(owner_I, weights=need_I, minlength=ids.shape[0])
+  have_P = ((ids == cfg.image_pad_token_id) & (mask > 0)).sum(1)
+  bad = np.flatnonzero(have_P != need_P)
+  if bad.size:
+    p = int(bad[0])
+    raise ValueError(
+      f"prompt {p} holds {int(have_P[p])} image pad tokens but its images "
+      f"(grid_thw_Ix3 {grid_Ix3[owner_I == p].tolist()}) need "
+      f"{int(need_P[p])}; build each prompt with t*h*w/4 pads per image"
+    )
+
+
 def repeat_group(prompt: PromptBatch, group_size: int) -> PromptBatch:
-  """Each prompt (and its image) repeated G times: P rows -> P * G rows."""
+  """Each prompt (and its image slots) repeated G times: P rows -> P * G
+  rows; the slots follow `image_prompt_I` (row b owns its copies)."""
   rep = functools.partial(jnp.repeat, repeats=group_size, axis=0)
+  images = {}
+  if prompt.pixels_IxNxP is not None:
+    p = prompt.prompt_ids_PxT.shape[0]
+    owner = jnp.asarray(prompt.image_prompt_I, jnp.int32)
+    slots_J, owner_J = image_slots.group(owner, p, group_size, xp=jnp)
+    take = functools.partial(jnp.take, indices=slots_J, axis=0)
+    images = dict(
+      pixels_IxNxP=take(prompt.pixels_IxNxP),
+      vision_meta=jax.tree.map(take, prompt.vision_meta),
+      image_prompt_I=owner_J,
+    )
   return PromptBatch(
     prompt_ids_PxT=rep(prompt.prompt_ids_PxT),
     prompt_mask_PxT=rep(prompt.prompt_mask_PxT),
     positions_3xPxT=jnp.repeat(prompt.positions_3xPxT, group_size, axis=1),
     deltas_P=rep(prompt.deltas_P),
     num_real_P=rep(prompt.num_real_P),
-    pixels_IxNxP=(
-      None if prompt.pixels_IxNxP is None else rep(prompt.pixels_IxNxP)
-    ),
-    vision_meta=(
-      None
-      if prompt.vision_meta is None
-      else jax.tree.map(rep, prompt.vision_meta)
-    ),
+    **images,
   )
 
 
@@ -472,8 +507,9 @@ def full_sequence(
 
   Returns a dict: ids_BxL int32 (prompt then completion), mask_BxL int32
   (prompt mask, then mask_BxR), positions_3xBxL (completion token r sits at
-  num_real + r + delta on all axes, as during decoding), pixels_IxNxP and
-  vision_meta repeated per row (None for text-only), and prompt_len T.
+  num_real + r + delta on all axes, as during decoding), pixels_IxNxP,
+  vision_meta and image_prompt_I: each row's copy of its prompt's image
+  slots (`repeat_group`; None for text-only), and prompt_len T.
   The model's logits at column T - 1 + r predict completion token r, so
   `logits[:, T - 1 : L - 1]` lines up with `tokens_BxR` / `logp_BxR`.
   Pure jnp: usable inside the trainer's jit.
@@ -500,6 +536,7 @@ def full_sequence(
     "positions_3xBxL": positions,
     "pixels_IxNxP": rows.pixels_IxNxP,
     "vision_meta": rows.vision_meta,
+    "image_prompt_I": rows.image_prompt_I,
     "prompt_len": t,
   }
 

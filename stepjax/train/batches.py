@@ -1,7 +1,9 @@
 """Host-side batch assembly: pipeline batches -> model and update inputs.
 
 Shapes: P prompts, G samples each, B = P * G rows, T prompt tokens, C
-completion (or SFT target) tokens, L = T + C, N patch rows, P_ = 1176.
+completion (or SFT target) tokens, L = T + C, M image slots per prompt, I =
+P * M slots (`image_prompt_I`: `stepjax/image_slots.py`), N patch rows,
+P_ = 1176.
 
 A sequence is the left-padded prompt followed by the right-padded
 completion, so every prompt ends at column T - 1 and M-RoPE positions of
@@ -10,11 +12,12 @@ the completion continue from the prompt's, exactly as during sampling.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-import jax
 import numpy as np
 
+from stepjax import image_slots
 from stepjax.data import records, synthmed
 from stepjax.errors import InputError
 from stepjax.models import config as config_lib
@@ -24,12 +27,17 @@ from stepjax.models import rope_index, vision_index
 def vision_inputs(
   batch: dict[str, Any], cfg: config_lib.ModelConfig
 ) -> dict[str, Any]:
-  """pixels_IxNxP and the vision metadata of the P images of `batch`."""
-  pixels = batch["pixels_BxNxP"]
-  meta = vision_index.vision_metadata(
-    batch["grid_thw_Bx3"], pixels.shape[1], cfg.vision
+  """The I image slots of `batch`'s P prompts: pixels_IxNxP, their vision
+  metadata and image_prompt_I (encoded once per prompt; `steps.decode`
+  gives each of a prompt's G rows its slots)."""
+  pixels = batch["pixels_IxNxP"]
+  owner = image_slots.check(
+    batch["image_prompt_I"], batch["prompt_ids_BxT"].shape[0]
   )
-  return {"pixels_IxNxP": pixels, "vision_meta": meta}
+  meta = vision_index.vision_metadata(
+    batch["grid_thw_Ix3"], pixels.shape[1], cfg.vision
+  )
+  return {"pixels_IxNxP": pixels, "vision_meta": meta, "image_prompt_I": owner}
 
 
 def sequences(
@@ -37,11 +45,13 @@ def sequences(
   prompt_mask_PxT: np.ndarray,
   completion_ids_BxC: np.ndarray,
   completion_mask_BxC: np.ndarray,
-  grid_thw_Px3: np.ndarray,
+  grid_thw_Ix3: np.ndarray,
+  image_prompt_I: np.ndarray,
   cfg: config_lib.ModelConfig,
   group_size: int,
 ) -> dict[str, np.ndarray]:
-  """Full sequences of B = P * G rows with their M-RoPE positions.
+  """Full sequences of B = P * G rows with their M-RoPE positions (row
+  p * G + g reads prompt p's image slots, found by `image_prompt_I`).
 
   Returns ids_BxL, mask_BxL, positions_3xBxL and loss_mask_BxL (1 on
   the real completion tokens).
@@ -54,7 +64,10 @@ def sequences(
   )
   comp_mask = np.asarray(completion_mask_BxC).astype(np.int32)
   mask = np.concatenate([prompt_mask, comp_mask], axis=1).astype(np.int32)
-  grids = np.repeat(np.asarray(grid_thw_Px3), g, axis=0)
+  slots, _ = image_slots.group(
+    np.asarray(image_prompt_I), prompt_ids_PxT.shape[0], g
+  )
+  grids = np.asarray(grid_thw_Ix3)[slots]
   positions, _ = rope_index.rope_index(ids, mask, grids, cfg)
   loss_mask = np.concatenate([np.zeros_like(prompt_mask), comp_mask], axis=1)
   return {
@@ -74,7 +87,8 @@ def sft_batch(
     batch["prompt_mask_BxT"],
     batch["target_ids_BxS"],
     batch["target_mask_BxS"],
-    batch["grid_thw_Bx3"],
+    batch["grid_thw_Ix3"],
+    batch["image_prompt_I"],
     cfg,
     1,
   )
@@ -94,13 +108,15 @@ def rl_sequences(
   group_size: int,
 ) -> dict[str, Any]:
   """Model inputs of G sampled completions per prompt of a pipeline batch:
-  `sequences` (row p * G + g = prompt p, sample g) plus the P images."""
+  `sequences` (row p * G + g = prompt p, sample g) plus the P prompts'
+  image slots (`vision_inputs`)."""
   out = sequences(
     batch["prompt_ids_BxT"],
     batch["prompt_mask_BxT"],
     completion_ids_BxC,
     completion_mask_BxC,
-    batch["grid_thw_Bx3"],
+    batch["grid_thw_Ix3"],
+    batch["image_prompt_I"],
     cfg,
     group_size,
   )
@@ -158,15 +174,10 @@ class SftView:
     meta = record.meta or {}
     if "sft_rationale" not in meta:
       return record
-    return records.Record(
-      id=record.id,
-      question=record.question,
+    return dataclasses.replace(
+      record,
       answer=str(meta.get("sft_answer", record.answer)),
-      image=record.image,
       rationale=str(meta["sft_rationale"]),
-      dataset=record.dataset,
-      origin=record.origin,
-      meta=meta,
     )
 
   def __repr__(self) -> str:
@@ -174,7 +185,8 @@ class SftView:
 
 
 def micro_batches(update: dict, num: int, group_size: int):
-  """Splits B rows into `num` micro-batches of whole groups."""
+  """Splits B rows into `num` micro-batches of whole groups; each takes
+  its prompts' image slots along (`image_slots.take_prompts`)."""
   if num <= 1:
     yield update
     return
@@ -184,18 +196,11 @@ def micro_batches(update: dict, num: int, group_size: int):
       f"--config.optim.grad_accum={num}: {b} completions cannot be split "
       f"into {num} micro-batches of whole groups of {group_size}"
     )
-  rows = b // num
-  prompts = rows // group_size
+  prompts = b // group_size // num
   for i in range(num):
-    micro = {}
-    for key, value in update.items():
-      if key == "positions_3xBxL":
-        micro[key] = value[:, i * rows : (i + 1) * rows]
-      elif key in ("pixels_IxNxP",):
-        micro[key] = value[i * prompts : (i + 1) * prompts]
-      elif key == "vision_meta":
-        lo, hi = i * prompts, (i + 1) * prompts
-        micro[key] = jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], value)
-      else:
-        micro[key] = value[i * rows : (i + 1) * rows]
-    yield micro
+    yield image_slots.take_prompts(
+      update,
+      np.arange(i * prompts, (i + 1) * prompts),
+      b // group_size,
+      group_size,
+    )

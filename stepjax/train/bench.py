@@ -110,7 +110,8 @@ def make_batch(
     prompt["prompt_mask_BxT"],
     comp_ids_BxC.astype(np.int32),
     comp_mask_BxC,
-    prompt["grid_thw_Bx3"],
+    prompt["grid_thw_Ix3"],
+    prompt["image_prompt_I"],
     cfg,
     group_size,
   )
@@ -129,7 +130,7 @@ def make_batch(
   else:
     out["hf"] = {
       "pixel_values": flat,
-      "image_grid_thw": np.repeat(prompt["grid_thw_Bx3"], group_size, axis=0),
+      "image_grid_thw": np.repeat(prompt["grid_thw_Ix3"], group_size, axis=0),
     }
   return out
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepjax import rows
+from stepjax import image_slots, rows
 from stepjax.rl import failures, losses, process, rewards, steps
 from stepjax.sampling import sampler
 from stepjax.train import batches
@@ -81,15 +81,23 @@ def generate(
   `SampleOutput`), with `sampling.*` limits and the tokenizer's stop ids.
 
   With a `mesh`, `batch` holds this process's prompts: they are split over
-  the mesh's batch axes (data, fsdp), each device decodes its own rows and
-  this process gets back its own completions. Prompts are padded (the last
-  one repeated, its completions dropped) up to a multiple of this process's
-  row shards; with no padding the samples equal an unsplit run's.
+  the mesh's batch axes (data, fsdp), each device decodes its own rows (and
+  holds its prompts' image slots) and this process gets back its own
+  completions. Prompts are padded (the last one repeated with its images,
+  its completions dropped) up to a multiple of this process's row shards;
+  with no padding the samples equal an unsplit run's.
   """
   prompt = sampler.prepare_inputs(batch, graphs.cfg)
   num = prompt.prompt_ids_PxT.shape[0]
   if mesh is not None:
-    prompt = rows.place(_pad_rows(prompt, rows.local_shards(mesh)), mesh)
+    prompt = _pad_rows(prompt, rows.local_shards(mesh))
+    if prompt.image_prompt_I is not None:  # numbered over all processes
+      prompt = prompt.replace(
+        image_prompt_I=image_slots.for_process(
+          prompt.image_prompt_I, prompt.prompt_ids_PxT.shape[0]
+        )
+      )
+    prompt = rows.place(prompt, mesh)
   out = sampler.generate(
     graphs.policy,
     params,
@@ -139,25 +147,22 @@ def sample(
 PROMPT_KEYS = (
   "prompt_ids_BxT",
   "prompt_mask_BxT",
-  "pixels_BxNxP",
-  "patch_mask_BxN",
-  "grid_thw_Bx3",
+  "pixels_IxNxP",
+  "patch_mask_IxN",
+  "grid_thw_Ix3",
+  "image_prompt_I",
 )
 
 
 def _pad_rows(prompt: sampler.PromptBatch, multiple: int):
-  """The prompts with the last one repeated up to a multiple of `multiple`."""
+  """The prompts with the last one (and its image slots) repeated up to a
+  multiple of `multiple`."""
   num = prompt.prompt_ids_PxT.shape[0]
   extra = -num % multiple
   if not extra:
     return prompt
   take = np.concatenate([np.arange(num), np.full(extra, num - 1)])
-
-  def pad(path, x):
-    axis = rows.row_axis(rows.leaf_name(path))
-    return np.take(np.asarray(x), take, axis=axis)
-
-  return jax.tree_util.tree_map_with_path(pad, prompt)
+  return image_slots.take_prompts(prompt, take, num)
 
 
 def step_layout(

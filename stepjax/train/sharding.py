@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from stepjax import rows
+from stepjax import image_slots, rows
 from stepjax.errors import InputError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -161,23 +161,29 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-# Update-batch keys that are not split by row: the P images and their
-# metadata (small; gathered from all processes and replicated, every device
-# encodes them). Every other array is split by the row axis its name gives
-# (`rows.row_axis`: positions_3xBxL over axis 1, the rest over axis 0).
-_REPLICATED_KEYS = ("pixels_IxNxP", "vision_meta")
+# Update-batch keys that are not split by row: the P prompts' image slots,
+# their metadata and owners (small; gathered from all processes and
+# replicated, every device encodes them). Every other array is split by the
+# row axis its name gives (`rows.row_axis`: positions_3xBxL over axis 1, the
+# rest over axis 0).
+_REPLICATED_KEYS = ("pixels_IxNxP", "vision_meta", "image_prompt_I")
 
 
 def place_update_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
   """Places an update batch (train/steps.py layout) on the mesh.
 
   Per-row arrays are this process's rows of the global batch, split over
-  (data, fsdp) (`rows.place`); images and their metadata (this process's
-  prompts) are gathered from all processes in process order and replicated.
-  Arrays already placed on `mesh` are kept (see `rows.place`).
+  (data, fsdp) (`rows.place`); image slots and their metadata (this
+  process's prompts) are gathered from all processes in process order and
+  replicated, `image_prompt_I` renumbered to the gathered prompts. Arrays
+  already placed on `mesh` are kept (see `rows.place`).
   """
   split = {k: v for k, v in batch.items() if k not in _REPLICATED_KEYS}
   out = rows.place(split, mesh)
+  owner = batch.get("image_prompt_I")
+  if owner is not None and not rows.on_mesh(owner, mesh):
+    batch = dict(batch)
+    batch["image_prompt_I"] = image_slots.for_process(owner)
   for key in _REPLICATED_KEYS:
     if key in batch:
       out[key] = jax.tree.map(lambda x: _global_replicated(x, mesh), batch[key])
@@ -198,8 +204,9 @@ def _global_replicated(x: Any, mesh: Mesh) -> jax.Array:
 def local_update_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
   """This process's rows (numpy) of an update batch whose arrays may be
   placed on `mesh` (`place_update_batch`'s inverse): per-row arrays are
-  read back by row, the replicated images cut to this process's share
-  (every process holds as many prompts)."""
+  read back by row; the replicated image slots are cut to this process's
+  share (every process holds as many prompts and slots) and
+  `image_prompt_I` numbered from its own first prompt again."""
   out = {}
   for key, value in batch.items():
     if key in _REPLICATED_KEYS:
@@ -208,6 +215,10 @@ def local_update_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
       out[key] = rows.local({key: value}, mesh)[key]
     else:
       out[key] = np.asarray(value)
+  owner = batch.get("image_prompt_I")
+  if owner is not None and rows.on_mesh(owner, mesh):
+    first = out["image_prompt_I"][:1]
+    out["image_prompt_I"] = out["image_prompt_I"] - (first if first.size else 0)
   return out
 
 

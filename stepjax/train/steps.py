@@ -1,9 +1,10 @@
 """The jitted update steps: pure functions of (state, batch).
 
 Shapes: B completions (P prompts x G samples) in this update, P prompts,
-L = T prompt tokens + C completion tokens, V vocab, I = P images, N patch
-rows per image, D hidden. Nothing in an update is indexed by step: step
-labels come per token, so a batch's step counts never change its shapes.
+L = T prompt tokens + C completion tokens, V vocab, M image slots per
+prompt, I = P * M image slots, N patch rows per image, D hidden. Nothing in
+an update is indexed by step: step labels come per token, so a batch's step
+counts never change its shapes.
 
 Every per-token array is aligned with `ids_BxL`: entry t describes token t.
 The model's logits at t predict token t + 1, so losses use `[:, 1:]` of the
@@ -11,7 +12,9 @@ token-aligned arrays against `logits[:, :-1]`.
 
 Update batch (a dict of arrays):
   ids_BxL, mask_BxL, positions_3xBxL: the full sequences and M-RoPE ids.
-  pixels_IxNxP, vision_meta: the P images (encoded once, repeated G times).
+  pixels_IxNxP, vision_meta, image_prompt_I: the P prompts' image slots
+    and the prompt owning each (`stepjax/image_slots.py`); encoded once,
+    each of a prompt's G rows then reads its features.
   loss_mask_BxL: 1 on tokens the loss trains (completion / SFT target).
   RL only: adv_BxL, old_logp_BxL, ref_logp_BxL (when beta > 0),
   step_id_BxL (-1 outside steps), step_valid_BxL (the label of each
@@ -33,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from stepjax import image_slots
 from stepjax.models import language, step_value, vlm
 from stepjax.rl import advantages, losses
 from stepjax.train import state as state_lib
@@ -158,10 +162,15 @@ def forward(graphs, params, batch, group_size: int):
 
 
 def decode(graphs, params, batch, img_IxMxD, valid_IxM, group_size: int):
-  """`forward` from already encoded images (one per prompt)."""
+  """`forward` from already encoded image slots (the P prompts'); row
+  p * G + g reads prompt p's slots, found by `image_prompt_I`."""
   if group_size > 1:
-    img_IxMxD = jnp.repeat(img_IxMxD, group_size, axis=0)
-    valid_IxM = jnp.repeat(valid_IxM, group_size, axis=0)
+    num_prompts = batch["ids_BxL"].shape[0] // group_size
+    slots_J, _ = image_slots.group(
+      batch["image_prompt_I"], num_prompts, group_size, xp=jnp
+    )
+    img_IxMxD = jnp.take(img_IxMxD, slots_J, axis=0)
+    valid_IxM = jnp.take(valid_IxM, slots_J, axis=0)
   logits, hidden, _ = vlm.forward(
     graphs.policy,
     params,

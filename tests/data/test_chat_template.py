@@ -125,6 +125,40 @@ def test_prompt_ids_equal_apply_chat_template(chat_tok, n, think_tag):
   assert tok_lib.encode_prompt(chat_tok, QUESTION, n, think_tag) == want
 
 
+def test_several_images_render_one_item_each(chat_tok):
+  """Two images: the template gets two image items before the text (as
+  TRL lays out a multi-image prompt); the k-th placeholder gets the k-th
+  image's pads. The built-in layout puts the runs in the same place."""
+  text = tok_lib.prompt_builder(chat_tok)(QUESTION, (2, 5))
+  runs = "".join(
+    f"<|vision_start|>{'<|image_pad|>' * n}<|vision_end|>" for n in (2, 5)
+  )
+  assert text == (
+    f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n"
+    f"{runs}{QUESTION}{tok_lib.instruction('think')}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+  )
+  messages = [
+    {
+      "role": "user",
+      "content": [
+        {"type": "image"},
+        {"type": "image"},
+        {"type": "text", "text": QUESTION + tok_lib.instruction("think")},
+      ],
+    }
+  ]
+  rendered = chat_tok.apply_chat_template(
+    messages, add_generation_prompt=True, tokenize=False
+  )
+  one = "<|vision_start|><|image_pad|><|vision_end|>"
+  assert rendered.replace(one * 2, runs) == text
+  ids = tok_lib.encode_prompt(chat_tok, QUESTION, [2, 5])
+  assert ids.count(chat_tok.convert_tokens_to_ids("<|image_pad|>")) == 7
+  builtin = tok_lib.build_prompt(QUESTION, [2, 5])
+  assert builtin.startswith(f"<|im_start|>user\n{runs}{QUESTION}")
+
+
 @pytest.mark.parametrize("think_tag", ["think", "thinking"])
 def test_builtin_tokenizer_prompt_is_unchanged(think_tag):
   tok = tok_lib.load_tokenizer("")
@@ -156,7 +190,7 @@ def test_pipeline_prompts_come_from_the_builder(chat_tok, builtin):
   )
   prompt_fn = tok_lib.prompt_builder(tok)
   for i, question in enumerate(batch["questions"]):
-    n = int(np.prod(batch["grid_thw_Bx3"][i])) // 4
+    n = int(np.prod(batch["grid_thw_Ix3"][i])) // 4
     mask = batch["prompt_mask_BxT"][i].astype(bool)
     got = batch["prompt_ids_BxT"][i][mask].tolist()
     want = tok.encode(prompt_fn(question, n), add_special_tokens=False)

@@ -216,10 +216,10 @@ def test_pipeline_batch_for_qwen3_vl():
   batch = next(
     iter(pipeline.make_dataset(sources.InMemorySource(recs), tok, opts))
   )
-  assert batch["pixels_BxNxP"].shape == (4, 64, 1536)
+  assert batch["pixels_IxNxP"].shape == (4, 64, 1536)
   image_pad = tok.convert_tokens_to_ids(tokenizer_lib.IMAGE_PAD)
   for i, rid in enumerate(batch["ids"]):
-    grid = batch["grid_thw_Bx3"][i]
+    grid = batch["grid_thw_Ix3"][i]
     pads = int((batch["prompt_ids_BxT"][i] == image_pad).sum())
     assert pads == int(grid.prod()) // 4
     want, want_grid = images.preprocess(
@@ -230,9 +230,9 @@ def test_pipeline_batch_for_qwen3_vl():
     )
     np.testing.assert_array_equal(grid, want_grid)
     np.testing.assert_array_equal(
-      batch["pixels_BxNxP"][i, : want.shape[0]], want
+      batch["pixels_IxNxP"][i, : want.shape[0]], want
     )
-    assert batch["patch_mask_BxN"][i].sum() == want.shape[0]
+    assert batch["patch_mask_IxN"][i].sum() == want.shape[0]
 
 
 def test_from_config_without_model_config_keeps_qwen2_5_vl():

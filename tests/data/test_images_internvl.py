@@ -137,8 +137,8 @@ def test_image_spec_and_pipeline_rows_for_internvl():
     iter(pipeline.make_dataset(sources.InMemorySource(recs), tok, opts))
   )
   image_pad = tok.convert_tokens_to_ids(tokenizer_lib.IMAGE_PAD)
-  for i, grid in enumerate(batch["grid_thw_Bx3"]):
+  for i, grid in enumerate(batch["grid_thw_Ix3"]):
     assert grid[1:].tolist() == [4, 4]
     pads = int((batch["prompt_ids_BxT"][i] == image_pad).sum())
     assert pads == grid[0] * 4
-  assert sorted(batch["grid_thw_Bx3"][:, 0].tolist()) == [1, 3]
+  assert sorted(batch["grid_thw_Ix3"][:, 0].tolist()) == [1, 3]

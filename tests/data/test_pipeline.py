@@ -113,12 +113,12 @@ def test_batch_layout(tokenizer):
   pad, image_pad = tokenizer.pad_token_id, tokenizer.encode("<|image_pad|>")[0]
   for batch in batches:
     b, t = batch["prompt_ids_BxT"].shape
-    n = batch["pixels_BxNxP"].shape[1]
+    n = batch["pixels_IxNxP"].shape[1]
     assert b == 4 and t in (48, 64, 96) and n in (16, 64)
     assert batch["prompt_ids_BxT"].dtype == np.int32
-    assert batch["pixels_BxNxP"].dtype == np.float32
-    assert batch["pixels_BxNxP"].shape[2] == images.PATCH_DIM
-    assert batch["grid_thw_Bx3"].shape == (4, 3)
+    assert batch["pixels_IxNxP"].dtype == np.float32
+    assert batch["pixels_IxNxP"].shape[2] == images.PATCH_DIM
+    assert batch["grid_thw_Ix3"].shape == (4, 3)
     for i, rid in enumerate(batch["ids"]):
       record = recs[int(rid[1:])]
       ids, mask = batch["prompt_ids_BxT"][i], batch["prompt_mask_BxT"][i]
@@ -126,28 +126,28 @@ def test_batch_layout(tokenizer):
       # Left padded: padding first, prompt flush right.
       assert (mask[: t - length] == 0).all() and (mask[t - length :] == 1).all()
       assert (ids[: t - length] == pad).all()
-      grid = batch["grid_thw_Bx3"][i]
+      grid = batch["grid_thw_Ix3"][i]
       assert (ids == image_pad).sum() == grid.prod() // 4
       want, want_grid = images.preprocess(
         record.image.array, min_pixels=56 * 56, max_pixels=112 * 112
       )
       np.testing.assert_array_equal(grid, want_grid)
       num = want.shape[0]
-      np.testing.assert_array_equal(batch["pixels_BxNxP"][i, :num], want)
-      assert (batch["pixels_BxNxP"][i, num:] == 0).all()
-      assert batch["patch_mask_BxN"][i].sum() == num
+      np.testing.assert_array_equal(batch["pixels_IxNxP"][i, :num], want)
+      assert (batch["pixels_IxNxP"][i, num:] == 0).all()
+      assert batch["patch_mask_IxN"][i].sum() == num
       assert batch["questions"][i] == record.question
       assert batch["answers"][i] == "liver"
       assert batch["metas"][i] == {"i": int(rid[1:])}
   # The small images (4x4 patches) share a batch with 8x8 ones: padded up.
-  assert batches[1]["pixels_BxNxP"].shape[1] == 64
-  assert batches[1]["patch_mask_BxN"][-1].sum() == 16
+  assert batches[1]["pixels_IxNxP"].shape[1] == 64
+  assert batches[1]["patch_mask_IxN"][-1].sum() == 16
 
 
 def test_small_examples_use_small_buckets(tokenizer):
   source = sources.InMemorySource(_records(4, size=(56, 56)))
   (batch,) = list(_dataset(source, tokenizer, shuffle=False))
-  assert batch["pixels_BxNxP"].shape[1] == 16
+  assert batch["pixels_IxNxP"].shape[1] == 16
   assert batch["prompt_ids_BxT"].shape[1] == 48
 
 
@@ -400,7 +400,7 @@ def test_synthmed_with_the_shipped_tokenizer():
   assert len(batches) == 2 and it.stats.num_examples == 8
   batch = batches[0]
   assert batch["prompt_ids_BxT"].shape[0] == 4
-  assert batch["pixels_BxNxP"].shape == (4, 64, images.PATCH_DIM)
+  assert batch["pixels_IxNxP"].shape == (4, 64, images.PATCH_DIM)
   image_pad = tok.convert_tokens_to_ids("<|image_pad|>")
   assert ((batch["prompt_ids_BxT"] == image_pad).sum(1) == 16).all()
   assert (batch["target_mask_BxS"].sum(1) > 0).all()

@@ -61,12 +61,14 @@ def test_transformers_logits_equal_ours(exported):
     loaded.tokenizer,
   )
   ids = example["prompt_ids"][None]
-  grid = example["grid_thw"][None]
+  (pixels_NxP,), (grid_thw,) = example["pixels"], example["grids"]
+  grid = grid_thw[None]
   batch = {
     "prompt_ids_BxT": ids,
     "prompt_mask_BxT": np.ones_like(ids),
-    "pixels_BxNxP": example["pixels_NxP"][None],
-    "grid_thw_Bx3": grid,
+    "pixels_IxNxP": pixels_NxP[None],
+    "grid_thw_Ix3": grid,
+    "image_prompt_I": np.zeros(1, np.int32),
   }
   prompt = sampler.prepare_inputs(batch, loaded.cfg)
   ours, _, _ = vlm.forward(
@@ -81,7 +83,7 @@ def test_transformers_logits_equal_ours(exported):
     theirs = model(
       input_ids=torch.tensor(ids, dtype=torch.long),
       attention_mask=torch.ones(ids.shape, dtype=torch.long),
-      pixel_values=torch.tensor(example["pixels_NxP"]),
+      pixel_values=torch.tensor(pixels_NxP),
       image_grid_thw=torch.tensor(grid, dtype=torch.long),
       mm_token_type_ids=torch.tensor(
         (ids == loaded.cfg.image_pad_token_id).astype(np.int64)

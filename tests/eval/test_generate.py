@@ -89,6 +89,12 @@ def test_stream_equals_the_jitted_sampler(policies, image_files, results):
     image_files["ct"], QUESTION, config, loaded.tokenizer
   )
   batch = gen.collate([example], config, loaded.tok_info.pad_id)
+  assert results["run", "ct"]["tokens"] == _sampled_tokens(loaded, batch)
+
+
+def _sampled_tokens(loaded, batch):
+  """Prompt 0's greedy tokens from the jitted sampler (stop id included)."""
+  config = loaded.config
   out = sampler.generate(
     loaded.graphs.policy,
     loaded.params,
@@ -100,8 +106,7 @@ def test_stream_equals_the_jitted_sampler(policies, image_files, results):
     pad_id=loaded.tok_info.pad_id,
   )
   n = int(out.lengths_B[0])
-  want = [int(t) for t in np.asarray(out.tokens_BxR)[0, :n]]
-  assert results["run", "ct"]["tokens"] == want
+  return [int(t) for t in np.asarray(out.tokens_BxR)[0, :n]]
 
 
 def test_dicom_window_flags(image_files):
@@ -135,10 +140,11 @@ def test_batch_mode_writes_jsonl(policies, image_files, results, tmp_path):
     assert row["completion"] == results["run", name]["completion"]
 
 
-def test_main_prints_steps_and_answer(policies, image_files, capsys):
+def _main(checkpoint, image, capsys):
+  """What `stepjax generate --checkpoint --image --question` prints."""
   flags = types.SimpleNamespace(
-    checkpoint=policies["hf"].path,
-    image=image_files["mr"],
+    checkpoint=checkpoint,
+    image=image,
     question=QUESTION,
     window_center=None,
     window_width=None,
@@ -146,7 +152,11 @@ def test_main_prints_steps_and_answer(policies, image_files, capsys):
     out="",
   )
   gen.main([], tiny_run.config(**CONFIG), flags)
-  printed = capsys.readouterr().out
+  return capsys.readouterr().out
+
+
+def test_main_prints_steps_and_answer(policies, image_files, capsys):
+  printed = _main(policies["hf"].path, image_files["mr"], capsys)
   assert "Reasoning steps:" in printed and "Answer:" in printed
 
 
@@ -167,3 +177,39 @@ def test_bad_input_list_is_named(tmp_path):
   (tmp_path / "l.json").write_text('[{"image": "a.png"}]')
   with pytest.raises(ValueError, match="entry 0 must be an object"):
     gen.read_input_list(str(tmp_path / "l.json"))
+
+
+def test_two_images_in_one_prompt(policies, image_files, tmp_path, capsys):
+  """--image=a,b: one prompt showing both images, in order; streamed
+  tokens equal the jitted sampler's on the same two-image batch."""
+  loaded = policies["run"]
+  config = loaded.config
+  paths = [image_files["png"], image_files["ct"]]
+  assert gen.image_paths(",".join(paths)) == paths
+  result = gen.generate_one(loaded, paths, QUESTION)
+  assert 0 < len(result["tokens"]) <= 16
+  example = gen.prepare_example(paths, QUESTION, config, loaded.tokenizer)
+  assert len(example["pixels"]) == len(example["grids"]) == 2
+  batch = gen.collate([example], config, loaded.tok_info.pad_id)
+  assert batch["image_prompt_I"].tolist() == [0, 0]
+  ids = batch["prompt_ids_BxT"][0]
+  assert np.sum(ids == loaded.tok_info.vision_start_id) == 2
+  assert result["tokens"] == _sampled_tokens(loaded, batch)
+
+  # Batch mode: entries with two images and with one share a batch.
+  entries = [
+    {"image": paths, "question": QUESTION},
+    {"image": image_files["jpeg"], "question": QUESTION},
+  ]
+  (tmp_path / "list.json").write_text(json.dumps(entries))
+  out_path = tmp_path / "out.jsonl"
+  assert gen.generate_file(loaded, str(tmp_path / "list.json"), str(out_path))
+  rows = [json.loads(line) for line in out_path.read_text().splitlines()]
+  assert rows[0]["image"] == paths
+  assert rows[0]["completion"] == result["completion"]
+  assert rows[1]["image"] == image_files["jpeg"]
+
+  # The command line: a comma-separated --image.
+  assert "Answer:" in _main(loaded.path, ",".join(paths), capsys)
+  with pytest.raises(ValueError, match="several images"):
+    gen.dicom_window(paths, 40.0, None)

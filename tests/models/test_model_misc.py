@@ -203,6 +203,30 @@ def test_rope_index_errors():
     rope_index.rope_index(ids, None, None, cfg)
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny_qwen3", "tiny_internvl"])
+def test_empty_image_slots_are_skipped(preset):
+  """A grid row (0, 0, 0) is an empty image slot: no valid tokens, no pad
+  run in rope_index; the other images' features and positions are as
+  without it."""
+  cfg = getattr(config_lib.ModelConfig, preset)()
+  v = cfg.vision
+  side = v.tile_side if v.image_size else 4
+  grid = np.array([[1, side, side]])
+  n = -(-side * side // 64) * 64
+  with_empty = np.array([[0, 0, 0], [1, side, side], [0, 0, 0]])
+  meta = vision_index.vision_metadata(with_empty, n, v)
+  alone = vision_index.vision_metadata(grid, n, v)
+  assert not meta.valid_IxM[0].any() and not meta.valid_IxM[2].any()
+  for got, want in zip(jax.tree.leaves(meta), jax.tree.leaves(alone)):
+    np.testing.assert_array_equal(got[1], want[0])
+  pads = side * side // v.merge_unit
+  ids = np.array([[1, 2] + [cfg.image_pad_token_id] * pads + [3]])
+  want = rope_index.rope_index(ids, None, grid, cfg)
+  got = rope_index.rope_index(ids, None, with_empty, cfg)
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_decode_step_writes_the_donated_cache_in_place():
   """Each layer's k/v buffers are reused by a donated one-token step."""
   cfg = config_lib.ModelConfig.tiny()

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from stepjax import image_slots  # noqa: E402
 from stepjax.sampling import sampler  # noqa: E402
 from stepjax.train import rollout, sharding  # noqa: E402
 from tests.sampling import split_setup  # noqa: E402
@@ -47,7 +48,9 @@ def main():
 
   placed = jax.tree.map(replicate, params)
   half = split_setup.NUM_PROMPTS // 2
-  mine = {k: v[pid * half : (pid + 1) * half] for k, v in whole.items()}
+  mine = image_slots.take_prompts(
+    whole, np.arange(pid * half, (pid + 1) * half), split_setup.NUM_PROMPTS
+  )  # this process's prompts, their image index numbered from 0
   graphs, tok_info, sampling = split_setup.rollout_args(cfg, graphdef)
   got = rollout.generate(
     graphs, tok_info, sampling, placed, mine, rng,

@@ -50,9 +50,10 @@ def batch(cfg, num=NUM_PROMPTS):
   whole = dict(
     prompt_ids_BxT=ids,
     prompt_mask_BxT=mask,
-    pixels_BxNxP=(pixels * patch_mask[..., None]).astype(np.float32),
-    patch_mask_BxN=patch_mask,
-    grid_thw_Bx3=grids,
+    pixels_IxNxP=(pixels * patch_mask[..., None]).astype(np.float32),
+    patch_mask_IxN=patch_mask,
+    grid_thw_Ix3=grids,
+    image_prompt_I=np.arange(NUM_PROMPTS, dtype=np.int32),
   )
   return {k: v[:num] for k, v in whole.items()}
 

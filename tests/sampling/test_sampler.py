@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from stepjax import image_slots
 from stepjax.models import config as config_lib
 from stepjax.models import rope_index, vlm
 from stepjax.sampling import sampler
@@ -37,7 +38,7 @@ def _prompt_rows(cfg, rng):
   return rows
 
 
-def _np_batch(cfg, rows, grids, pixels_BxNxP):
+def _np_batch(cfg, rows, grids, pixels_IxNxP):
   t = max(len(r) for r in rows)
   ids = np.full((len(rows), t), cfg.pad_token_id, np.int32)
   mask = np.zeros((len(rows), t), np.int32)
@@ -49,9 +50,10 @@ def _np_batch(cfg, rows, grids, pixels_BxNxP):
   return dict(
     prompt_ids_BxT=ids,
     prompt_mask_BxT=mask,
-    pixels_BxNxP=pixels_BxNxP * patch_mask[..., None],
-    patch_mask_BxN=patch_mask,
-    grid_thw_Bx3=grids,
+    pixels_IxNxP=pixels_IxNxP * patch_mask[..., None],
+    patch_mask_IxN=patch_mask,
+    grid_thw_Ix3=grids,
+    image_prompt_I=np.arange(len(rows), dtype=np.int32),
   )
 
 
@@ -161,7 +163,7 @@ def _argmax_loop(s, b):
   the whole sequence each step. The sequence lives in a fixed-size buffer
   (one compile): causal attention makes the unused tail irrelevant."""
   cfg, batch = s["cfg"], s["batch"]
-  one = {k: v[b : b + 1] for k, v in batch.items()}
+  one = image_slots.take_prompts(batch, [b], len(batch["prompt_ids_BxT"]))
   meta = sampler.prepare_inputs(one, cfg).vision_meta
   t = one["prompt_ids_BxT"].shape[1]
   ids = np.full((1, t + STEPS), cfg.pad_token_id, np.int32)
@@ -170,15 +172,15 @@ def _argmax_loop(s, b):
   banned = [cfg.image_pad_token_id, cfg.video_pad_token_id]
   out = []
   for step in range(STEPS):
-    pos, _ = rope_index.rope_index(ids, mask, one["grid_thw_Bx3"], cfg)
+    pos, _ = rope_index.rope_index(ids, mask, one["grid_thw_Ix3"], cfg)
     logits = _forward_logits(
-      s["graphdef"], s["params"], ids, pos, mask, one["pixels_BxNxP"], meta
+      s["graphdef"], s["params"], ids, pos, mask, one["pixels_IxNxP"], meta
     )
     last = np.array(logits[0, t + step - 1])
     last[banned] = -np.inf
     out.append(int(np.argmax(last)))
     ids[0, t + step], mask[0, t + step] = out[-1], 1
-  pos, _ = rope_index.rope_index(ids, mask, one["grid_thw_Bx3"], cfg)
+  pos, _ = rope_index.rope_index(ids, mask, one["grid_thw_Ix3"], cfg)
   return np.array(out), pos[:, 0], mask[0] > 0
 
 

@@ -5,6 +5,7 @@ feeds its half of the rows (and its prompts' images); process 0 writes the
 loss and the gathered parameters to output/result.pkl.
 """
 
+import pathlib
 import pickle
 import sys
 
@@ -12,28 +13,22 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from stepjax.train import loop
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+# This checkout's stepjax (not an installed copy), and trainer_utils.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import trainer_utils  # noqa: E402
+
+from stepjax import image_slots  # noqa: E402
+from stepjax.train import loop  # noqa: E402
 
 
 def local_rows(update, pid, nproc, group_size):
-  rows = update["ids_BxL"].shape[0] // nproc
-  prompts = rows // group_size
-  out = {}
-  for key, value in update.items():
-    if key == "positions_3xBxL":
-      out[key] = value[:, pid * rows : (pid + 1) * rows]
-    elif key == "pixels_IxNxP":
-      out[key] = value[pid * prompts : (pid + 1) * prompts]
-    elif key == "vision_meta":
-      out[key] = jax.tree.map(
-        lambda x: x[pid * prompts : (pid + 1) * prompts], value
-      )
-    else:
-      out[key] = value[pid * rows : (pid + 1) * rows]
-  return out
+  """Process `pid`'s prompts: their G rows each and their image slots (the
+  index numbered from 0 in each process, as each builds its own)."""
+  total = update["ids_BxL"].shape[0] // group_size
+  prompts = total // nproc
+  mine = np.arange(pid * prompts, (pid + 1) * prompts)
+  return image_slots.take_prompts(update, mine, total, group_size)
 
 
 def main():

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 
+from stepjax import image_slots
 from stepjax.data import pipeline, synthmed
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.rl import process
@@ -174,10 +175,14 @@ def setup():
 def _build(s, prompts=slice(None)):
   """The update batch of `prompts` (a slice of P) as Trainer.rollout makes
   it, with the verifier's labels; also returns the `Scored`."""
-  batch = {
-    k: v[prompts] if hasattr(v, "shape") or isinstance(v, list) else v
-    for k, v in s["batch"].items()
-  }
+  whole = s["batch"]
+  num = len(whole["ids"])
+  arrays = {k: v for k, v in whole.items() if hasattr(v, "shape")}
+  # Arrays by prompt, image slots through image_prompt_I (renumbered).
+  batch = image_slots.take_prompts(arrays, np.arange(num)[prompts], num)
+  for k, v in whole.items():
+    if k not in arrays:
+      batch[k] = v[prompts] if isinstance(v, list) else v
   p = len(batch["ids"])
   rows = slice(
     (prompts.start or 0) * G, (prompts.start or 0) * G + p * G

@@ -59,14 +59,16 @@ def test_export_loads_in_transformers_with_our_logits(run, tmp_path):
     str(tmp_path / "wide.png"), "Which organ?", loaded.config,
     loaded.tokenizer, spec=images.image_spec(loaded.cfg),
   )  # fmt: skip
-  assert example["grid_thw"].tolist() == [3, 4, 4]  # 2 tiles + thumbnail
+  (pixels_NxP,), (grid_thw,) = example["pixels"], example["grids"]
+  assert grid_thw.tolist() == [3, 4, 4]  # 2 tiles + thumbnail
   ids = example["prompt_ids"][None]
   prompt = sampler.prepare_inputs(
     {
       "prompt_ids_BxT": ids,
       "prompt_mask_BxT": np.ones_like(ids),
-      "pixels_BxNxP": example["pixels_NxP"][None],
-      "grid_thw_Bx3": example["grid_thw"][None],
+      "pixels_IxNxP": pixels_NxP[None],
+      "grid_thw_Ix3": grid_thw[None],
+      "image_prompt_I": np.zeros(1, np.int32),
     },
     loaded.cfg,
   )
@@ -78,9 +80,7 @@ def test_export_loads_in_transformers_with_our_logits(run, tmp_path):
   model = transformers.InternVLForConditionalGeneration.from_pretrained(
     out, attn_implementation="eager"
   ).eval()
-  tiles = vision_internvl.tiles_from_rows(
-    example["pixels_NxP"], loaded.cfg.vision
-  )
+  tiles = vision_internvl.tiles_from_rows(pixels_NxP, loaded.cfg.vision)
   with torch.no_grad():
     theirs = model(
       input_ids=torch.tensor(ids, dtype=torch.long),

@@ -250,4 +250,4 @@ def test_through_the_pipeline_into_a_batch(root):
   )
   batch = next(iter(dataset))
   assert [str(i) for i in batch["ids"]] == [r.id for r in _all(source)]
-  assert batch["pixels_BxNxP"].shape[0] == 3
+  assert batch["pixels_IxNxP"].shape[0] == 3

@@ -180,4 +180,4 @@ def test_through_pipeline_into_batches(data, dataset):
   assert len(batches) == 2
   ids = [str(i) for batch in batches for i in batch["ids"]]
   assert ids == [source[i].id for i in range(4)]
-  assert batches[0]["pixels_BxNxP"].shape[0] == 2
+  assert batches[0]["pixels_IxNxP"].shape[0] == 2

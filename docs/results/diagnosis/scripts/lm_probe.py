@@ -44,7 +44,7 @@ def batches_of(records, bs):
   out = []
   for b, i0 in zip(ds, range(0, len(records), bs)):
     x = batches.sft_batch(b, cfg)
-    y = np.zeros((len(b["pixels_BxNxP"]), len(ORGANS)), np.float32); m = np.zeros_like(y)
+    y = np.zeros((len(b["pixels_IxNxP"]), len(ORGANS)), np.float32); m = np.zeros_like(y)
     for j, r in enumerate(records[i0:i0+bs]):
       for o in r.meta["scene"]["organs"]:
         k = ORGANS.index(o["name"]); m[j,k] = 1; y[j,k] = float(len(o["lesions"])>0)

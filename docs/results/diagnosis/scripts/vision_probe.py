@@ -70,7 +70,7 @@ def step(vis, head, opt, pix, meta, y, m):
   opt.update((vis, head), g)
   return loss
 def sub(b, idx):
-  return {k: (v[idx] if hasattr(v, "shape") and v.shape[:1]==(len(b["pixels_BxNxP"]),) else v) for k, v in b.items()}
+  return {k: (v[idx] if hasattr(v, "shape") and v.shape[:1]==(len(b["pixels_IxNxP"]),) else v) for k, v in b.items()}
 rng = np.random.default_rng(0)
 bs=32
 def evaluate():
