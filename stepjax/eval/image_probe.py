@@ -145,7 +145,7 @@ def gold_logp(loaded: Any, records: Sequence[Any], batch_size: int):
       k: v if k == "vision_meta" else jnp.asarray(v) for k, v in inputs.items()
     }
     logp = np.asarray(
-      _sequence_logp(loaded.graphs, loaded.params, device, 1), np.float64
+      _sequence_logp(loaded.graphs, loaded.params, device, 1)[0], np.float64
     )
     mask = inputs["loss_mask_BxL"][:, 1:]
     out.append((logp * mask).sum(axis=1))

@@ -34,11 +34,11 @@ def _rl_trainer(workdir, mesh, preset="tiny"):
   return loop.Trainer(config, str(workdir))
 
 
-def _update_and_result(trainer, update):
+def _update_and_result(trainer, update, prompt_len=0):
   phase = trainer.phases[-1]
   state = trainer.fresh_state(phase.tx)
   before = trainer_utils.flat_params(state.params)
-  state, metrics = trainer.apply_update(state, phase, update)
+  state, metrics = trainer.apply_update(state, phase, update, prompt_len)
   return before, trainer_utils.flat_params(state.params), metrics
 
 
@@ -97,6 +97,26 @@ def test_eight_device_mesh_equals_one_device(reference, tmp_path):
   print(f"8 devices vs 1: loss diff {loss_diff:.2e}, params {param_diff:.2e}")
   assert loss_diff <= TOL
   assert param_diff <= TOL
+
+
+def test_shared_prompts_on_eight_devices_equal_one_device(reference, tmp_path):
+  """The trainer's default update (each group's prompt run once) on the
+  (2, 2, 2) mesh equals one device, and its loss the whole-row one's."""
+  update, _, _, metrics_whole = reference
+  # The first completion column: every completion has a first token.
+  t = int(np.argmax((np.asarray(update["loss_mask_BxL"]) > 0).any(0)))
+  assert t > 0
+  one = _rl_trainer(tmp_path / "one", (1, 1, 1))
+  _, after_1, metrics_1 = _update_and_result(one, update, t)
+  eight = _rl_trainer(tmp_path / "eight", (2, 2, 2))
+  _, after_8, metrics_8 = _update_and_result(eight, update, t)
+  loss_diff = abs(float(metrics_8["loss"]) - float(metrics_1["loss"]))
+  param_diff = trainer_utils.max_abs_diff(after_1, after_8)
+  print(
+    f"shared, 8 devices vs 1: loss {loss_diff:.2e}, params {param_diff:.2e}"
+  )
+  assert loss_diff <= TOL and param_diff <= TOL
+  assert abs(float(metrics_1["loss"]) - float(metrics_whole["loss"])) <= TOL
 
 
 @pytest.mark.slow  # about a minute; run with -m slow

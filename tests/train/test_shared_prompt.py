@@ -45,9 +45,13 @@ def _rollout(trainer):
 @pytest.mark.parametrize(
   "overrides",
   [
-    {},
-    {"rl.loss_aggregation": "constant", "model.remat": True},
-    {"rl.num_iterations": 2},
+    # remat through the cache path, the constant normaliser, old log-probs
+    {
+      "rl.loss_aggregation": "constant",
+      "model.remat": True,
+      "rl.num_iterations": 2,
+    },
+    pytest.param({}, marks=pytest.mark.slow),  # the defaults (~45 s)
   ],
 )
 def test_shared_prompt_equals_whole_rows(tmp_path, overrides):
