@@ -87,6 +87,7 @@ def test_rollout_aligns_sampler_and_teacher_forced_logp(reference):
   assert np.all(update["step_id_BxL"][~mask] == -1)
 
 
+@pytest.mark.slow  # whole rows; the trainer's default is the next test
 def test_eight_device_mesh_equals_one_device(reference, tmp_path):
   update, _, after_1, metrics_1 = reference
   trainer = _rl_trainer(tmp_path, (2, 2, 2))
