@@ -408,9 +408,6 @@ class Trainer:
     prompt_len = batch["prompt_ids_BxT"].shape[1]
     state, um = self.apply_update(state, phase, update, prompt_len)
     m.update(um)
-    m["update_tokens"] = self.config.rl.num_iterations * float(
-      np.sum(jax.device_get(update["loss_mask_BxL"]))
-    )
     return state, m
 
   def apply_update(self, state, phase: Phase, update: dict, prompt_len=0):
@@ -509,9 +506,9 @@ class Trainer:
         scored.texts
       )
     m.update(process.judge_totals(self.process_source))
-    m["sample_tokens_per_s"] = float(np.sum(out.lengths_B)) / max(
-      t_sample, 1e-9
-    )
+    sampled = float(np.sum(out.lengths_B))  # this process's loss tokens
+    m["sample_tokens_per_s"] = sampled / max(t_sample, 1e-9)
+    m["update_tokens"] = c.rl.num_iterations * sampled
     return update, m
 
   # -- metrics, read one step late
@@ -553,6 +550,7 @@ class Trainer:
   # -- driver
 
   def evaluate(self, state, name: str) -> dict:
+    self.flush_metrics()  # the steps before it are logged first
     report = self.evaluator.evaluate(
       self.policy(state.params), self.eval_task, name
     )
@@ -607,7 +605,6 @@ class Trainer:
       done += 1
       info["done"] = done
       if done == sft_end and c.train.steps > 0:
-        self.flush_metrics()
         state = self._enter_rl(state, info)
       rl_done = done - sft_end
       if (
@@ -616,14 +613,11 @@ class Trainer:
         and rl_done % c.train.eval_every == 0
         and done < self.total_steps
       ):
-        self.flush_metrics()
         name = f"rl_step_{rl_done}"
         info["evals"][name] = self.evaluate(state, name)
       if done == self.total_steps:
-        self.flush_metrics()
         info["evals"]["final"] = self.evaluate(state, "final")
       if done % c.train.checkpoint_every == 0 or done == self.total_steps:
-        self.flush_metrics()
         self.save(state, done, info)
     self.flush_metrics()
     if "final" not in info["evals"]:
@@ -638,7 +632,9 @@ class Trainer:
 
   def save(self, state, done: int, info: dict) -> None:
     """Checkpoint `done` (steps completed): state, the iterator of the
-    phase that continues, the reference policy and the run info."""
+    phase that continues, the reference policy and the run info; the
+    metrics of every step up to it are written first."""
+    self.flush_metrics()
     nxt = self.phase_at(min(done, self.total_steps - 1))
     iterator = self._iterators.get(nxt.name)
     info = dict(
