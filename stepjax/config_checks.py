@@ -117,8 +117,12 @@ def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
   _one_of(config.judge.simulate, ("", "verifier"), "judge.simulate")
   _one_of(data.verifier, ("aligned", "truth"), "data.verifier")
   _one_of(data.eval_verifier, ("aligned", "truth"), "data.eval_verifier")
-  for flag in ("sft.findings_scans", "sft.grounding_weight"):
-    value = _get(config, flag)
+  for flag in (
+    "sft.findings_scans",
+    "sft.grounding_weight",
+    "sft.vision_pretrain_steps",
+  ):
+    value = _get(config, flag, 0)
     _require(
       not training or value <= 0 or data.dataset == "synthmed",
       flag,
@@ -207,6 +211,9 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     "optim.learning_rate",
     "sft.learning_rate",
     "sft.batch_size",
+    "sft.vision_pretrain_scans",
+    "sft.vision_pretrain_lr",
+    "sft.vision_pretrain_eval_scans",
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.log_every",
@@ -214,7 +221,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     "optim.grad_clip",
   )
   for flag in positive:
-    value = _get(config, flag)
+    value = _get(config, flag, 1)
     _require(value > 0, flag, f"is {value}; must be > 0")
   non_negative = (
     "seed",
@@ -223,6 +230,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     "sft.steps",
     "sft.findings_scans",
     "sft.grounding_weight",
+    "sft.vision_pretrain_steps",
     "train.steps",
     "train.eval_every",
     "data.num_workers",
@@ -236,7 +244,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     "judge.max_retries",
   )
   for flag in non_negative:
-    value = _get(config, flag)
+    value = _get(config, flag, 0)
     _require(value >= 0, flag, f"is {value}; must be >= 0")
   for flag in ("optim.b1", "optim.b2"):
     value = _get(config, flag)
@@ -255,8 +263,15 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
       _require(value >= 1, flag, f"is {value}; SynthMed needs >= 1 record")
 
 
-def _get(config: ml_collections.ConfigDict, flag: str):
+_ABSENT = object()
+
+
+def _get(config: ml_collections.ConfigDict, flag: str, default=_ABSENT):
+  """The value at a dotted key; `default` where the config has no such key
+  (a run's config.json written before the key existed), else KeyError."""
   node = config
   for name in flag.split("."):
+    if default is not _ABSENT and name not in node:
+      return default
     node = node[name]
   return node

@@ -322,6 +322,16 @@ def default_config() -> ml_collections.ConfigDict:
   # SynthMed: weight of an extra SFT loss on the image features (a readout
   # must tell which organs have lesions; step_value.py); 0 = off.
   c.sft.grounding_weight = 0.0
+  # SynthMed: before SFT from a fresh policy, train the vision tower alone
+  # for this many steps to tell, per merged image token, which organs it
+  # shows and whether each has a lesion there (train/vision_pretrain.py);
+  # 0 = off. Scans of their own seed, Adam at vision_pretrain_lr.
+  c.sft.vision_pretrain_steps = 0
+  c.sft.vision_pretrain_scans = 4096
+  c.sft.vision_pretrain_lr = 1e-3
+  c.sft.vision_pretrain_eval_scans = 256  # held-out scans it reports on
+  # Keep the vision tower fixed through SFT (no updates, no weight decay).
+  c.sft.freeze_vision = False
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 10  # RL steps

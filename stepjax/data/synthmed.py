@@ -8,6 +8,9 @@ Public API:
                                      report (every organ's lesion count),
                                      mixed into SFT by sft.findings_scans
   generate(num, seed, ...)           the first `num` records as a list
+  finding_labels(meta), token_findings(meta, grid_h, grid_w)
+                                     labels of the grounding readout and of
+                                     vision pretraining
   scene_of(record) / Scene.from_dict the scene behind a record
   verify_step(sentence, scene), verify_steps(sentences, scene)
   corrupt_step(sentence, scene, kind, rng), CORRUPTIONS
@@ -195,6 +198,55 @@ def finding_labels(meta: Mapping[str, Any] | None) -> tuple[np.ndarray, ...]:
       mask[k] = 1.0
       labels[k] = float(len(organ["lesions"]) > 0)
   return labels, mask
+
+
+# Per-token labels of vision pretraining (train/vision_pretrain.py): for each
+# organ, whether a merged image token shows a lesion of it, then whether it
+# shows the organ at all.
+TOKEN_FINDINGS = tuple(f"{o} lesion" for o in FINDINGS) + FINDINGS
+
+
+def token_findings(
+  meta: Mapping[str, Any], grid_h: int, grid_w: int, samples: int = 8
+) -> np.ndarray:
+  """float32[grid_h * grid_w, len(TOKEN_FINDINGS)]: per merged token of a
+  scan split into a grid_h x grid_w grid (raster order, the vision tower's
+  output order), 1 where the token's cell overlaps a lesion of organ k
+  (column k) or organ k itself (column F + k), in the scene's image
+  fractions, so it does not depend on the rendered size. A lesion (a disk)
+  overlaps a cell exactly when the cell's nearest point is within its
+  radius; an organ (a rotated ellipse) is tested on `samples` x `samples`
+  points per cell."""
+  scene = meta.get("scene") if meta else None
+  if not isinstance(scene, Mapping):
+    raise ValueError("token_findings needs a SynthMed scene in meta['scene']")
+  f = len(FINDINGS)
+  out = np.zeros((grid_h * grid_w, 2 * f), np.float32)
+  yy, xx = np.meshgrid(
+    (np.arange(grid_h * samples) + 0.5) / (grid_h * samples),
+    (np.arange(grid_w * samples) + 0.5) / (grid_w * samples),
+    indexing="ij",
+  )
+  # Cell edges, per token in raster order.
+  rows, cols = np.divmod(np.arange(grid_h * grid_w), grid_w)
+  y0, y1 = rows / grid_h, (rows + 1) / grid_h
+  x0, x1 = cols / grid_w, (cols + 1) / grid_w
+  for organ in scene["organs"]:
+    k = FINDINGS.index(organ["name"])
+    cx, cy, angle = organ["cx"], organ["cy"], organ["angle"]
+    cos, sin = np.cos(angle), np.sin(angle)
+    u = (xx - cx) * cos + (yy - cy) * sin
+    v = -(xx - cx) * sin + (yy - cy) * cos
+    inside = (u / organ["rx"]) ** 2 + (v / organ["ry"]) ** 2 <= 1
+    cells = inside.reshape(grid_h, samples, grid_w, samples)
+    out[:, f + k] = cells.any(axis=(1, 3)).reshape(-1)
+    for les in organ["lesions"]:
+      px, py = cx + les["dx"], cy + les["dy"]
+      gap_x = np.maximum.reduce([x0 - px, np.zeros_like(x0), px - x1])
+      gap_y = np.maximum.reduce([y0 - py, np.zeros_like(y0), py - y1])
+      hit = gap_x**2 + gap_y**2 < les["radius"] ** 2
+      out[:, k] = np.maximum(out[:, k], hit)
+  return out
 
 
 def scene_of(record: records_lib.Record) -> Scene:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from typing import Any
 
@@ -43,6 +44,7 @@ from stepjax.train import (
   rollout,
   sharding,
   steps,
+  vision_pretrain,
 )
 from stepjax.train import state as state_lib
 
@@ -189,7 +191,26 @@ class Trainer:
     init_from = self.config.init_from
     if init_from:
       state = self._load_init_from(state, first.tx, init_from)
+    elif first.name == "sft" and self.config.sft.get("vision_pretrain_steps"):
+      state = self._pretrain_vision(state, first.tx)
     return state, 0, {}, None
+
+  def _pretrain_vision(self, state, tx: Any):
+    """A fresh policy's tower trained alone first (`vision_pretrain`);
+    its summary goes to WORKDIR/vision_pretrain.json."""
+    params, summary = vision_pretrain.pretrain(
+      self.config,
+      self.cfg,
+      self.graphs.policy,
+      state.params,
+      self.tokenizer,
+      self.place,
+    )
+    if jax.process_index() == 0:
+      path = epath.Path(self.workdir) / "vision_pretrain.json"
+      path.write_text(json.dumps(summary, indent=1))
+    _, shardings = self.state_shardings(tx)
+    return state.replace(params=jax.device_put(params, shardings.params))
 
   def _resume(self) -> tuple[Any, int, dict, Any] | None:
     """Restores the newest readable checkpoint in the workdir (None if there

@@ -63,13 +63,14 @@ def make_optimizer(
 
 def sft_optimizer(config: Any) -> optax.GradientTransformation:
   """The SFT phase's optimizer: `optim.*` at `sft.learning_rate`, no
-  accumulation."""
+  accumulation; with `sft.freeze_vision` no updates to the vision tower."""
   optim_config = config.optim.copy_and_resolve_references()
   with optim_config.unlocked():
     optim_config.grad_accum = 1
-  return make_optimizer(
+  tx = make_optimizer(
     optim_config, config.sft.learning_rate, max(config.sft.steps, 1)
   )
+  return frozen_vision(tx) if config.sft.get("freeze_vision") else tx
 
 
 def rl_optimizer(config: Any) -> optax.GradientTransformation:
@@ -82,11 +83,14 @@ def rl_optimizer(config: Any) -> optax.GradientTransformation:
     config.optim.learning_rate,
     max(config.train.steps, 1) * config.optim.grad_accum,
   )
-  if not config.rl.freeze_vision:
-    return tx
-  # Zeroed before (no moments, no share of the clipping norm) and after
-  # (no decoupled weight decay). Stateless, so the optimizer state keeps
-  # the structure the checkpoints and shardings expect.
+  return frozen_vision(tx) if config.rl.freeze_vision else tx
+
+
+def frozen_vision(tx: optax.GradientTransformation):
+  """`tx` with the policy's vision tower left out: its updates are zeroed
+  before (no moments, no share of the clipping norm) and after (no
+  decoupled weight decay). Stateless, so the optimizer state keeps the
+  structure the checkpoints and shardings expect."""
   return optax.chain(_zero_vision(), tx, _zero_vision())
 
 

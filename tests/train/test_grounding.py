@@ -132,11 +132,18 @@ def test_sft_step_adds_the_weighted_readout_loss(grounded):
   assert trainer_utils.max_abs_diff(tower_on, tower_off) > 0
 
 
-def test_frozen_vision_tower_gets_no_rl_update():
+@pytest.mark.parametrize(
+  "flag, make_tx",
+  [
+    ("rl.freeze_vision", optim.rl_optimizer),
+    ("sft.freeze_vision", optim.sft_optimizer),
+  ],
+)
+def test_frozen_vision_tower_gets_no_update(flag, make_tx):
   config = trainer_utils.test_config(
-    **{"rl.freeze_vision": True, "optim.weight_decay": 0.1}
+    **{flag: True, "optim.weight_decay": 0.1, "sft.steps": 4}
   )
-  tx = optim.rl_optimizer(config)
+  tx = make_tx(config)
   params, value_params = policy.init(models_config.ModelConfig.tiny(), 0)
   trainables = {"policy": params, "value": value_params}
   grads = jax.tree.map(jnp.ones_like, trainables)

@@ -1,0 +1,232 @@
+"""Vision-tower pretraining: the tower learns to see SynthMed scans first.
+
+A policy built from random weights must learn to see from SFT's
+cross-entropy alone, and on SynthMed it does not: the tower's features
+change with the lesions, but too little and too diffusely for the language
+model to read them (docs/results/diagnosis, sections 7, 8 and 12). The
+paper's backbones come with an image encoder trained on its own task first;
+this is that step for the small presets.
+
+With `sft.vision_pretrain_steps` = N > 0, a run whose SFT starts from a
+fresh policy first trains the vision tower alone for N steps on
+`sft.vision_pretrain_scans` SynthMed scans of their own seed. A per-token
+linear head on the merged image features must tell, for every merged token,
+which organs it shows and whether a lesion of each is in it
+(`synthmed.token_findings`); per-token binary cross-entropy, Adam at
+`sft.vision_pretrain_lr`. The head is then dropped. Its held-out accuracy
+(lesion presence per organ and scan: the largest lesion logit over the
+scan's tokens) on `sft.vision_pretrain_eval_scans` scans of another seed
+is printed and written to WORKDIR/vision_pretrain.json. `sft.freeze_vision`
+then keeps the tower fixed through SFT, and `rl.freeze_vision` through RL.
+
+The stage is a pure function of the seed: a run killed before its first
+checkpoint repeats it exactly; later checkpoints hold the pretrained tower.
+
+  pretrain(config, cfg, policy_graphdef, params, tokenizer, place, log)
+      -> (params with the pretrained tower, summary dict)
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from stepjax.data import pipeline, synthmed
+from stepjax.models import config as config_lib
+from stepjax.train import batches
+
+# Scan seeds of the stage, apart from the training / eval / findings sets.
+TRAIN_SEED_OFFSET = 50_000
+HELD_OUT_SEED_OFFSET = 60_000
+LOG_EVERY = 250
+EVAL_SCANS = 256  # sft.vision_pretrain_eval_scans of configs from before it
+
+
+class TokenHead(nnx.Module):
+  """Linear(E, C) per merged image token: logits of `TOKEN_FINDINGS`."""
+
+  def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
+    e = cfg.vision.out_hidden_size
+    self.dense = nnx.Linear(e, len(synthmed.TOKEN_FINDINGS), rngs=rngs)
+
+  def __call__(self, img_IxMxE: jax.Array) -> jax.Array:
+    return self.dense(img_IxMxE.astype(jnp.float32))
+
+
+def token_labels(
+  batch: dict[str, Any], cfg: config_lib.ModelConfig, tokens_per_slot: int
+) -> np.ndarray:
+  """float32[I, M, C]: `synthmed.token_findings` of each image slot's scan
+  (its prompt's meta), laid out as the tower's merged tokens; an empty
+  slot, and tokens past a slot's grid, are all zero (and masked out)."""
+  grid_Ix3 = np.asarray(batch["grid_thw_Ix3"])
+  owner_I = np.asarray(batch["image_prompt_I"])
+  merge = cfg.vision.spatial_merge_size
+  out = np.zeros(
+    (len(grid_Ix3), tokens_per_slot, len(synthmed.TOKEN_FINDINGS)), np.float32
+  )
+  for i, (t, h, w) in enumerate(grid_Ix3):
+    if t == 0:
+      continue
+    gh, gw = int(h) // merge, int(w) // merge
+    labels = synthmed.token_findings(batch["metas"][owner_I[i]], gh, gw)
+    out[i, : gh * gw] = np.tile(labels, (int(t), 1))[:tokens_per_slot]
+  return out
+
+
+def loss_and_metrics(
+  logits_IxMxC: jax.Array, labels_IxMxC: jax.Array, valid_IxM: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Per-token BCE over the valid tokens, and two accuracies: per token and
+  output, and per scan and organ (a lesion of organ k is in the scan when
+  its largest lesion logit over the scan's tokens is > 0)."""
+  valid = valid_IxM.astype(jnp.float32)[..., None]
+  bce = optax.sigmoid_binary_cross_entropy(logits_IxMxC, labels_IxMxC)
+  n = jnp.maximum(valid.sum() * logits_IxMxC.shape[-1], 1.0)
+  loss = (bce * valid).sum() / n
+  token_hit = ((logits_IxMxC > 0) == (labels_IxMxC > 0)) * valid
+  f = len(synthmed.FINDINGS)
+  lesion = jnp.where(valid > 0, logits_IxMxC[..., :f], -jnp.inf).max(axis=1)
+  has_lesion = labels_IxMxC[..., :f].max(axis=1) > 0
+  shown = labels_IxMxC[..., f:].max(axis=1) > 0  # organs the scan shows
+  scan_hit = ((lesion > 0) == has_lesion) * shown
+  return loss, {
+    "loss": loss,
+    "token_accuracy": token_hit.sum() / n,
+    "scan_hits": scan_hit.sum(),
+    "scan_count": shown.sum(),
+  }
+
+
+def pretrain(
+  config: Any,
+  cfg: config_lib.ModelConfig,
+  policy_graphdef: Any,
+  params: Any,
+  tokenizer: Any,
+  place: Callable[[dict], dict],
+  log: Callable[[str], None] | None = None,
+) -> tuple[Any, dict]:
+  """Trains the tower inside `params` (the policy's nnx.State) for
+  `sft.vision_pretrain_steps` steps; returns (params with the trained
+  tower, summary). `place` puts a batch of image slots and labels on the
+  mesh (the trainer's own placement)."""
+  log = log or functools.partial(print, flush=True)
+  steps = int(config.sft.vision_pretrain_steps)
+  model = nnx.merge(policy_graphdef, params)
+  tower_gd, tower_params = nnx.split(model.visual, nnx.Param)
+  head_gd, head_params = nnx.split(
+    TokenHead(cfg, nnx.Rngs(config.seed + TRAIN_SEED_OFFSET)), nnx.Param
+  )
+  tx = optax.adam(float(config.sft.vision_pretrain_lr))
+  trainables = {"tower": tower_params, "head": head_params}
+  opt_state = tx.init(trainables)
+
+  def forward(trainables, batch):
+    tower = nnx.merge(tower_gd, trainables["tower"])
+    head = nnx.merge(head_gd, trainables["head"])
+    img_IxMxE, valid_IxM = tower(batch["pixels_IxNxP"], batch["vision_meta"])
+    return loss_and_metrics(head(img_IxMxE), batch["labels_IxMxC"], valid_IxM)
+
+  @jax.jit
+  def train_step(trainables, opt_state, batch):
+    (_, metrics), grads = jax.value_and_grad(forward, has_aux=True)(
+      trainables, batch
+    )
+    updates, opt_state = tx.update(grads, opt_state, trainables)
+    return optax.apply_updates(trainables, updates), opt_state, metrics
+
+  evaluate = jax.jit(lambda trainables, batch: forward(trainables, batch)[1])
+
+  def placed(batch):
+    arrays = batches.vision_inputs(batch, cfg)
+    patches = arrays["pixels_IxNxP"].shape[1]
+    tokens = patches // cfg.vision.spatial_merge_size**2
+    arrays["labels_IxMxC"] = token_labels(batch, cfg, tokens)
+    return place(arrays)
+
+  train_batches = iter(_dataset(config, cfg, tokenizer, TRAIN_SEED_OFFSET))
+  curve = []
+  start = time.perf_counter()
+  for step in range(steps):
+    trainables, opt_state, metrics = train_step(
+      trainables, opt_state, placed(next(train_batches))
+    )
+    if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
+      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      row = {
+        "step": step + 1,
+        "loss": m["loss"],
+        "token_accuracy": m["token_accuracy"],
+        "scan_accuracy": m["scan_hits"] / max(m["scan_count"], 1.0),
+      }
+      curve.append(row)
+      log(
+        f"vision pretrain step {step + 1}/{steps}: loss {row['loss']:.4f}, "
+        f"per-organ lesion accuracy {row['scan_accuracy']:.3f} (batch), "
+        f"{time.perf_counter() - start:.0f} s"
+      )
+  held_out = _held_out(config, cfg, tokenizer, trainables, evaluate, placed)
+  log(
+    "vision pretrain: held-out per-organ lesion accuracy "
+    f"{held_out['scan_accuracy']:.3f} on {held_out['scans']} scans "
+    f"(token accuracy {held_out['token_accuracy']:.3f})"
+  )
+  nnx.update(model.visual, trainables["tower"])
+  _, params = nnx.split(model, nnx.Param)
+  summary = {
+    "steps": steps,
+    "learning_rate": float(config.sft.vision_pretrain_lr),
+    "scans": int(config.sft.vision_pretrain_scans),
+    "seconds": time.perf_counter() - start,
+    "curve": curve,
+    "held_out": held_out,
+  }
+  return params, summary
+
+
+def _dataset(config, cfg, tokenizer, seed_offset, num=None, epochs=None):
+  d = config.data
+  source = synthmed.FindingsSource(
+    int(num or config.sft.vision_pretrain_scans),
+    config.seed + seed_offset,
+    image_size=d.image_size,
+    difficulty=d.difficulty,
+  )
+  opts = pipeline.PipelineOptions.from_config(
+    config,
+    sft=True,
+    batch_size=config.sft.batch_size,
+    num_epochs=epochs,
+    shuffle=epochs is None,
+    model_cfg=cfg,
+  )
+  return pipeline.make_dataset(
+    source, tokenizer, opts, think_tag=config.tokenizer.think_tag
+  )
+
+
+def _held_out(config, cfg, tokenizer, trainables, evaluate, placed) -> dict:
+  totals = {"scan_hits": 0.0, "scan_count": 0.0, "token": 0.0, "batches": 0}
+  scans = int(config.sft.get("vision_pretrain_eval_scans", EVAL_SCANS))
+  for batch in _dataset(
+    config, cfg, tokenizer, HELD_OUT_SEED_OFFSET, scans, epochs=1
+  ):
+    m = jax.device_get(evaluate(trainables, placed(batch)))
+    totals["scan_hits"] += float(m["scan_hits"])
+    totals["scan_count"] += float(m["scan_count"])
+    totals["token"] += float(m["token_accuracy"])
+    totals["batches"] += 1
+  return {
+    "scans": scans,
+    "scan_accuracy": totals["scan_hits"] / max(totals["scan_count"], 1.0),
+    "token_accuracy": totals["token"] / max(totals["batches"], 1),
+  }
