@@ -221,7 +221,7 @@ def token_findings(
   if not isinstance(scene, Mapping):
     raise ValueError("token_findings needs a SynthMed scene in meta['scene']")
   f = len(FINDINGS)
-  out = np.zeros((grid_h * grid_w, 2 * f), np.float32)
+  out = np.zeros((grid_h * grid_w, len(TOKEN_FINDINGS)), np.float32)
   yy, xx = np.meshgrid(
     (np.arange(grid_h * samples) + 0.5) / (grid_h * samples),
     (np.arange(grid_w * samples) + 0.5) / (grid_w * samples),

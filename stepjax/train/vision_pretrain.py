@@ -51,14 +51,16 @@ EVAL_SCANS = 256  # sft.vision_pretrain_eval_scans of configs from before it
 
 
 class TokenHead(nnx.Module):
-  """Linear(E, C) per merged image token: logits of `TOKEN_FINDINGS`."""
+  """Linear(E, C) per merged image token: logits of `TOKEN_FINDINGS`. It
+  reads the tower's main output (the first E features; Qwen3-VL's
+  DeepStack levels follow them)."""
 
   def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
-    e = cfg.vision.out_hidden_size
-    self.dense = nnx.Linear(e, len(synthmed.TOKEN_FINDINGS), rngs=rngs)
+    self.width = cfg.vision.out_hidden_size
+    self.dense = nnx.Linear(self.width, len(synthmed.TOKEN_FINDINGS), rngs=rngs)
 
   def __call__(self, img_IxMxE: jax.Array) -> jax.Array:
-    return self.dense(img_IxMxE.astype(jnp.float32))
+    return self.dense(img_IxMxE[..., : self.width].astype(jnp.float32))
 
 
 def token_labels(
@@ -87,7 +89,8 @@ def loss_and_metrics(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Per-token BCE over the valid tokens, and two accuracies: per token and
   output, and per scan and organ (a lesion of organ k is in the scan when
-  its largest lesion logit over the scan's tokens is > 0)."""
+  its largest lesion logit over the scan's tokens is > 0), the latter as
+  hits and counts per organ (`synthmed.FINDINGS`)."""
   valid = valid_IxM.astype(jnp.float32)[..., None]
   bce = optax.sigmoid_binary_cross_entropy(logits_IxMxC, labels_IxMxC)
   n = jnp.maximum(valid.sum() * logits_IxMxC.shape[-1], 1.0)
@@ -96,13 +99,13 @@ def loss_and_metrics(
   f = len(synthmed.FINDINGS)
   lesion = jnp.where(valid > 0, logits_IxMxC[..., :f], -jnp.inf).max(axis=1)
   has_lesion = labels_IxMxC[..., :f].max(axis=1) > 0
-  shown = labels_IxMxC[..., f:].max(axis=1) > 0  # organs the scan shows
+  shown = labels_IxMxC[..., f : 2 * f].max(axis=1) > 0  # organs in the scan
   scan_hit = ((lesion > 0) == has_lesion) * shown
   return loss, {
     "loss": loss,
     "token_accuracy": token_hit.sum() / n,
-    "scan_hits": scan_hit.sum(),
-    "scan_count": shown.sum(),
+    "scan_hits_F": scan_hit.sum(axis=0),
+    "scan_count_F": shown.sum(axis=0),
   }
 
 
@@ -161,12 +164,14 @@ def pretrain(
       trainables, opt_state, placed(next(train_batches))
     )
     if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
-      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      m = jax.device_get(metrics)
       row = {
         "step": step + 1,
-        "loss": m["loss"],
-        "token_accuracy": m["token_accuracy"],
-        "scan_accuracy": m["scan_hits"] / max(m["scan_count"], 1.0),
+        "loss": float(m["loss"]),
+        "token_accuracy": float(m["token_accuracy"]),
+        "scan_accuracy": _ratio(
+          m["scan_hits_F"].sum(), m["scan_count_F"].sum()
+        ),
       }
       curve.append(row)
       log(
@@ -175,10 +180,13 @@ def pretrain(
         f"{time.perf_counter() - start:.0f} s"
       )
   held_out = _held_out(config, cfg, tokenizer, trainables, evaluate, placed)
+  by_organ = ", ".join(
+    f"{k} {v:.2f}" for k, v in held_out["scan_accuracy_by_organ"].items()
+  )
   log(
     "vision pretrain: held-out per-organ lesion accuracy "
     f"{held_out['scan_accuracy']:.3f} on {held_out['scans']} scans "
-    f"(token accuracy {held_out['token_accuracy']:.3f})"
+    f"({by_organ}; token accuracy {held_out['token_accuracy']:.3f})"
   )
   nnx.update(model.visual, trainables["tower"])
   _, params = nnx.split(model, nnx.Param)
@@ -215,18 +223,26 @@ def _dataset(config, cfg, tokenizer, seed_offset, num=None, epochs=None):
 
 
 def _held_out(config, cfg, tokenizer, trainables, evaluate, placed) -> dict:
-  totals = {"scan_hits": 0.0, "scan_count": 0.0, "token": 0.0, "batches": 0}
+  f = len(synthmed.FINDINGS)
+  hits, counts, token, num = np.zeros(f), np.zeros(f), 0.0, 0
   scans = int(config.sft.get("vision_pretrain_eval_scans", EVAL_SCANS))
   for batch in _dataset(
     config, cfg, tokenizer, HELD_OUT_SEED_OFFSET, scans, epochs=1
   ):
     m = jax.device_get(evaluate(trainables, placed(batch)))
-    totals["scan_hits"] += float(m["scan_hits"])
-    totals["scan_count"] += float(m["scan_count"])
-    totals["token"] += float(m["token_accuracy"])
-    totals["batches"] += 1
+    hits += m["scan_hits_F"]
+    counts += m["scan_count_F"]
+    token += float(m["token_accuracy"])
+    num += 1
   return {
     "scans": scans,
-    "scan_accuracy": totals["scan_hits"] / max(totals["scan_count"], 1.0),
-    "token_accuracy": totals["token"] / max(totals["batches"], 1),
+    "scan_accuracy": _ratio(hits.sum(), counts.sum()),
+    "scan_accuracy_by_organ": {
+      name: _ratio(h, c) for name, h, c in zip(synthmed.FINDINGS, hits, counts)
+    },
+    "token_accuracy": token / max(num, 1),
   }
+
+
+def _ratio(hits, count) -> float:
+  return float(hits) / max(float(count), 1.0)

@@ -13,6 +13,7 @@ from stepjax.train import vision_pretrain
 from . import trainer_utils
 
 F = len(synthmed.FINDINGS)
+C = len(synthmed.TOKEN_FINDINGS)
 
 
 def _liver_scene(lesions):
@@ -25,14 +26,14 @@ def _liver_scene(lesions):
     "angle": 0.0,
     "lesions": lesions,
   }
-  return {"scene": {"organs": [organ]}}
+  return {"scene": {"modality": "mri", "organs": [organ]}}
 
 
 def test_token_findings_marks_the_cells_a_lesion_and_its_organ_cover():
   lesion = {"dx": 0.0, "dy": 0.0, "radius": 0.02, "bright": False}
   labels = synthmed.token_findings(_liver_scene([lesion]), 4, 4)
   liver = synthmed.FINDINGS.index("liver")
-  assert labels.shape == (16, 2 * F)
+  assert labels.shape == (16, C) and C == 2 * F
   # Lesion at x 0.28-0.32, y 0.38-0.42: column 1, row 1 -> token 5 only.
   assert np.flatnonzero(labels[:, liver]).tolist() == [5]
   # Liver at x 0.15-0.45 (columns 0-1), y 0.27-0.53 (rows 1-2).
@@ -71,12 +72,12 @@ def test_lesion_tokens_are_where_the_rendered_lesions_are():
 
 
 def test_loss_and_metrics_by_hand():
-  # One image, 2 tokens (the second invalid), C = 2F outputs.
-  labels = np.zeros((1, 2, 2 * F), np.float32)
+  # One image, 2 tokens (the second invalid), C outputs.
+  labels = np.zeros((1, 2, C), np.float32)
   labels[0, 0, 0] = 1.0  # organ 0 has a lesion in token 0
   labels[0, 0, F] = 1.0  # and is shown there
   labels[0, 0, F + 1] = 1.0  # organ 1 shown, no lesion
-  logits = np.full((1, 2, 2 * F), -3.0, np.float32)
+  logits = np.full((1, 2, C), -3.0, np.float32)
   logits[0, 0, 0] = 2.0
   logits[0, 1, 1] = 5.0  # invalid token: ignored
   valid = np.array([[1, 0]])
@@ -87,11 +88,11 @@ def test_loss_and_metrics_by_hand():
   bce = np.log1p(np.exp(x)) - x * y
   np.testing.assert_allclose(float(loss), bce.mean(), rtol=1e-6)
   # Token 0's predictions: all right but organ 0 and 1 shown (logit -3).
-  np.testing.assert_allclose(
-    float(m["token_accuracy"]), (2 * F - 2) / (2 * F), rtol=1e-6
-  )
-  # Scans: organ 0 (lesion, logit 2: right), organ 1 (none, -3: right).
-  assert float(m["scan_count"]) == 2 and float(m["scan_hits"]) == 2
+  np.testing.assert_allclose(float(m["token_accuracy"]), (C - 2) / C, rtol=1e-6)
+  # Scans: organ 0 (lesion, logit 2: right), organ 1 (none, -3: right);
+  # the other organs are not in the scan.
+  np.testing.assert_array_equal(m["scan_count_F"], [1, 1] + [0] * (F - 2))
+  np.testing.assert_array_equal(m["scan_hits_F"], [1, 1] + [0] * (F - 2))
 
 
 def test_pretraining_trains_the_tower_only_and_lowers_its_loss(tmp_path):
@@ -127,7 +128,9 @@ def test_pretraining_trains_the_tower_only_and_lowers_its_loss(tmp_path):
   curve = summary["curve"]
   assert summary["steps"] == 30 and len(curve) >= 1
   assert lines and "held-out" in lines[-1]
-  assert 0.0 <= summary["held_out"]["scan_accuracy"] <= 1.0
+  held_out = summary["held_out"]
+  assert 0.0 <= held_out["scan_accuracy"] <= 1.0
+  assert list(held_out["scan_accuracy_by_organ"]) == list(synthmed.FINDINGS)
   # The per-token loss falls from its start (log 2 at a zero head) .
   assert curve[-1]["loss"] < 0.5
 
