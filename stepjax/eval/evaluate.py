@@ -156,6 +156,7 @@ def _score_local(
       c.sampling,
       group_size=1,
       temperature=c.sampling.eval_temperature,
+      build_sequences=False,
     )
     layout = rollout.step_layout(
       out.tokens_BxR,

@@ -58,6 +58,7 @@ from absl import app, logging
 from etils import epath
 from flax import nnx
 
+from stepjax import image_slots
 from stepjax.data import batching, images, pipeline, records
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.errors import InputError, MissingInputError
@@ -256,8 +257,7 @@ def _prefill(graphdef, params, prompt: sampler.PromptBatch, slots: int):
   cache = language.init_cache(cfg, ids.shape[0], slots)
   logits, _, cache = vlm.forward(
     graphdef, params, ids, prompt.positions_3xPxT, prompt.prompt_mask_PxT,
-    pixels_IxNxP=prompt.pixels_IxNxP, vision_meta=prompt.vision_meta,
-    cache=cache, cache_index=0,
+    cache=cache, cache_index=0, **image_slots.model_inputs(prompt.images),
   )  # fmt: skip
   return logits[:, -1], cache
 

@@ -37,7 +37,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from stepjax.data import pipeline, sources, synthmed
@@ -140,14 +139,11 @@ def gold_logp(loaded: Any, records: Sequence[Any], batch_size: int):
     shard_count=1,
   )
   for batch in dataset:
-    inputs = batches.sft_batch(batch, loaded.cfg)
-    device = {
-      k: v if k == "vision_meta" else jnp.asarray(v) for k, v in inputs.items()
-    }
+    seq = batches.sft_batch(batch, loaded.cfg).seq
     logp = np.asarray(
-      _sequence_logp(loaded.graphs, loaded.params, device, 1)[0], np.float64
+      _sequence_logp(loaded.graphs, loaded.params, seq, 1)[0], np.float64
     )
-    mask = inputs["loss_mask_BxL"][:, 1:]
+    mask = seq.loss_mask_BxL[:, 1:]
     out.append((logp * mask).sum(axis=1))
   return np.concatenate(out)
 

@@ -13,7 +13,8 @@ Flow:
   out = generate(graphdef, params, prompt, rng, group_size=G,
                  max_new_tokens=R, temperature=1.0, eos_ids=(eos,),
                  pad_id=pad)                          # one jit call
-  seq = full_sequence(prompt, out, G)                 # trainer forward
+  seq = full_sequence(prompt, out, G)                 # jnp: the trainer's
+                                                      # SequenceBatch
 
 `generate` prefills the P prompts (images encoded once), repeats each row
 of the KV cache G times (group prefix sharing; `share_prefix=False`
@@ -52,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stepjax import image_slots, rows
+from stepjax import image_slots, rows, sequences
 from stepjax.models import config as config_lib
 from stepjax.models import language, rope_index, vision_index, vlm
 
@@ -66,9 +67,9 @@ class PromptBatch:
   positions_3xPxT: M-RoPE positions (rope_index.rope_index).
   deltas_P: rope deltas; a token after the k-th real one sits at k + delta.
   num_real_P: real prompt tokens per row.
-  pixels_IxNxP / vision_meta: the images in M slots per prompt (None for
-    text-only prompts); image_prompt_I int32: the prompt owning each slot
-    (`stepjax/image_slots.py`; empty slots have no valid tokens).
+  images: the prompts' images in M slots per prompt (None for text-only
+    prompts; `image_slots.ImageSlots`: empty slots have no valid tokens),
+    split by slot like the prompts by row.
   """
 
   prompt_ids_PxT: jax.Array
@@ -76,9 +77,7 @@ class PromptBatch:
   positions_3xPxT: jax.Array
   deltas_P: jax.Array
   num_real_P: jax.Array
-  pixels_IxNxP: jax.Array | None = None
-  vision_meta: vision_index.VisionMeta | None = None
-  image_prompt_I: jax.Array | None = None
+  images: image_slots.ImageSlots | None = None
 
 
 @flax.struct.dataclass
@@ -126,23 +125,11 @@ def prepare_inputs(
       "prompts must be left padded: rows "
       f"{np.flatnonzero(mask[:, -1] == 0).tolist()} end in padding"
     )
-  pixels = batch.get("pixels_IxNxP")
-  grid = batch.get("grid_thw_Ix3")
-  meta = owner = None
-  if pixels is not None:
-    if grid is None or batch.get("image_prompt_I") is None:
-      raise ValueError("pixels_IxNxP needs grid_thw_Ix3 and image_prompt_I")
-    pixels = np.asarray(pixels, np.float32)
-    grid = np.asarray(grid, np.int64).reshape(-1, 3)
-    owner = image_slots.check(batch["image_prompt_I"], ids.shape[0])
-    if not pixels.shape[0] == grid.shape[0] == owner.shape[0]:
-      raise ValueError(
-        f"pixels_IxNxP {pixels.shape}, grid_thw_Ix3 {grid.shape} and "
-        f"image_prompt_I {owner.shape} disagree on the image slots I"
-      )
-    _check_patches(batch.get("patch_mask_IxN"), grid)
-    _check_image_tokens(ids, mask, grid, owner, cfg)
-    meta = vision_index.vision_metadata(grid, pixels.shape[1], cfg.vision)
+  images = image_slots.from_batch(batch, ids.shape[0], cfg)
+  grid = None
+  if images is not None:
+    grid = images.grid_thw_Ix3
+    _check_image_tokens(ids, mask, grid, images.image_prompt_I, cfg)
   positions, deltas = rope_index.rope_index(ids, mask, grid, cfg)
   return PromptBatch(
     prompt_ids_PxT=ids,
@@ -150,22 +137,8 @@ def prepare_inputs(
     positions_3xPxT=positions,
     deltas_P=deltas,
     num_real_P=mask.sum(1).astype(np.int32),
-    pixels_IxNxP=pixels,
-    vision_meta=meta,
-    image_prompt_I=owner,
+    images=images,
   )
-
-
-def _check_patches(patch_mask_IxN, grid_Ix3) -> None:
-  if patch_mask_IxN is None:
-    return
-  want = vision_index.num_patches(grid_Ix3)
-  have = np.asarray(patch_mask_IxN).astype(bool).sum(1)
-  if not np.array_equal(want, have):
-    raise ValueError(
-      f"patch_mask_IxN counts {have.tolist()} patches but grid_thw_Ix3 "
-      f"needs {want.tolist()}"
-    )
 
 
 def _check_image_tokens(ids, mask, grid_Ix3, owner_I, cfg) -> None:
@@ -186,25 +159,9 @@ def _check_image_tokens(ids, mask, grid_Ix3, owner_I, cfg) -> None:
 def repeat_group(prompt: PromptBatch, group_size: int) -> PromptBatch:
   """Each prompt (and its image slots) repeated G times: P rows -> P * G
   rows; the slots follow `image_prompt_I` (row b owns its copies)."""
-  rep = functools.partial(jnp.repeat, repeats=group_size, axis=0)
-  images = {}
-  if prompt.pixels_IxNxP is not None:
-    p = prompt.prompt_ids_PxT.shape[0]
-    owner = jnp.asarray(prompt.image_prompt_I, jnp.int32)
-    slots_J, owner_J = image_slots.group(owner, p, group_size, xp=jnp)
-    take = functools.partial(jnp.take, indices=slots_J, axis=0)
-    images = dict(
-      pixels_IxNxP=take(prompt.pixels_IxNxP),
-      vision_meta=jax.tree.map(take, prompt.vision_meta),
-      image_prompt_I=owner_J,
-    )
-  return PromptBatch(
-    prompt_ids_PxT=rep(prompt.prompt_ids_PxT),
-    prompt_mask_PxT=rep(prompt.prompt_mask_PxT),
-    positions_3xPxT=jnp.repeat(prompt.positions_3xPxT, group_size, axis=1),
-    deltas_P=rep(prompt.deltas_P),
-    num_real_P=rep(prompt.num_real_P),
-    **images,
+  p = prompt.prompt_ids_PxT.shape[0]
+  return image_slots.take_prompts(
+    prompt, np.repeat(np.arange(p), group_size), p, xp=jnp
   )
 
 
@@ -331,8 +288,7 @@ def _generate(
   cache = split(language.init_cache(cfg, p, t + r - 1))
   logits, _, cache = vlm.forward(
     graphdef, params, ids, prompt.positions_3xPxT, prompt.prompt_mask_PxT,
-    pixels_IxNxP=prompt.pixels_IxNxP, vision_meta=prompt.vision_meta,
-    cache=cache, cache_index=0,
+    cache=cache, cache_index=0, **image_slots.model_inputs(prompt.images),
   )  # fmt: skip
   logits_BxV = logits[:, -1]
   if g > 1:  # group prefix sharing: copy each prompt's cache G times
@@ -502,59 +458,74 @@ def generate(
 
 def full_sequence(
   prompt: PromptBatch, out: SampleOutput, group_size: int
-) -> dict:
-  """Inputs of a teacher-forced forward on prompt + completion (B rows).
+) -> sequences.SequenceBatch:
+  """The full sequences of the B = P * G sampled rows (pure jnp: usable
+  inside jit, the output of `generate` never leaves the device).
 
-  Returns a dict: ids_BxL int32 (prompt then completion), mask_BxL int32
-  (prompt mask, then mask_BxR), positions_3xBxL (completion token r sits at
-  num_real + r + delta on all axes, as during decoding), pixels_IxNxP,
-  vision_meta and image_prompt_I: each row's copy of its prompt's image
-  slots (`repeat_group`; None for text-only), and prompt_len T.
-  The model's logits at column T - 1 + r predict completion token r, so
+  Row p * G + g is prompt p's T columns then completion row p * G + g's R
+  columns: ids (pad after a row's stop), mask (the prompt's, then
+  mask_BxR), M-RoPE positions (completion token r sits at num_real + r +
+  delta on every axis, as during decoding; 0 on padding, as
+  `rope_index` gives it) and the loss mask (mask_BxR on the completion
+  columns); the P prompts' image slots are shared by their G rows. The
+  model's logits at column T - 1 + r predict completion token r, so
   `logits[:, T - 1 : L - 1]` lines up with `tokens_BxR` / `logp_BxR`.
-  Pure jnp: usable inside the trainer's jit.
+  Equals `sequences.build` on the same tokens.
   """
-  rows = repeat_group(prompt, group_size)
+  g = group_size
+  rep = functools.partial(jnp.repeat, repeats=g, axis=0)
   r = out.tokens_BxR.shape[1]
-  t = rows.prompt_ids_PxT.shape[1]
-  start_B = jnp.asarray(rows.num_real_P + rows.deltas_P, jnp.int32)
+  start_B = rep(jnp.asarray(prompt.num_real_P + prompt.deltas_P, jnp.int32))
+  comp_mask_BxR = jnp.asarray(out.mask_BxR, jnp.int32)
   comp_BxR = start_B[:, None] + jnp.arange(r, dtype=jnp.int32)[None]
+  comp_BxR = jnp.where(comp_mask_BxR > 0, comp_BxR, 0)
+  prompt_mask_BxT = rep(jnp.asarray(prompt.prompt_mask_PxT, jnp.int32))
   positions = jnp.concatenate(
     [
-      jnp.asarray(rows.positions_3xPxT, jnp.int32),
+      jnp.repeat(jnp.asarray(prompt.positions_3xPxT, jnp.int32), g, axis=1),
       jnp.broadcast_to(comp_BxR[None], (3,) + comp_BxR.shape),
     ],
     axis=2,
   )
-  return {
-    "ids_BxL": jnp.concatenate(
-      [jnp.asarray(rows.prompt_ids_PxT, jnp.int32), out.tokens_BxR], axis=1
+  return sequences.SequenceBatch(
+    ids_BxL=jnp.concatenate(
+      [rep(jnp.asarray(prompt.prompt_ids_PxT, jnp.int32)), out.tokens_BxR],
+      axis=1,
     ),
-    "mask_BxL": jnp.concatenate(
-      [jnp.asarray(rows.prompt_mask_PxT, jnp.int32), out.mask_BxR], axis=1
+    mask_BxL=jnp.concatenate([prompt_mask_BxT, comp_mask_BxR], axis=1),
+    positions_3xBxL=positions,
+    loss_mask_BxL=jnp.concatenate(
+      [jnp.zeros_like(prompt_mask_BxT), comp_mask_BxR], axis=1
     ),
-    "positions_3xBxL": positions,
-    "pixels_IxNxP": rows.pixels_IxNxP,
-    "vision_meta": rows.vision_meta,
-    "image_prompt_I": rows.image_prompt_I,
-    "prompt_len": t,
-  }
+    images=prompt.images,
+  )
 
 
-def teacher_forced_logp(graphdef, params, seq: dict) -> jax.Array:
-  """logp_BxR of the completion tokens from one forward on `full_sequence`.
-
-  The reference the sampler's `logp_BxR` must match (0 where masked).
-  """
+def teacher_forced_logp(
+  graphdef,
+  params,
+  seq: sequences.SequenceBatch,
+  group_size: int,
+  prompt_len: int,
+) -> jax.Array:
+  """logp_BxR of the completion tokens of `full_sequence` (its columns
+  from T = `prompt_len` on) from one forward in which every row reads its
+  own copy of its prompt's images (`repeat_group`'s layout): the
+  reference the sampler's `logp_BxR` must match (0 where masked)."""
+  p = seq.ids_BxL.shape[0] // group_size
+  images = seq.images
+  if images is not None:
+    images = image_slots.take_prompts(
+      images, np.repeat(np.arange(p), group_size), p, xp=jnp
+    )
   logits, _, _ = vlm.forward(
-    graphdef, params, seq["ids_BxL"], seq["positions_3xBxL"],
-    seq["mask_BxL"], pixels_IxNxP=seq["pixels_IxNxP"],
-    vision_meta=seq["vision_meta"],
+    graphdef, params, seq.ids_BxL, seq.positions_3xBxL, seq.mask_BxL,
+    **image_slots.model_inputs(images),
   )  # fmt: skip
-  t = seq["prompt_len"]
+  t = prompt_len
   logp_BxRxV = jax.nn.log_softmax(
     logits[:, t - 1 : -1].astype(jnp.float32), axis=-1
   )
-  toks_BxR = seq["ids_BxL"][:, t:]
+  toks_BxR = seq.ids_BxL[:, t:]
   logp = jnp.take_along_axis(logp_BxRxV, toks_BxR[..., None], -1)[..., 0]
-  return jnp.where(seq["mask_BxL"][:, t:] > 0, logp, 0.0)
+  return jnp.where(seq.mask_BxL[:, t:] > 0, logp, 0.0)

@@ -1,13 +1,21 @@
-"""Host-side batch assembly: pipeline batches -> model and update inputs.
+"""The trainer's batches: typed values whose fields know their row axis.
 
 Shapes: P prompts, G samples each, B = P * G rows, T prompt tokens, C
-completion (or SFT target) tokens, L = T + C, M image slots per prompt, I =
-P * M slots (`image_prompt_I`: `stepjax/image_slots.py`), N patch rows,
-P_ = 1176.
+completion (or SFT target) tokens, L = T + C, F grounding findings, M image
+slots per prompt, I = P * M slots (`image_prompt_I`:
+`stepjax/image_slots.py`), N patch rows, P_ = 1176.
 
-A sequence is the left-padded prompt followed by the right-padded
-completion, so every prompt ends at column T - 1 and M-RoPE positions of
-the completion continue from the prompt's, exactly as during sampling.
+A batch is a `flax.struct.dataclass` of arrays whose names give their row
+axis (`stepjax/rows.py`): `rows.place` / `rows.local` split and gather it
+over the mesh, `image_slots.take_prompts` cuts it into micro-batches of
+whole groups; the image slots are a `rows.replicated_field`, so every
+device holds them whole. Nothing lists keys.
+
+  SftBatch     teacher forcing: a `sequences.SequenceBatch` of the gold
+               targets (+ grounding labels), built on the host (`sft_batch`).
+  UpdateBatch  an RL update: the sampled sequences (built on the device
+               from the sampler's output, `rollout.sample`), per-token
+               advantages and log-probs, the step-value head's labels.
 """
 
 from __future__ import annotations
@@ -15,113 +23,89 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.struct
+import jax
 import numpy as np
 
-from stepjax import image_slots
+from stepjax import image_slots, sequences
 from stepjax.data import records, synthmed
 from stepjax.errors import InputError
 from stepjax.models import config as config_lib
-from stepjax.models import rope_index, vision_index
 
 
-def vision_inputs(
-  batch: dict[str, Any], cfg: config_lib.ModelConfig
-) -> dict[str, Any]:
-  """The I image slots of `batch`'s P prompts: pixels_IxNxP, their vision
-  metadata and image_prompt_I (encoded once per prompt; `steps.decode`
-  gives each of a prompt's G rows its slots)."""
-  pixels = batch["pixels_IxNxP"]
-  owner = image_slots.check(
-    batch["image_prompt_I"], batch["prompt_ids_BxT"].shape[0]
-  )
-  meta = vision_index.vision_metadata(
-    batch["grid_thw_Ix3"], pixels.shape[1], cfg.vision
-  )
-  return {"pixels_IxNxP": pixels, "vision_meta": meta, "image_prompt_I": owner}
+@flax.struct.dataclass
+class SftBatch:
+  """Teacher-forcing inputs: prompt + gold completion (target tokens).
 
-
-def sequences(
-  prompt_ids_PxT: np.ndarray,
-  prompt_mask_PxT: np.ndarray,
-  completion_ids_BxC: np.ndarray,
-  completion_mask_BxC: np.ndarray,
-  grid_thw_Ix3: np.ndarray,
-  image_prompt_I: np.ndarray,
-  cfg: config_lib.ModelConfig,
-  group_size: int,
-) -> dict[str, np.ndarray]:
-  """Full sequences of B = P * G rows with their M-RoPE positions (row
-  p * G + g reads prompt p's image slots, found by `image_prompt_I`).
-
-  Returns ids_BxL, mask_BxL, positions_3xBxL and loss_mask_BxL (1 on
-  the real completion tokens).
+  seq: the B = P rows (G = 1) and their image slots.
+  findings_BxF / findings_mask_BxF: float32 grounding labels of each
+    scan's findings and which are known (`synthmed.finding_labels`); None
+    unless the model has a grounding readout.
   """
-  g = group_size
-  prompt_ids = np.repeat(prompt_ids_PxT, g, axis=0)
-  prompt_mask = np.repeat(prompt_mask_PxT, g, axis=0)
-  ids = np.concatenate([prompt_ids, completion_ids_BxC], axis=1).astype(
-    np.int32
-  )
-  comp_mask = np.asarray(completion_mask_BxC).astype(np.int32)
-  mask = np.concatenate([prompt_mask, comp_mask], axis=1).astype(np.int32)
-  slots, _ = image_slots.group(
-    np.asarray(image_prompt_I), prompt_ids_PxT.shape[0], g
-  )
-  grids = np.asarray(grid_thw_Ix3)[slots]
-  positions, _ = rope_index.rope_index(ids, mask, grids, cfg)
-  loss_mask = np.concatenate([np.zeros_like(prompt_mask), comp_mask], axis=1)
-  return {
-    "ids_BxL": ids,
-    "mask_BxL": mask,
-    "positions_3xBxL": positions,
-    "loss_mask_BxL": loss_mask.astype(np.int32),
-  }
+
+  seq: sequences.SequenceBatch
+  findings_BxF: jax.Array | None = None
+  findings_mask_BxF: jax.Array | None = None
 
 
-def sft_batch(
-  batch: dict[str, Any], cfg: config_lib.ModelConfig
-) -> dict[str, Any]:
-  """Teacher-forcing inputs: prompt + gold completion (target tokens)."""
-  out = sequences(
+@flax.struct.dataclass
+class ValueLabels:
+  """What the step-value head trains on (RL), per token of the B rows.
+
+  step_id_BxL: int32 0-based step of each completion token (-1 outside
+    steps and on the T prompt columns).
+  step_valid_BxL: int32 the process label of each token's step (0 outside).
+  label_mask_B: int32 1 where the labels train the head.
+  """
+
+  step_id_BxL: jax.Array
+  step_valid_BxL: jax.Array
+  label_mask_B: jax.Array
+
+
+@flax.struct.dataclass
+class UpdateBatch:
+  """One RL update (`train/steps.py`), every per-token array aligned with
+  `seq.ids_BxL` (the T prompt columns hold 0).
+
+  seq: the B = P * G sampled sequences and the P prompts' image slots.
+  adv_BxL: float32 per-token advantages (`steps.prepare_update`).
+  old_logp_BxL: float32 the sampler's log-prob of each completion token
+    (read when rl.num_iterations > 1).
+  ref_logp_BxL: float32 the reference policy's log-probs
+    (`steps.prepare_update`; read when rl.beta > 0).
+  value_labels: the step-value head's labels (read when it trains).
+  A field the update needs but the batch lacks is named by `steps.rl_loss`.
+  """
+
+  seq: sequences.SequenceBatch
+  adv_BxL: jax.Array | None = None
+  old_logp_BxL: jax.Array | None = None
+  ref_logp_BxL: jax.Array | None = None
+  value_labels: ValueLabels | None = None
+
+
+def sft_batch(batch: dict[str, Any], cfg: config_lib.ModelConfig) -> SftBatch:
+  """Teacher-forcing inputs of a pipeline batch (host numpy): each prompt
+  followed by its gold completion (`target_ids_BxS`)."""
+  num = batch["prompt_ids_BxT"].shape[0]
+  seq = sequences.build(
     batch["prompt_ids_BxT"],
     batch["prompt_mask_BxT"],
     batch["target_ids_BxS"],
     batch["target_mask_BxS"],
-    batch["grid_thw_Ix3"],
-    batch["image_prompt_I"],
+    image_slots.from_batch(batch, num, cfg),
     cfg,
     1,
   )
-  out.update(vision_inputs(batch, cfg))
-  if cfg.grounding_outputs > 0:
-    pairs = [synthmed.finding_labels(m) for m in batch["metas"]]
-    out["findings_BxF"] = np.stack([p[0] for p in pairs])
-    out["findings_mask_BxF"] = np.stack([p[1] for p in pairs])
-  return out
-
-
-def rl_sequences(
-  batch: dict[str, Any],
-  completion_ids_BxC: np.ndarray,
-  completion_mask_BxC: np.ndarray,
-  cfg: config_lib.ModelConfig,
-  group_size: int,
-) -> dict[str, Any]:
-  """Model inputs of G sampled completions per prompt of a pipeline batch:
-  `sequences` (row p * G + g = prompt p, sample g) plus the P prompts'
-  image slots (`vision_inputs`)."""
-  out = sequences(
-    batch["prompt_ids_BxT"],
-    batch["prompt_mask_BxT"],
-    completion_ids_BxC,
-    completion_mask_BxC,
-    batch["grid_thw_Ix3"],
-    batch["image_prompt_I"],
-    cfg,
-    group_size,
+  if cfg.grounding_outputs <= 0:
+    return SftBatch(seq=seq)
+  pairs = [synthmed.finding_labels(m) for m in batch["metas"]]
+  return SftBatch(
+    seq=seq,
+    findings_BxF=np.stack([p[0] for p in pairs]),
+    findings_mask_BxF=np.stack([p[1] for p in pairs]),
   )
-  out.update(vision_inputs(batch, cfg))
-  return out
 
 
 def pad_completion_arrays(
@@ -184,13 +168,14 @@ class SftView:
     return f"SftView({self.source!r})"
 
 
-def micro_batches(update: dict, num: int, group_size: int):
-  """Splits B rows into `num` micro-batches of whole groups; each takes
-  its prompts' image slots along (`image_slots.take_prompts`)."""
+def micro_batches(update: Any, num: int, group_size: int):
+  """Splits an `UpdateBatch` of B host rows into `num` micro-batches of
+  whole groups; each takes its prompts' image slots along
+  (`image_slots.take_prompts`: every field by its row letter)."""
   if num <= 1:
     yield update
     return
-  b = update["ids_BxL"].shape[0]
+  b = update.seq.ids_BxL.shape[0]
   if b % (num * group_size):
     raise InputError(
       f"--config.optim.grad_accum={num}: {b} completions cannot be split "

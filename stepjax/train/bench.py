@@ -54,7 +54,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from stepjax import bench_machine
+from stepjax import bench_machine, image_slots, sequences
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert, vision_internvl, vlm
 from stepjax.rl import losses
@@ -86,13 +86,14 @@ def make_batch(
   completion: int,
   image_px: int,
   seed: int,
-) -> dict[str, Any]:
-  """A host RL update batch plus transformers' flat inputs.
+) -> tuple[batches.UpdateBatch, dict[str, np.ndarray]]:
+  """(update, hf): a host RL update batch and transformers' flat inputs.
 
   Prompts are text, <vision_start>, image pads, <vision_end>, text;
   completions have random lengths in [C/2, C] (right padded) and random
-  per-token advantages. Returns the `steps` batch (numpy) and, under
-  "hf", transformers' pixel_values (all B rows' images) and grids.
+  per-token advantages. `update` (numpy) holds the sequences and adv_BxL;
+  `hf` transformers' pixel_values (all B rows' images) and grids (or
+  InternVL's tiles and 1D positions).
   """
   prompt = sampling_bench.prompt_batch(
     cfg, prompts, image_px, prompt_text, seed
@@ -105,34 +106,32 @@ def make_batch(
   )
   comp_ids_BxC = rng.integers(0, cfg.bos_token_id, (b, completion))
   comp_ids_BxC = np.where(comp_mask_BxC > 0, comp_ids_BxC, cfg.pad_token_id)
-  out = batches.sequences(
+  seq = sequences.build(
     prompt["prompt_ids_BxT"],
     prompt["prompt_mask_BxT"],
     comp_ids_BxC.astype(np.int32),
     comp_mask_BxC,
-    prompt["grid_thw_Ix3"],
-    prompt["image_prompt_I"],
+    image_slots.from_batch(prompt, prompts, cfg),
     cfg,
     group_size,
   )
-  out.update(batches.vision_inputs(prompt, cfg))
-  adv_BxL = rng.standard_normal(out["ids_BxL"].shape).astype(np.float32)
-  out["adv_BxL"] = adv_BxL * out["loss_mask_BxL"]
+  adv_BxL = rng.standard_normal(seq.ids_BxL.shape).astype(np.float32)
+  update = batches.UpdateBatch(seq=seq, adv_BxL=adv_BxL * seq.loss_mask_BxL)
   flat_PxSxP = prompt["flat_pixels"].reshape(prompts, -1, cfg.vision.patch_dim)
   flat = np.repeat(flat_PxSxP, group_size, axis=0).reshape(
     -1, cfg.vision.patch_dim
   )
   if cfg.family == "internvl":  # tiles; 1D positions given explicitly
-    out["hf"] = {
+    hf = {
       "pixel_values": vision_internvl.tiles_from_rows(flat, cfg.vision),
-      "position_ids": out["positions_3xBxL"][0].astype(np.int64),
+      "position_ids": seq.positions_3xBxL[0].astype(np.int64),
     }
   else:
-    out["hf"] = {
+    hf = {
       "pixel_values": flat,
       "image_grid_thw": np.repeat(prompt["grid_thw_Ix3"], group_size, axis=0),
     }
-  return out
+  return update, hf
 
 
 def random_params(cfg: config_lib.ModelConfig, seed: int) -> Any:
@@ -188,7 +187,7 @@ class Ours:
       train_value_head=False,
     )
     self.tx = optim.make_optimizer(_optim_config(), _LR, total_steps=1000)
-    self.batch = jax.device_put({k: v for k, v in batch.items() if k != "hf"})
+    self.batch = jax.device_put(batch)
     # No value head: an empty value state, so the optimizer only sees
     # the policy.
     trainables = {"policy": params, "value": {}}
@@ -216,9 +215,9 @@ class Ours:
   def logp(self):
     """float32[B, L-1] log-probs under the current params (not donated)."""
     fn = jax.jit(
-      lambda p, b: steps.sequence_logp(self.graphs, p, b, self.opts.group_size)[
-        0
-      ]
+      lambda p, b: steps.sequence_logp(
+        self.graphs, p, b.seq, self.opts.group_size
+      )[0]
     )
     return np.asarray(fn(self.state.params, self.batch))
 
@@ -237,7 +236,7 @@ _HF_CLASSES = {
 class Theirs:
   """The same update in transformers / PyTorch."""
 
-  def __init__(self, cfg, params, batch):
+  def __init__(self, cfg, params, batch, hf):
     import torch  # the benchmark's baseline; not a dependency of training
     import transformers
 
@@ -247,17 +246,19 @@ class Theirs:
       model_cls = getattr(transformers, _HF_CLASSES[cfg.family])
       model = model_cls.from_pretrained(tmp, dtype=torch.float32)
     self.model = model.train()
-    ids = torch.tensor(batch["ids_BxL"], dtype=torch.long)
+    ids = torch.tensor(batch.seq.ids_BxL, dtype=torch.long)
     self.inputs = dict(
       input_ids=ids,
-      attention_mask=torch.tensor(batch["mask_BxL"], dtype=torch.long),
-      **{k: torch.tensor(v) for k, v in batch["hf"].items()},
+      attention_mask=torch.tensor(batch.seq.mask_BxL, dtype=torch.long),
+      **{k: torch.tensor(v) for k, v in hf.items()},
     )
     if cfg.family != "internvl":
       self.inputs["mm_token_type_ids"] = (ids == cfg.image_pad_token_id).long()
     self.targets = ids[:, 1:]
-    self.mask = torch.tensor(batch["loss_mask_BxL"][:, 1:], dtype=torch.float32)
-    self.adv = torch.tensor(batch["adv_BxL"][:, 1:])
+    self.mask = torch.tensor(
+      batch.seq.loss_mask_BxL[:, 1:], dtype=torch.float32
+    )
+    self.adv = torch.tensor(batch.adv_BxL[:, 1:])
     self.opt = torch.optim.AdamW(
       self.model.parameters(),
       lr=_LR,
@@ -311,30 +312,28 @@ def profile_ours(ours: Ours, iters: int) -> dict[str, float]:
   out = {
     "vision_s": timed(
       lambda p, x: vlm.encode_images(
-        g.policy, p, x["pixels_IxNxP"], x["vision_meta"]
+        g.policy, p, x.images.pixels_IxNxP, x.images.vision_meta
       ),
       params,
-      b,
+      b.seq,
     ),
     "forward_s": timed(
-      lambda p, x: steps.forward(g, p, x, opts.group_size)[0], params, b
+      lambda p, x: steps.forward(g, p, x, opts.group_size)[0], params, b.seq
     ),
     "logp_s": timed(
       lambda p, x: steps.sequence_logp(g, p, x, opts.group_size)[0],
       params,
-      b,
+      b.seq,
     ),
     "grad_s": timed(
       jax.grad(lambda t, x: steps.rl_loss(t, x, g, opts)[0]), trainables, b
     ),
   }
-  logits = jnp.zeros(b["ids_BxL"].shape + (g.cfg.text.vocab_size,))
+  logits = jnp.zeros(b.seq.ids_BxL.shape + (g.cfg.text.vocab_size,))
   out["log_softmax_fwd_bwd_s"] = timed(
-    jax.grad(
-      lambda z, x: jnp.sum(losses.token_logp(z[:, :-1], x["ids_BxL"][:, 1:]))
-    ),
+    jax.grad(lambda z, ids: jnp.sum(losses.token_logp(z[:, :-1], ids[:, 1:]))),
     logits,
-    b,
+    b.seq.ids_BxL,
   )
   grads = jax.tree.map(jnp.ones_like, trainables)
   opt_state = ours.tx.init(trainables)
@@ -367,10 +366,10 @@ def bench_train(
   # The attention the trainer picks on one CPU (`model.attention=auto`).
   cfg = getattr(config_lib.ModelConfig, preset)().replace(attention="rows")
   params = random_params(cfg, seed)
-  batch = make_batch(
+  batch, hf_inputs = make_batch(
     cfg, prompts, group_size, prompt_text, completion, image_px, seed
   )
-  b, length = batch["ids_BxL"].shape
+  b, length = batch.seq.ids_BxL.shape
   tokens = b * length
   n_params = vlm.param_count(cfg)
   result: dict[str, float] = {
@@ -383,10 +382,10 @@ def bench_train(
 
   theirs = None
   if hf:
-    theirs = Theirs(cfg, params, batch)
+    theirs = Theirs(cfg, params, batch, hf_inputs)
   prompt_len = length - completion if share_prompt and group_size > 1 else 0
   ours = Ours(cfg, jax.device_put(params), batch, group_size, prompt_len)
-  mask = batch["loss_mask_BxL"][:, 1:] > 0
+  mask = batch.seq.loss_mask_BxL[:, 1:] > 0
   ours_logp = ours.logp()
   t0 = time.perf_counter()
   first = ours.step()

@@ -55,8 +55,8 @@ from stepjax.models import config as config_lib
 from stepjax.models import vlm
 from stepjax.sampling import bench as sampling_bench
 from stepjax.sampling import sampler
+from stepjax.train import batches, optim, policy, steps
 from stepjax.train import bench as train_bench
-from stepjax.train import optim, policy, steps
 from stepjax.train import state as state_lib
 
 CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -147,8 +147,8 @@ def update_batch(
   completion: int,
   image_px: int,
   seed: int = 0,
-) -> dict[str, Any]:
-  """A host RL update batch with every key the recipe's loss reads."""
+) -> batches.UpdateBatch:
+  """A host RL update batch with every field the recipe's loss reads."""
   n_img = (image_px // cfg.vision.patch_size) ** 2 // cfg.vision.merge_unit
   prompt_text = seq - completion - n_img - 2
   if prompt_text < 1 or rows % group:
@@ -156,25 +156,27 @@ def update_batch(
       f"bench gpu: seq={seq} must exceed completion={completion} + "
       f"{n_img + 2} image tokens, and rows={rows} divide by G={group}"
     )
-  batch = train_bench.make_batch(
+  batch, _ = train_bench.make_batch(
     cfg, rows // group, group, prompt_text, completion, image_px, seed
   )
-  del batch["hf"]
   rng = np.random.default_rng(seed + 2)
-  b, length = batch["ids_BxL"].shape
-  loss_BxL = batch["loss_mask_BxL"]
-  ref_BxL = -rng.exponential(size=(b, length)) * loss_BxL
-  batch["ref_logp_BxL"] = ref_BxL.astype(np.float32)
-  batch["old_logp_BxL"] = batch["ref_logp_BxL"]
+  b, length = batch.seq.ids_BxL.shape
+  loss_BxL = batch.seq.loss_mask_BxL
+  ref_BxL = (-rng.exponential(size=(b, length)) * loss_BxL).astype(np.float32)
   # Eight steps per completion, the last column of each a step end.
   col = np.arange(length)[None] - (length - completion)
   step_id = np.where(col >= 0, col * 8 // completion, -1)
-  batch["step_id_BxL"] = np.where(loss_BxL > 0, step_id, -1).astype(np.int32)
-  batch["step_valid_BxL"] = (
-    (batch["step_id_BxL"] >= 0) & (rng.random((b, length)) < 0.7)
-  ).astype(np.int32)
-  batch["label_mask_B"] = np.ones((b,), np.int32)
-  return batch
+  step_id_BxL = np.where(loss_BxL > 0, step_id, -1).astype(np.int32)
+  step_valid_BxL = (step_id_BxL >= 0) & (rng.random((b, length)) < 0.7)
+  return batch.replace(
+    ref_logp_BxL=ref_BxL,
+    old_logp_BxL=ref_BxL,
+    value_labels=batches.ValueLabels(
+      step_id_BxL=step_id_BxL,
+      step_valid_BxL=step_valid_BxL.astype(np.int32),
+      label_mask_B=np.ones((b,), np.int32),
+    ),
+  )
 
 
 def model_flops(
@@ -271,9 +273,9 @@ def bench_update(config: Any, cfg, graphs, params, value_params, opts: dict):
     state, metrics = optimizer_step(state)
     times.append(time.perf_counter() - t0)
   seconds = float(np.median(times))
-  rows, length = host["ids_BxL"].shape
+  rows, length = host.seq.ids_BxL.shape
   tokens = accum * rows * length
-  images = host["pixels_IxNxP"].shape[0]
+  images = host.seq.images.pixels_IxNxP.shape[0]
   patches = (opts["image_px"] // cfg.vision.patch_size) ** 2
   model = accum * model_flops(cfg, state.params, rows, length, images, patches)
   return state.params, {

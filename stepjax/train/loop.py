@@ -348,35 +348,39 @@ class Trainer:
     return int(prompt_len) if share else 0
 
   def prepare_fn(self, prompt_len: int, weights_C: tuple[float, ...]):
-    """(ref params, placed update batch) -> adv_B, adv_BxL and, when beta >
-    0, ref_logp_BxL: `steps.prepare_update` jitted, its outputs split by
-    row like the batch."""
+    """(ref params, placed update batch, placed advantage inputs) ->
+    `steps.Prepared` (adv_B, adv_BxL and, when beta > 0, ref_logp_BxL):
+    `steps.prepare_update` jitted, its outputs split by row like the
+    batch. `prompt_len`: the sequences' T prompt columns."""
     adv = steps.advantage_options(self.config, weights_C)
-    key = ("prepare", prompt_len, adv)
+    shared = self.shared_prompt_len(prompt_len)
+    key = ("prepare", shared, adv)
     if key not in self._jitted:
       fn = functools.partial(
         steps.prepare_update,
         graphs=self.graphs,
         adv=adv,
-        prompt_len=prompt_len,
         beta=float(self.config.rl.beta),
-        shared_prompt_len=self.shared_prompt_len(prompt_len),
+        shared_prompt_len=shared,
       )
       mesh = self.mesh
       self._jitted[key] = jax.jit(
-        lambda ref, batch: rows.constrain(fn(ref, batch), mesh)
+        lambda ref, batch, inputs: rows.constrain(fn(ref, batch, inputs), mesh)
       )
     return self._jitted[key]
 
   def value_logits_fn(self):
-    """(params, value params, batch) -> step-value logits [B, L] of every
-    token (steps are read from them on the host: no step axis under jit)."""
+    """(params, value params, sequences) -> step-value logits [B, L] of
+    every token, split by row (steps are read from them on the host: no
+    step axis under jit)."""
     if "value" not in self._jitted:
       g = self.config.sampling.group_size
+      mesh = self.mesh
 
-      def fn(params, value_params, batch):
-        _, hidden = steps.forward(self.graphs, params, batch, g)
-        return step_value.apply(self.graphs.value, value_params, hidden)
+      def fn(params, value_params, seq):
+        _, hidden = steps.forward(self.graphs, params, seq, g)
+        logits = step_value.apply(self.graphs.value, value_params, hidden)
+        return rows.constrain({"value_logits_BxL": logits}, mesh)
 
       self._jitted["value"] = jax.jit(fn)
     return self._jitted["value"]
@@ -392,7 +396,7 @@ class Trainer:
     state, m = self.update_fn(phase)(state, placed)
     m = dict(m)
     m["token_accuracy"] = m.pop("accuracy")
-    m["update_tokens"] = float(np.sum(inputs["loss_mask_BxL"]))
+    m["update_tokens"] = float(np.sum(inputs.seq.loss_mask_BxL))
     return state, m
 
   def policy(self, params, value_params=None) -> policy.Policy:
@@ -407,7 +411,8 @@ class Trainer:
     )
 
   def sample(self, params, batch: dict, rng, *, group_size, temperature):
-    """G completions per prompt of this process's `batch` (host numpy).
+    """G completions per prompt of this process's `batch`
+    (`rollout.Samples`: sequences on the mesh, token ids on the host).
 
     The prompts are split over the mesh's batch axes: each device decodes
     its own rows, each process gets its own completions back, and each
@@ -431,16 +436,16 @@ class Trainer:
     m.update(um)
     return state, m
 
-  def apply_update(self, state, phase: Phase, update: dict, prompt_len=0):
-    """The jitted update(s) on an update batch (see steps.py): a dict of
-    this process's rows (numpy) and / or arrays placed on the mesh, whose
-    first `prompt_len` columns are the groups' prompts (0: not known, every
-    row runs whole). Returns the new state and the last update's metrics
+  def apply_update(self, state, phase: Phase, update, prompt_len=0):
+    """The jitted update(s) on a `batches.UpdateBatch` of this process's
+    rows (numpy) and / or arrays placed on the mesh, whose first
+    `prompt_len` columns are the groups' prompts (0: not known, every row
+    runs whole). Returns the new state and the last update's metrics
     (device arrays)."""
     c = self.config
     if c.optim.grad_accum > 1:
       # Micro-batches of whole groups of this process's rows.
-      host = sharding.local_update_batch(update, self.mesh)
+      host = sharding.local_batch(update, self.mesh)
       micros = [
         self.place(micro)
         for micro in batches.micro_batches(
@@ -456,13 +461,13 @@ class Trainer:
         state, m = update_fn(state, micro)
     return state, m
 
-  def place(self, batch: dict) -> dict:
-    """Global arrays from this process's rows: per-row arrays split over
-    (data, fsdp), images and their metadata replicated; arrays already on
-    the mesh are kept."""
-    return sharding.place_update_batch(batch, self.mesh)
+  def place(self, batch: Any) -> Any:
+    """Global arrays from this process's rows of a typed batch: per-row
+    arrays split over (data, fsdp), image slots replicated; arrays already
+    on the mesh are kept (`sharding.place_batch`)."""
+    return sharding.place_batch(batch, self.mesh)
 
-  def rollout(self, state, batch: dict, step: int) -> tuple[dict, dict]:
+  def rollout(self, state, batch: dict, step: int) -> tuple[Any, dict]:
     """Samples G completions per prompt and scores them: (update,
     metrics). The update batch is placed on the mesh once; its advantages
     and reference log-probs are computed there (`prepare_fn`)."""
@@ -473,7 +478,7 @@ class Trainer:
     self.settle_metrics()
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
     t0 = time.perf_counter()
-    out = self.sample(
+    samples = self.sample(
       state.params,
       batch,
       rng,
@@ -481,20 +486,20 @@ class Trainer:
       temperature=c.sampling.temperature,
     )
     t_sample = time.perf_counter() - t0
-    seq = batches.rl_sequences(batch, out.tokens_BxR, out.mask_BxR, self.cfg, g)
     prompt_len = batch["prompt_ids_BxT"].shape[1]
     value_logits = None
     if c.rl.process_source in ("value_head", "hybrid"):
       value_logits = self.value_logits_fn()(
-        state.params, state.value_params, seq
+        state.params, state.value_params, samples.seq
       )
-      value_logits = np.asarray(value_logits)[:, prompt_len:]
+      value_logits = rows.local(value_logits, self.mesh)["value_logits_BxL"]
+      value_logits = value_logits[:, prompt_len:]
     process.reseed(self.process_source, step)  # draws depend on the step
     # Judge totals count this step's scoring only, not evaluation's calls.
     process.judge_totals(self.process_source)
     scored = rollout.score(
-      out.tokens_BxR,
-      out.lengths_B,
+      samples.tokens_BxR,
+      samples.lengths_B,
       batches.examples(batch),
       tokenizer=self.tokenizer,
       source=self.process_source,
@@ -509,25 +514,21 @@ class Trainer:
       label_mask[self.process_source.last_judged] = 1
     elif c.rl.process_source == "value_head":
       label_mask = np.zeros_like(label_mask)
-    update = self.place(
-      rollout.update_batch(seq, scored, out.logp_BxR, label_mask)
-    )
+    update = self.place(rollout.update_batch(samples, scored, label_mask))
+    inputs = self.place(rollout.advantage_inputs(scored))
     prepare = self.prepare_fn(prompt_len, rollout.reward_weights(scored))
-    prepared = jax.block_until_ready(dict(prepare(self.ref_params, update)))
+    prepared = jax.block_until_ready(prepare(self.ref_params, update, inputs))
     self._dispatched = time.perf_counter()  # the update starts now
-    for key in rollout.ADVANTAGE_INPUT_KEYS:  # not the update's inputs
-      update.pop(key)
-    adv_B = prepared.pop("adv_B")
-    update.update(prepared)
-    m = rollout.metrics(scored, out, g)
-    m["adv_abs_mean"] = jnp.mean(jnp.abs(adv_B))  # read one step late
+    update = prepared.apply(update)
+    m = rollout.metrics(scored, samples, g)
+    m["adv_abs_mean"] = jnp.mean(jnp.abs(prepared.adv_B))  # one step late
     if isinstance(self.process_source, process.HybridSource):
       m["judge_completions"] = float(len(self.process_source.last_judged))
       m["judge_share"] = len(self.process_source.last_judged) / len(
         scored.texts
       )
     m.update(process.judge_totals(self.process_source))
-    sampled = float(np.sum(out.lengths_B))  # this process's loss tokens
+    sampled = float(np.sum(samples.lengths_B))  # this process's loss tokens
     m["sample_tokens_per_s"] = sampled / max(t_sample, 1e-9)
     m["update_tokens"] = c.rl.num_iterations * sampled
     return update, m

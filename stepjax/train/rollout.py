@@ -1,35 +1,42 @@
-"""Host side of an RL step: score sampled completions and build the update.
+"""An RL step up to the update: sample, score the completions, build the batch.
 
 Shapes: P prompts, G samples per prompt, B = P * G completions, T prompt
 tokens, C completion tokens, L = T + C, K steps of a completion (its true
 count), K_pad step slots of a batch (`step_slots`: its largest K rounded up
 to a multiple of STEP_SLOTS; storage only).
 
-Sampled token ids are decoded to text, split into steps (exact token spans
-from `rl.steps`), rewarded (`rl.rewards`), labelled by the process-reward
-source (`rl.process`): host work on text only. `update_batch` lays what
-the advantages are computed from (reward components, step ids, labels,
-true step counts) over the full sequence; `train/steps.py`
-`prepare_update` then computes the per-token advantages (`rl.advantages`,
-the algorithm picked by name) and the reference log-probs on the device,
-in one jitted call. Steps are never merged: rewards, labels and the MRPO
-penalty schedule all see the true K; the update batch carries per-token
-step ids and labels, and only the step-label slots (K_pad) have a step
-axis.
+`sample` returns the completions as device arrays: their full sequences
+(prompt + completion, masks, M-RoPE positions, built on the device from
+the sampler's output: `sampler.full_sequence`) and the sampler's
+log-probs, split over the mesh like the update; only the sampled token ids
+and lengths come back to the host. There they are decoded to text, split
+into steps (exact token spans from `rl.steps`), rewarded (`rl.rewards`)
+and labelled by the process-reward source (`rl.process`): host work on
+text only. `update_batch` adds the step-value head's labels to the device
+sequences and `advantage_inputs` gathers what the advantages are computed
+from (reward components, step ids and labels, true step counts);
+`train/steps.py` `prepare_update` then computes the per-token advantages
+(`rl.advantages`, the algorithm picked by name) and the reference
+log-probs on the device, in one jitted call. Steps are never merged:
+rewards, labels and the MRPO penalty schedule all see the true K; the
+update batch carries per-token step ids and labels, and only the
+step-label slots (K_pad) have a step axis.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepjax import image_slots, rows
-from stepjax.rl import failures, losses, process, rewards, steps
+from stepjax import image_slots, rows, sequences
+from stepjax.rl import advantages, failures, losses, process, rewards, steps
 from stepjax.sampling import sampler
 from stepjax.train import batches
 
@@ -65,7 +72,35 @@ class Scored:
   correct_B: np.ndarray
 
 
-def generate(
+@flax.struct.dataclass
+class Samples:
+  """G completions per prompt of this process's B = P * G rows (row p * G
+  + g), from `sample`.
+
+  seq: their full sequences and the P prompts' image slots
+    (`sequences.SequenceBatch`), device arrays on the policy's mesh.
+  old_logp_BxL: float32 the sampler's log-prob of each completion token at
+    its column (0 on the T prompt columns), on the mesh.
+  tokens_BxR / lengths_B: host numpy copies of the sampled ids (pad after
+    a row's stop) and generated lengths (stop included): the text work's.
+  seq and old_logp_BxL are None when sampled with `build_sequences=False`.
+  """
+
+  seq: sequences.SequenceBatch | None
+  old_logp_BxL: jax.Array | None
+  tokens_BxR: np.ndarray
+  lengths_B: np.ndarray
+
+
+def generate(*args, **kwargs) -> sampler.SampleOutput:
+  """G sampled completions per prompt of a pipeline batch as host numpy
+  (this process's rows): `generate_on_device` (the same arguments), its
+  output copied back."""
+  _, out, num = generate_on_device(*args, **kwargs)
+  return _host_rows(out, kwargs.get("mesh"), num * kwargs["group_size"])
+
+
+def generate_on_device(
   graphs: Any,
   tok_info: Any,
   sampling_config: Any,
@@ -76,28 +111,25 @@ def generate(
   group_size: int,
   temperature: float,
   mesh: Any = None,
-) -> Any:
-  """G sampled completions per prompt of a pipeline batch (host numpy
-  `SampleOutput`), with `sampling.*` limits and the tokenizer's stop ids.
+) -> tuple[sampler.PromptBatch, sampler.SampleOutput, int]:
+  """(prompt, out, P): G sampled completions per prompt of a pipeline
+  batch, with `sampling.*` limits and the tokenizer's stop ids; the
+  sampler's inputs and output as device arrays, and this process's P real
+  prompts.
 
   With a `mesh`, `batch` holds this process's prompts: they are split over
   the mesh's batch axes (data, fsdp), each device decodes its own rows (and
-  holds its prompts' image slots) and this process gets back its own
-  completions. Prompts are padded (the last one repeated with its images,
-  its completions dropped) up to a multiple of this process's row shards;
-  with no padding the samples equal an unsplit run's.
+  holds its prompts' image slots). Prompts are padded (the last one
+  repeated with its images) up to a multiple of this process's row shards:
+  each process's first P prompts (and their P * G rows) are its own; with
+  no padding the samples equal an unsplit run's.
   """
   prompt = sampler.prepare_inputs(batch, graphs.cfg)
   num = prompt.prompt_ids_PxT.shape[0]
   if mesh is not None:
     prompt = _pad_rows(prompt, rows.local_shards(mesh))
-    if prompt.image_prompt_I is not None:  # numbered over all processes
-      prompt = prompt.replace(
-        image_prompt_I=image_slots.for_process(
-          prompt.image_prompt_I, prompt.prompt_ids_PxT.shape[0]
-        )
-      )
-    prompt = rows.place(prompt, mesh)
+    # Numbered over all processes' prompts, then split by row.
+    prompt = rows.place(image_slots.global_numbering(prompt, mesh), mesh)
   out = sampler.generate(
     graphs.policy,
     params,
@@ -112,10 +144,13 @@ def generate(
     pad_id=tok_info.pad_id,
     mesh=mesh,
   )
-  if mesh is None:
-    return jax.device_get(out)
-  out = rows.local(out, mesh)
-  return jax.tree.map(lambda x: x[: num * group_size], out)
+  return prompt, out, num
+
+
+def _host_rows(out: Any, mesh: Any, num_rows: int) -> Any:
+  """This process's first `num_rows` rows of `out`, as host numpy."""
+  out = jax.device_get(out) if mesh is None else rows.local(out, mesh)
+  return jax.tree.map(lambda x: x[:num_rows], out)
 
 
 def sample(
@@ -126,11 +161,19 @@ def sample(
   *,
   group_size: int,
   temperature: float,
-) -> Any:
-  """G completions per prompt of a pipeline `batch` from a
-  `train.policy.Policy` (host numpy `SampleOutput`): `generate` with the
-  policy's graphs, params, stop ids and mesh."""
-  return generate(
+  build_sequences: bool = True,
+) -> Samples:
+  """G completions per prompt of this process's pipeline `batch` from a
+  `train.policy.Policy` (its graphs, params, stop ids and mesh).
+
+  Each device decodes its own rows and each row's randomness depends only
+  on its global index (`generate_on_device`). The full sequences the update
+  reads are built from the sampler's output on the device, in one jitted
+  call (`samples_of`); only token ids and lengths are copied to the host.
+  `build_sequences=False` skips them (evaluation decodes text and trains
+  nothing).
+  """
+  prompt, out, num = generate_on_device(
     policy.graphs,
     policy.tok_info,
     sampling_config,
@@ -140,6 +183,62 @@ def sample(
     group_size=group_size,
     temperature=temperature,
     mesh=policy.mesh,
+  )
+  if not build_sequences:
+    host = _host_rows(out, policy.mesh, num * group_size)
+    return Samples(None, None, host.tokens_BxR, host.lengths_B)
+  return samples_of(
+    prompt, out, group_size=group_size, num_prompts=num, mesh=policy.mesh
+  )
+
+
+def samples_of(
+  prompt: sampler.PromptBatch,
+  out: sampler.SampleOutput,
+  *,
+  group_size: int,
+  num_prompts: int | None = None,
+  mesh: Any = None,
+) -> Samples:
+  """`Samples` of the sampler's device output: each process's first
+  `num_prompts` prompts of `prompt` (by default all: no padding) and
+  their G rows each, their sequences built on the device
+  (`sampler.full_sequence`) and split over `mesh` like an update (the
+  image slots replicated)."""
+  padded = prompt.prompt_ids_PxT.shape[0] // jax.process_count()
+  num = padded if num_prompts is None else int(num_prompts)
+  keep_Q = None
+  if num != padded:  # the padding prompts' rows are dropped on the device
+    starts = np.arange(jax.process_count()) * padded
+    keep_Q = tuple((starts[:, None] + np.arange(num)[None]).ravel().tolist())
+  built = _samples_jit(
+    prompt, out, group_size=int(group_size), keep_Q=keep_Q, mesh=mesh
+  )
+  host = _host_rows(
+    {"tokens_BxR": built.tokens_BxR, "lengths_B": built.lengths_B},
+    mesh,
+    num * group_size,
+  )
+  return built.replace(**host)
+
+
+@functools.partial(jax.jit, static_argnames=("group_size", "keep_Q", "mesh"))
+def _samples_jit(prompt, out, *, group_size: int, keep_Q, mesh):
+  """`samples_of` on the device; keep_Q: the global prompts kept (a static
+  tuple), None for all."""
+  if keep_Q is not None:
+    num = prompt.prompt_ids_PxT.shape[0]
+    prompt, out = image_slots.take_prompts(
+      (prompt, out), np.asarray(keep_Q), num, group_size, xp=jnp
+    )
+  seq = sampler.full_sequence(prompt, out, group_size)
+  t = prompt.prompt_ids_PxT.shape[1]
+  b = out.logp_BxR.shape[0]
+  old_logp_BxL = jnp.concatenate(
+    [jnp.zeros((b, t), jnp.float32), out.logp_BxR.astype(jnp.float32)], axis=1
+  )
+  return rows.constrain(
+    Samples(seq, old_logp_BxL, out.tokens_BxR, out.lengths_B), mesh
   )
 
 
@@ -278,74 +377,65 @@ def score(
 
 
 def update_batch(
-  seq: dict[str, Any],
-  scored: Scored,
-  old_logp_BxC: np.ndarray,
-  label_mask_B: np.ndarray,
-) -> dict[str, Any]:
-  """The update batch (`train/steps.py` layout) of scored completions.
+  samples: Samples, scored: Scored, label_mask_B: np.ndarray
+) -> batches.UpdateBatch:
+  """The update batch of scored completions (advantages and reference
+  log-probs still to come: `steps.prepare_update`).
 
   Args:
-    seq: the full sequences of the B rows (`batches.sequences`: the prompt
-      left-padded to T columns, then the C completion columns) plus the
-      vision inputs (`batches.vision_inputs`).
+    samples: `sample`'s completions (their sequences on the device).
     scored: `score` of the same completions.
-    old_logp_BxC: float[B, C] the sampler's log-prob of each completion
-      token.
     label_mask_B: {0,1}[B] completions whose step labels train the value
       head.
 
   Returns:
-    `seq`'s arrays plus old_logp_BxL, step_id_BxL, step_valid_BxL
-    (completion token c at column T + c; the T prompt columns hold 0, step
-    id -1), label_mask_B, and what `steps.prepare_update` computes the
-    advantages from: rewards_BxC (reward components, `reward_weights`'
-    order), answer_reward_B, num_steps_B (true K), step_valid_BxK,
-    has_labels_B.
+    An `UpdateBatch` of `samples`' sequences and sampler log-probs, with
+    the step-value head's labels (step_id_BxL, step_valid_BxL: completion
+    token c at column T + c, the T prompt columns hold step id -1 and
+    label 0; host numpy, placed with the batch).
   """
   b, c = scored.step_id_BxC.shape
-  length = seq["ids_BxL"].shape[1]
-  if seq["ids_BxL"].shape[0] != b or length < c:
+  if samples.seq is None:
+    raise ValueError("update_batch needs samples with sequences=True")
+  if samples.tokens_BxR.shape != (b, c):
     raise ValueError(
-      f"sequences of shape {seq['ids_BxL'].shape} cannot hold {b} "
-      f"completions of {c} tokens"
+      f"{samples.tokens_BxR.shape[0]} samples of "
+      f"{samples.tokens_BxR.shape[1]} tokens scored as {b} of {c}"
     )
   if scored.step_valid_BxK.shape[1] < scored.num_steps_B.max(initial=0):
     raise ValueError(
       f"{scored.step_valid_BxK.shape[1]} step slots for completions of up "
       f"to {scored.num_steps_B.max()} steps (size them with step_slots)"
     )
-  update = dict(seq)
-  update.update(
-    batches.pad_completion_arrays(
-      {
-        "old_logp_BxL": np.asarray(old_logp_BxC, np.float32),
-        "step_id_BxL": scored.step_id_BxC.astype(np.int32),
-        "step_valid_BxL": scored.step_valid_BxC.astype(np.int32),
-      },
-      length - c,
-    )
+  labels = batches.pad_completion_arrays(
+    {
+      "step_id_BxL": scored.step_id_BxC.astype(np.int32),
+      "step_valid_BxL": scored.step_valid_BxC.astype(np.int32),
+    },
+    samples.seq.ids_BxL.shape[1] - c,
   )
-  update["label_mask_B"] = np.asarray(label_mask_B, np.int32)
+  return batches.UpdateBatch(
+    seq=samples.seq,
+    old_logp_BxL=samples.old_logp_BxL,
+    value_labels=batches.ValueLabels(
+      label_mask_B=np.asarray(label_mask_B, np.int32), **labels
+    ),
+  )
+
+
+def advantage_inputs(scored: Scored) -> advantages.AdvantageInputs:
+  """What `steps.prepare_update` computes the advantages of scored
+  completions from (host numpy; rewards_BxC in `reward_weights`' order,
+  step ids of the completion tokens)."""
   rewards_BxC, _ = scored.rewards.matrix()
-  update["rewards_BxC"] = rewards_BxC
-  update["answer_reward_B"] = np.asarray(
-    scored.rewards.components["answer"], np.float32
+  return advantages.AdvantageInputs(
+    rewards_BxC=np.asarray(rewards_BxC),
+    answer_reward_B=np.asarray(scored.rewards.components["answer"], np.float32),
+    step_id_BxT=scored.step_id_BxC.astype(np.int32),
+    num_steps_B=np.asarray(scored.num_steps_B, np.int32),
+    step_valid_BxK=np.asarray(scored.step_valid_BxK, np.int32),
+    has_labels_B=np.asarray(scored.has_labels_B, np.int32),
   )
-  update["num_steps_B"] = np.asarray(scored.num_steps_B, np.int32)
-  update["step_valid_BxK"] = np.asarray(scored.step_valid_BxK, np.int32)
-  update["has_labels_B"] = np.asarray(scored.has_labels_B, np.int32)
-  return update
-
-
-# What `update_batch` adds for `steps.prepare_update` only.
-ADVANTAGE_INPUT_KEYS = (
-  "rewards_BxC",
-  "answer_reward_B",
-  "num_steps_B",
-  "step_valid_BxK",
-  "has_labels_B",
-)
 
 
 def reward_weights(scored: Scored) -> tuple[float, ...]:
@@ -355,7 +445,7 @@ def reward_weights(scored: Scored) -> tuple[float, ...]:
 
 
 def metrics(
-  scored: Scored, out: Any, group_size: int | None = None
+  scored: Scored, samples: Any, group_size: int | None = None
 ) -> dict[str, float]:
   """Scalars logged per RL step from the scored completions.
 
@@ -373,7 +463,7 @@ def metrics(
     "accuracy": float(np.mean(scored.correct_B)),
     "step_validity": stats.step_validity,
     "num_steps": float(np.mean(scored.num_steps_B)),
-    "completion_length": float(np.mean(out.lengths_B)),
+    "completion_length": float(np.mean(samples.lengths_B)),
   }
   for name, value in comps.items():
     m[f"reward_{name}"] = float(np.mean(value))

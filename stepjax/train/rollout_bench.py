@@ -10,7 +10,9 @@ parts are timed by wrapping the trainer's methods, each wrapper waiting
 for the device where the trainer reads the result back at once anyway.
 
   data          next(batch) from the RL pipeline (decode, preprocess, pad)
-  sample        `Trainer.sample`: the jit sampler, tokens back on the host
+  sample        `Trainer.sample`: the jit sampler, then the update's
+                sequences built from its output on the device; token ids
+                back on the host
   value_logits  the step-value head's forward (process=value_head|hybrid)
   prepare       placing the update batch on the devices, then one jitted
                 call: advantages and (beta > 0) the reference policy's
@@ -18,8 +20,8 @@ for the device where the trainer reads the result back at once anyway.
   update        `Trainer.apply_update`: num_iterations x grad_accum
                 jitted updates, waited for (the trainer itself reads
                 their metrics one step late)
-  score         the rest of `Trainer.rollout`, host work: sequences, decode,
-                steps, rewards, process labels, the update batch
+  score         the rest of `Trainer.rollout`, host work: decode, steps,
+                rewards, process labels, the update batch's labels
   step          the whole step (data + `rl_step`); its parts sum to it
 
 Each part: median, min and max seconds over the timed steps, and its share

@@ -18,7 +18,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -161,73 +160,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-# Update-batch keys that are not split by row: the P prompts' image slots,
-# their metadata and owners (small; gathered from all processes and
-# replicated, every device encodes them). Every other array is split by the
-# row axis its name gives (`rows.row_axis`: positions_3xBxL over axis 1, the
-# rest over axis 0).
-_REPLICATED_KEYS = ("pixels_IxNxP", "vision_meta", "image_prompt_I")
+def place_batch(batch: Any, mesh: Mesh) -> Any:
+  """Places a batch (`train/batches.py`, or any tree of named arrays) of
+  this process's rows on the mesh: per-row arrays split over (data, fsdp),
+  the fields declared `rows.replicated_field` (the image slots) gathered
+  from all processes in process order and replicated, each `ImageSlots`
+  index renumbered to the gathered prompts (`image_slots.
+  global_numbering`). Arrays already on `mesh` are kept (`rows.place`)."""
+  return rows.place(image_slots.global_numbering(batch, mesh), mesh)
 
 
-def place_update_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
-  """Places an update batch (train/steps.py layout) on the mesh.
-
-  Per-row arrays are this process's rows of the global batch, split over
-  (data, fsdp) (`rows.place`); image slots and their metadata (this
-  process's prompts) are gathered from all processes in process order and
-  replicated, `image_prompt_I` renumbered to the gathered prompts. Arrays
-  already placed on `mesh` are kept (see `rows.place`).
-  """
-  split = {k: v for k, v in batch.items() if k not in _REPLICATED_KEYS}
-  out = rows.place(split, mesh)
-  owner = batch.get("image_prompt_I")
-  if owner is not None and not rows.on_mesh(owner, mesh):
-    batch = dict(batch)
-    batch["image_prompt_I"] = image_slots.for_process(owner)
-  for key in _REPLICATED_KEYS:
-    if key in batch:
-      out[key] = jax.tree.map(lambda x: _global_replicated(x, mesh), batch[key])
-  return {key: out[key] for key in batch}
-
-
-def _global_replicated(x: Any, mesh: Mesh) -> jax.Array:
-  if rows.on_mesh(x, mesh):  # placed already (all processes' rows)
-    return jax.device_put(x, NamedSharding(mesh, P()))
-  x = np.asarray(x)
-  if jax.process_count() > 1:
-    x = np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return jax.make_array_from_process_local_data(
-    NamedSharding(mesh, P()), x, x.shape
-  )
-
-
-def local_update_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
-  """This process's rows (numpy) of an update batch whose arrays may be
-  placed on `mesh` (`place_update_batch`'s inverse): per-row arrays are
-  read back by row; the replicated image slots are cut to this process's
-  share (every process holds as many prompts and slots) and
-  `image_prompt_I` numbered from its own first prompt again."""
-  out = {}
-  for key, value in batch.items():
-    if key in _REPLICATED_KEYS:
-      out[key] = jax.tree.map(lambda x: _local_share(x, mesh), value)
-    elif rows.on_mesh(value, mesh):
-      out[key] = rows.local({key: value}, mesh)[key]
-    else:
-      out[key] = np.asarray(value)
-  owner = batch.get("image_prompt_I")
-  if owner is not None and rows.on_mesh(owner, mesh):
-    first = out["image_prompt_I"][:1]
-    out["image_prompt_I"] = out["image_prompt_I"] - (first if first.size else 0)
-  return out
-
-
-def _local_share(x: Any, mesh: Mesh) -> np.ndarray:
-  if not rows.on_mesh(x, mesh):
-    return np.asarray(x)
-  full = np.asarray(x.addressable_data(0))  # replicated: a whole copy
-  if jax.process_count() == 1:
-    return full
-  share = full.shape[0] // jax.process_count()
-  start = jax.process_index() * share
-  return full[start : start + share]
+def local_batch(batch: Any, mesh: Mesh) -> Any:
+  """This process's part (numpy) of a batch whose arrays may be placed on
+  `mesh` (`place_batch`'s inverse): its rows, its share of the replicated
+  image slots, their index numbered from its own first prompt again."""
+  return image_slots.local_numbering(rows.local(batch, mesh))

@@ -33,21 +33,31 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
+from stepjax import image_slots, rows
 from stepjax.data import pipeline, synthmed
 from stepjax.models import config as config_lib
-from stepjax.train import batches
 
 # Scan seeds of the stage, apart from the training / eval / findings sets.
 TRAIN_SEED_OFFSET = 50_000
 HELD_OUT_SEED_OFFSET = 60_000
 LOG_EVERY = 250
 EVAL_SCANS = 256  # sft.vision_pretrain_eval_scans of configs from before it
+
+
+@flax.struct.dataclass
+class TokenBatch:
+  """A pretraining batch: the scans' image slots (whole on every device)
+  and the per-token labels of each slot (split by slot)."""
+
+  images: image_slots.ImageSlots = rows.replicated_field()
+  labels_IxMxC: jax.Array = None
 
 
 class TokenHead(nnx.Module):
@@ -115,13 +125,13 @@ def pretrain(
   policy_graphdef: Any,
   params: Any,
   tokenizer: Any,
-  place: Callable[[dict], dict],
+  place: Callable[[TokenBatch], TokenBatch],
   log: Callable[[str], None] | None = None,
 ) -> tuple[Any, dict]:
   """Trains the tower inside `params` (the policy's nnx.State) for
   `sft.vision_pretrain_steps` steps; returns (params with the trained
-  tower, summary). `place` puts a batch of image slots and labels on the
-  mesh (the trainer's own placement)."""
+  tower, summary). `place` puts a `TokenBatch` on the mesh (the
+  trainer's own placement)."""
   log = log or functools.partial(print, flush=True)
   steps = int(config.sft.vision_pretrain_steps)
   model = nnx.merge(policy_graphdef, params)
@@ -136,8 +146,9 @@ def pretrain(
   def forward(trainables, batch):
     tower = nnx.merge(tower_gd, trainables["tower"])
     head = nnx.merge(head_gd, trainables["head"])
-    img_IxMxE, valid_IxM = tower(batch["pixels_IxNxP"], batch["vision_meta"])
-    return loss_and_metrics(head(img_IxMxE), batch["labels_IxMxC"], valid_IxM)
+    images = batch.images
+    img_IxMxE, valid_IxM = tower(images.pixels_IxNxP, images.vision_meta)
+    return loss_and_metrics(head(img_IxMxE), batch.labels_IxMxC, valid_IxM)
 
   @jax.jit
   def train_step(trainables, opt_state, batch):
@@ -150,11 +161,11 @@ def pretrain(
   evaluate = jax.jit(lambda trainables, batch: forward(trainables, batch)[1])
 
   def placed(batch):
-    arrays = batches.vision_inputs(batch, cfg)
-    patches = arrays["pixels_IxNxP"].shape[1]
+    images = image_slots.from_batch(batch, len(batch["metas"]), cfg)
+    patches = images.pixels_IxNxP.shape[1]
     tokens = patches // cfg.vision.spatial_merge_size**2
-    arrays["labels_IxMxC"] = token_labels(batch, cfg, tokens)
-    return place(arrays)
+    labels = token_labels(batch, cfg, tokens)
+    return place(TokenBatch(images=images, labels_IxMxC=labels))
 
   train_batches = iter(_dataset(config, cfg, tokenizer, TRAIN_SEED_OFFSET))
   curve = []

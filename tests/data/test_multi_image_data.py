@@ -105,7 +105,7 @@ def test_pipeline_makes_a_two_image_batch(tmp_path, tok):
     vision_end_token_id=info.vision_end_id,
   )
   prompt = sampler.prepare_inputs(batch, cfg)
-  assert prompt.vision_meta.valid_IxM[3].sum() == 0  # the empty slot
+  assert prompt.images.vision_meta.valid_IxM[3].sum() == 0  # the empty slot
 
 
 def test_one_image_per_prompt_is_the_default_layout(tmp_path, tok):

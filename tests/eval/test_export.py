@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 
+from stepjax import image_slots
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.eval import checkpoints, export
 from stepjax.eval import generate as gen
@@ -74,7 +75,7 @@ def test_transformers_logits_equal_ours(exported):
   ours, _, _ = vlm.forward(
     loaded.graphs.policy, loaded.params, prompt.prompt_ids_PxT,
     prompt.positions_3xPxT, prompt.prompt_mask_PxT,
-    pixels_IxNxP=prompt.pixels_IxNxP, vision_meta=prompt.vision_meta,
+    **image_slots.model_inputs(prompt.images),
   )  # fmt: skip
   model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
     hf, attn_implementation="eager"

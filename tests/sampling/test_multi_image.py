@@ -5,9 +5,11 @@ image slots each: prompt 0 shows two images, prompt 1 one (its second slot
 empty), prompt 2 two, prompt 3 one; G = 4 samples per prompt. The images
 reach each row through `image_prompt_I` (`stepjax/image_slots.py`): the
 sampler's log-probs equal a teacher-forced forward on the full sequences
-and the trainer's own layout (`batches.rl_sequences` -> `steps.
+and the trainer's own layout (`rollout.samples_of` -> `steps.
 sequence_logp`); split over 8 simulated devices the samples equal the
-unsplit ones token for token, each prompt's images on its prompt's device.
+unsplit ones token for token, each prompt's images on its prompt's device,
+and the trainer's update batch holds every prompt's images on every
+device.
 """
 
 import types
@@ -16,8 +18,10 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from stepjax import image_slots, rows
+from stepjax import image_slots, rows, sequences
 from stepjax.models import config as config_lib
 from stepjax.models import vlm
 from stepjax.sampling import sampler
@@ -104,10 +108,7 @@ def trainer(setup):
   """(update, logp_fn): the trainer's layout of the samples and its jitted
   `steps.sequence_logp`."""
   s = setup
-  out = s["out"]
-  update = batches.rl_sequences(
-    s["batch"], out.tokens_BxR, out.mask_BxR, s["cfg"], G
-  )
+  update = rollout.samples_of(s["prompt"], s["out"], group_size=G).seq
   graphs = types.SimpleNamespace(policy=s["graphdef"], cfg=s["cfg"])
   fn = jax.jit(
     lambda params, b, t: steps.sequence_logp(graphs, params, b, G, t)[0],
@@ -122,14 +123,16 @@ def test_logp_equals_teacher_forced_forward_and_trainer_layout(setup, trainer):
   assert out.tokens_BxR.shape == (len(PROMPTS) * G, STEPS)
   assert out.mask_BxR.sum() > len(PROMPTS) * G  # real samples
   seq = sampler.full_sequence(s["prompt"], out, G)
-  t = seq.pop("prompt_len")
-  # Each row reads its own prompt's slots: 4 rows x 2 slots per prompt.
+  t = s["prompt"].prompt_ids_PxT.shape[1]
+  # Each row reads its own copy of its prompt's slots (4 rows x 2 slots per
+  # prompt; `repeat_group`).
+  repeated = sampler.repeat_group(s["prompt"], G).images
   np.testing.assert_array_equal(
-    seq["image_prompt_I"], np.repeat(np.arange(len(PROMPTS) * G), M)
+    repeated.image_prompt_I, np.repeat(np.arange(len(PROMPTS) * G), M)
   )
   forced = jax.jit(
     lambda params, seq: sampler.teacher_forced_logp(
-      s["graphdef"], params, dict(seq, prompt_len=t)
+      s["graphdef"], params, seq, G, t
     )
   )(s["params"], seq)
   diff = np.abs(np.asarray(forced) - out.logp_BxR)
@@ -139,12 +142,19 @@ def test_logp_equals_teacher_forced_forward_and_trainer_layout(setup, trainer):
   # The trainer's layout: images encoded once per prompt, its G rows read
   # their copies through image_prompt_I.
   update, logp_fn = trainer
-  assert update["pixels_IxNxP"].shape[0] == len(PROMPTS) * M
-  real = update["mask_BxL"] > 0  # padding positions are never attended
-  np.testing.assert_array_equal(
-    update["positions_3xBxL"][:, real],
-    np.asarray(seq["positions_3xBxL"])[:, real],
+  assert update.images.pixels_IxNxP.shape[0] == len(PROMPTS) * M
+  # The host build (rope_index over whole rows) gives the same sequences.
+  host = sequences.build(
+    s["batch"]["prompt_ids_BxT"],
+    s["batch"]["prompt_mask_BxT"],
+    out.tokens_BxR,
+    out.mask_BxR,
+    image_slots.from_batch(s["batch"], len(PROMPTS), s["cfg"]),
+    s["cfg"],
+    G,
   )
+  for x, y in zip(jax.tree.leaves(update), jax.tree.leaves(host)):
+    np.testing.assert_array_equal(x, y)
   logp = np.where(out.mask_BxR > 0, logp_fn(update)[:, t - 1 :], 0.0)
   diff = np.abs(logp - out.logp_BxR)
   print(f"[multi-image] sampler vs trainer layout: max diff {diff.max():.3g}")
@@ -162,19 +172,21 @@ def test_micro_batches_keep_each_rows_images(setup, trainer):
   gives its rows the log-probs they have in the whole update."""
   update, logp_fn = trainer
   whole = logp_fn(update)
-  micros = list(batches.micro_batches(update, 2, G))
+  host = jax.device_get(batches.UpdateBatch(seq=update))
+  micros = list(batches.micro_batches(host, 2, G))
   for i, micro in enumerate(micros):
-    np.testing.assert_array_equal(micro["image_prompt_I"], [0, 0, 1, 1])
+    images, want = micro.seq.images, update.images
+    np.testing.assert_array_equal(images.image_prompt_I, [0, 0, 1, 1])
     np.testing.assert_array_equal(
-      micro["pixels_IxNxP"], update["pixels_IxNxP"][4 * i : 4 * i + 4]
+      images.pixels_IxNxP, want.pixels_IxNxP[4 * i : 4 * i + 4]
     )
     np.testing.assert_array_equal(
-      micro["vision_meta"].valid_IxM,
-      update["vision_meta"].valid_IxM[4 * i : 4 * i + 4],
+      images.vision_meta.valid_IxM,
+      want.vision_meta.valid_IxM[4 * i : 4 * i + 4],
     )
     rows_i = slice(2 * G * i, 2 * G * (i + 1))
-    np.testing.assert_array_equal(micro["ids_BxL"], update["ids_BxL"][rows_i])
-    np.testing.assert_allclose(logp_fn(micro), whole[rows_i], atol=TOL)
+    np.testing.assert_array_equal(micro.seq.ids_BxL, update.ids_BxL[rows_i])
+    np.testing.assert_allclose(logp_fn(micro.seq), whole[rows_i], atol=TOL)
 
 
 def test_unshared_prefill_gives_the_same_samples(setup):
@@ -235,7 +247,7 @@ def test_split_over_eight_devices_equals_one(setup):
   placed = rows.place(s["prompt"], mesh)
   for p_shard, i_shard in zip(
     placed.prompt_ids_PxT.addressable_shards,
-    placed.pixels_IxNxP.addressable_shards,
+    placed.images.pixels_IxNxP.addressable_shards,
   ):
     p_rows = p_shard.index[0]
     assert i_shard.device == p_shard.device
@@ -262,6 +274,33 @@ def test_split_over_eight_devices_equals_one(setup):
   )  # fmt: skip
   np.testing.assert_array_equal(got8.tokens_BxR, s["out"].tokens_BxR)
   np.testing.assert_allclose(got8.logp_BxR, s["out"].logp_BxR, atol=TOL)
+
+  # The trainer's `rollout.sample` there: the 4 prompts' 16 rows (the
+  # padding prompts' rows dropped on the device) split by row, every
+  # prompt's image slots whole on every device (the update encodes them
+  # all), the same sequences as unsplit.
+  policy = types.SimpleNamespace(
+    graphs=graphs, tok_info=tok_info, params=s["params"], mesh=mesh8
+  )
+  samples = rollout.sample(
+    policy, s["batch"], s["rng"], sampling, group_size=G, temperature=1.0
+  )
+  seq = samples.seq
+  assert seq.ids_BxL.shape[0] == len(PROMPTS) * G
+  split = NamedSharding(mesh8, P(rows.BATCH_AXES, None))
+  assert seq.ids_BxL.sharding.is_equivalent_to(split, 2)
+  split = NamedSharding(mesh8, P(None, rows.BATCH_AXES, None))
+  assert seq.positions_3xBxL.sharding.is_equivalent_to(split, 3)
+  assert all(
+    x.sharding.is_fully_replicated for x in jax.tree.leaves(seq.images)
+  )
+  for shard in seq.images.pixels_IxNxP.addressable_shards:
+    assert shard.data.shape == seq.images.pixels_IxNxP.shape
+  want = rollout.samples_of(s["prompt"], s["out"], group_size=G)
+  for x, y in zip(jax.tree.leaves(seq), jax.tree.leaves(want.seq)):
+    np.testing.assert_array_equal(x, y)
+  np.testing.assert_array_equal(samples.tokens_BxR, s["out"].tokens_BxR)
+  np.testing.assert_allclose(samples.old_logp_BxL, want.old_logp_BxL, atol=TOL)
 
 
 def test_take_prompts_moves_image_slots():

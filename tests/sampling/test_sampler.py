@@ -100,12 +100,12 @@ def greedy(setup):
 def test_logp_matches_teacher_forced_forward(setup, sampled):
   out = sampled[0]
   seq = sampler.full_sequence(setup["prompt"], out, 4)
+  t = setup["prompt"].prompt_ids_PxT.shape[1]
   fn = jax.jit(
     lambda params, seq: sampler.teacher_forced_logp(
-      setup["graphdef"], params, dict(seq, prompt_len=t)
+      setup["graphdef"], params, seq, 4, t
     )
   )
-  t = seq.pop("prompt_len")
   ref = fn(setup["params"], seq)
   diff = np.abs(np.asarray(ref) - out.logp_BxR)
   print(f"[sampler] logp vs teacher forced: max abs diff {diff.max():.3g}")
@@ -164,7 +164,7 @@ def _argmax_loop(s, b):
   (one compile): causal attention makes the unused tail irrelevant."""
   cfg, batch = s["cfg"], s["batch"]
   one = image_slots.take_prompts(batch, [b], len(batch["prompt_ids_BxT"]))
-  meta = sampler.prepare_inputs(one, cfg).vision_meta
+  meta = sampler.prepare_inputs(one, cfg).images.vision_meta
   t = one["prompt_ids_BxT"].shape[1]
   ids = np.full((1, t + STEPS), cfg.pad_token_id, np.int32)
   mask = np.zeros((1, t + STEPS), np.int32)
@@ -191,7 +191,7 @@ def test_greedy_equals_uncached_argmax_loop(setup, greedy):
     np.testing.assert_array_equal(greedy.tokens_BxR[b], ref)
     # The trainer's positions are rope_index's on the full sequence.
     np.testing.assert_array_equal(
-      np.asarray(seq["positions_3xBxL"])[:, b][:, real], pos[:, real]
+      np.asarray(seq.positions_3xBxL)[:, b][:, real], pos[:, real]
     )
 
 

@@ -25,7 +25,7 @@ from stepjax.train import loop  # noqa: E402
 def local_rows(update, pid, nproc, group_size):
   """Process `pid`'s prompts: their G rows each and their image slots (the
   index numbered from 0 in each process, as each builds its own)."""
-  total = update["ids_BxL"].shape[0] // group_size
+  total = update.seq.ids_BxL.shape[0] // group_size
   prompts = total // nproc
   mine = np.arange(pid * prompts, (pid + 1) * prompts)
   return image_slots.take_prompts(update, mine, total, group_size)

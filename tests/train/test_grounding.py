@@ -109,11 +109,9 @@ def test_sft_step_adds_the_weighted_readout_loss(grounded):
       trainables, batch, trainer.graphs, opts
     )
 
-  batch = {
-    k: v if k == "vision_meta" else jnp.asarray(v) for k, v in inputs.items()
-  }
-  assert inputs["findings_BxF"].shape == (len(inputs["ids_BxL"]), 7)
-  assert inputs["findings_mask_BxF"].sum() > 0
+  batch = jax.tree.map(jnp.asarray, inputs)
+  assert inputs.findings_BxF.shape == (len(inputs.seq.ids_BxL), 7)
+  assert inputs.findings_mask_BxF.sum() > 0
   (obj, metrics), on = grads(state.trainables(), batch, opts)
   np.testing.assert_allclose(
     float(obj),

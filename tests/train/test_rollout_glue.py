@@ -1,7 +1,8 @@
 """The glue of an RL step, token by token: known completions of real
-SynthMed prompts -> `rollout.score` -> `rollout.update_batch` ->
-`steps.prepare_update` (advantages, on the device) ->
-`batches.micro_batches`, as `Trainer.rollout` runs it (no model).
+SynthMed prompts -> `rollout.samples_of` (their sequences, on the device)
+-> `rollout.score` -> `rollout.update_batch` -> `steps.prepare_update`
+(advantages, on the device) -> `batches.micro_batches`, as
+`Trainer.rollout` runs it (no model).
 
 Expected values are computed here from the spec (MRPO_SPEC.md) with plain
 loops: step spans from how the test builds each text, labels from which
@@ -18,10 +19,11 @@ import jax
 import numpy as np
 import pytest
 
-from stepjax import image_slots
+from stepjax import image_slots, sequences
 from stepjax.data import pipeline, synthmed
 from stepjax.data import tokenizer as tokenizer_lib
 from stepjax.rl import process
+from stepjax.sampling import sampler
 from stepjax.train import batches, components, policy, rollout
 from stepjax.train import steps as train_steps
 
@@ -188,36 +190,41 @@ def _build(s, prompts=slice(None)):
     (prompts.start or 0) * G, (prompts.start or 0) * G + p * G
   )  # the G rows of each prompt
   tokens, mask = s["tokens_BxC"][rows], s["mask_BxC"][rows]
-  seq = batches.rl_sequences(batch, tokens, mask, s["cfg"], G)
+  logp = s["logp_BxC"][rows]
+  # What the sampler would return for these completions.
+  out = sampler.SampleOutput(
+    tokens_BxR=tokens,
+    logp_BxR=logp,
+    sample_logp_BxR=logp,
+    mask_BxR=mask,
+    lengths_B=mask.sum(1).astype(np.int32),
+  )
+  prompt = sampler.prepare_inputs(batch, s["cfg"])
+  samples = rollout.samples_of(prompt, out, group_size=G)
+  np.testing.assert_array_equal(samples.tokens_BxR, tokens)
   scored = rollout.score(
-    tokens,
-    s["lengths_B"][rows],
+    samples.tokens_BxR,
+    samples.lengths_B,
     batches.examples(batch),
     tokenizer=s["tok"],
     source=process.VerifierSource(synthmed.verify_steps),
     config=s["config"],
   )
   label_mask = scored.has_labels_B.astype(np.int32)
-  update = rollout.update_batch(seq, scored, s["logp_BxC"][rows], label_mask)
+  update = rollout.update_batch(samples, scored, label_mask)
   adv = train_steps.advantage_options(
     s["config"], rollout.reward_weights(scored)
   )
   prepare = jax.jit(
-    lambda batch: train_steps.prepare_update(
-      None,
-      batch,
-      graphs=None,
-      adv=adv,
-      prompt_len=batch["ids_BxL"].shape[1] - tokens.shape[1],
-      beta=0.0,
+    lambda batch, inputs: train_steps.prepare_update(
+      None, batch, inputs, graphs=None, adv=adv, beta=0.0
     )
   )
-  prepared = jax.device_get(prepare(update))
-  for key in rollout.ADVANTAGE_INPUT_KEYS:  # as Trainer.rollout does
-    update.pop(key)
-  adv_B = prepared.pop("adv_B")
-  update.update(prepared)
-  return update, scored, adv_B
+  prepared = prepare(update, rollout.advantage_inputs(scored))
+  assert prepared.ref_logp_BxL is None  # beta = 0
+  # As Trainer.rollout does; host copies to compare.
+  update = jax.device_get(prepared.apply(update))
+  return update, scored, np.asarray(prepared.adv_B)
 
 
 @pytest.fixture(scope="module")
@@ -290,12 +297,26 @@ def test_twenty_step_penalty_schedule(setup, built):
   t = setup["batch"]["prompt_ids_BxT"].shape[1]
   adv = float(adv_B[1])
   assert abs(adv) > 0.1
-  step_id = update["step_id_BxL"][1, t:]
-  adv_C = update["adv_BxL"][1, t:]
+  step_id = update.value_labels.step_id_BxL[1, t:]
+  adv_C = update.adv_BxL[1, t:]
   first, last = adv_C[step_id == 0], adv_C[step_id == 19]
   assert first.size and last.size
   np.testing.assert_allclose(first, -math.e * abs(adv), rtol=1e-5)
   np.testing.assert_allclose(last, -1.0 * abs(adv), rtol=1e-5)
+
+
+def _columns(update):
+  """Every per-token [B, L] array of an update batch, by field name."""
+  labels = update.value_labels
+  return {
+    "ids_BxL": update.seq.ids_BxL,
+    "mask_BxL": update.seq.mask_BxL,
+    "loss_mask_BxL": update.seq.loss_mask_BxL,
+    "adv_BxL": update.adv_BxL,
+    "old_logp_BxL": update.old_logp_BxL,
+    "step_id_BxL": labels.step_id_BxL,
+    "step_valid_BxL": labels.step_valid_BxL,
+  }
 
 
 def test_update_batch_token_by_token(setup, built):
@@ -309,23 +330,17 @@ def test_update_batch_token_by_token(setup, built):
   c = s["tokens_BxC"].shape[1]
   adv_B = _expected_advantages(s)
   b = len(s["rows"])
-  for key in (
-    "ids_BxL",
-    "mask_BxL",
-    "loss_mask_BxL",
-    "adv_BxL",
-    "old_logp_BxL",
-    "step_id_BxL",
-    "step_valid_BxL",
-  ):
-    assert update[key].shape == (b, t + c), key
-  assert update["positions_3xBxL"].shape == (3, b, t + c)
-  np.testing.assert_array_equal(update["label_mask_B"], [1, 1, 1, 1])
+  columns = _columns(update)
+  for key, value in columns.items():
+    assert value.shape == (b, t + c), key
+  assert update.ref_logp_BxL is None
+  assert update.seq.positions_3xBxL.shape == (3, b, t + c)
+  np.testing.assert_array_equal(update.value_labels.label_mask_B, [1, 1, 1, 1])
   for i, r in enumerate(s["rows"]):
     p = i // G
     n = len(r["ids"])
     for j in range(t + c):
-      got = {k: update[k][i, j] for k in update if k.endswith("_BxL")}
+      got = {k: v[i, j] for k, v in columns.items()}
       if j < t:  # the left-padded prompt: nothing to train
         assert got["ids_BxL"] == prompt_ids[p, j]
         assert got["mask_BxL"] == prompt_mask[p, j]
@@ -349,11 +364,35 @@ def test_update_batch_token_by_token(setup, built):
       assert got["adv_BxL"] == pytest.approx(want, rel=1e-5, abs=1e-6), where
   # Every step of every row is laid out, in order.
   for i, r in enumerate(s["rows"]):
-    ids = update["step_id_BxL"][i, t:]
+    ids = columns["step_id_BxL"][i, t:]
     assert sorted(set(ids.tolist()) - {-1}) == list(range(len(r["steps"])))
   # The completion's first token sits right after the prompt's last one.
-  np.testing.assert_array_equal(update["mask_BxL"][:, t - 1], 1)
-  np.testing.assert_array_equal(update["ids_BxL"][:, t], s["tokens_BxC"][:, 0])
+  np.testing.assert_array_equal(columns["mask_BxL"][:, t - 1], 1)
+  np.testing.assert_array_equal(columns["ids_BxL"][:, t], s["tokens_BxC"][:, 0])
+
+
+def test_device_sequences_equal_the_host_build(setup, built):
+  """The sequences built from the sampler's output on the device
+  (`sampler.full_sequence`) equal `sequences.build` on the host (M-RoPE
+  positions over the whole row, `rope_index`), padding included."""
+  update, _, _ = built
+  s = setup
+  batch = s["batch"]
+  num = len(batch["ids"])
+  host = sequences.build(
+    batch["prompt_ids_BxT"],
+    batch["prompt_mask_BxT"],
+    s["tokens_BxC"],
+    s["mask_BxC"],
+    image_slots.from_batch(batch, num, s["cfg"]),
+    s["cfg"],
+    G,
+  )
+  got, want = jax.tree.leaves(update.seq), jax.tree.leaves(host)
+  assert len(got) == len(want)
+  for x, y in zip(got, want):
+    assert x.dtype == y.dtype
+    np.testing.assert_array_equal(x, y)
 
 
 def test_value_head_labels_cover_every_step(setup):
@@ -384,23 +423,22 @@ def test_value_head_labels_cover_every_step(setup):
   assert float(scored.rewards.components["process"][1]) == pytest.approx(0.5)
 
 
-def test_micro_batches_split_every_key_consistently(setup, built):
+def test_micro_batches_split_every_field_consistently(setup, built):
   """Micro-batch p of whole groups equals the update of prompt p alone."""
   update, _, _ = built
   micros = list(batches.micro_batches(update, 2, G))
   assert len(micros) == 2
   for p, micro in enumerate(micros):
     alone, _, _ = _build(setup, slice(p, p + 1))
-    assert micro.keys() == update.keys() == alone.keys()
-    assert micro["ids_BxL"].shape[0] == G
-    assert micro["positions_3xBxL"].shape[1] == G
-    assert micro["pixels_IxNxP"].shape[0] == 1
-    for key in update:
-      got = jax.tree.leaves(micro[key])
-      want = jax.tree.leaves(alone[key])
-      assert len(got) == len(want), key
-      for x, y in zip(got, want):
-        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6, err_msg=key)
+    got = jax.tree_util.tree_flatten_with_path(micro)[0]
+    want = jax.tree_util.tree_flatten_with_path(alone)[0]
+    assert [k for k, _ in got] == [k for k, _ in want]
+    assert micro.seq.ids_BxL.shape[0] == G
+    assert micro.seq.positions_3xBxL.shape[1] == G
+    assert micro.seq.images.pixels_IxNxP.shape[0] == 1
+    for (key, x), (_, y) in zip(got, want):
+      name = jax.tree_util.keystr(key)
+      np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6, err_msg=name)
   with pytest.raises(ValueError, match="whole groups"):
     list(batches.micro_batches(update, 3, G))
 
@@ -419,8 +457,8 @@ def test_metrics_with_skipped_labels(setup, built):
   labels = list(scored.labels)
   labels[0] = process.StepLabels((), skipped=True)
   skipped = dataclasses.replace(scored, labels=labels)
-  out = types.SimpleNamespace(lengths_B=setup["lengths_B"])
-  m = rollout.metrics(skipped, out)
+  samples = types.SimpleNamespace(lengths_B=setup["lengths_B"])
+  m = rollout.metrics(skipped, samples)
   kept = [v for r in setup["rows"][1:] for v in r["valid"]]
   assert m["step_validity"] == pytest.approx(sum(kept) / len(kept))
   assert m["accuracy"] == pytest.approx(0.25)

@@ -54,9 +54,12 @@ def _reference(workdir, preset):
   # advantages 0); give the completion tokens random advantages and some
   # step labels so the update moves every part of the loss.
   rng = np.random.default_rng(0)
-  mask = update["loss_mask_BxL"]
-  update["adv_BxL"] = (rng.normal(size=mask.shape) * mask).astype(np.float32)
-  update["label_mask_B"] = np.ones_like(update["label_mask_B"])
+  mask = np.asarray(update.seq.loss_mask_BxL)
+  labels = update.value_labels
+  update = update.replace(
+    adv_BxL=(rng.normal(size=mask.shape) * mask).astype(np.float32),
+    value_labels=labels.replace(label_mask_B=np.ones_like(labels.label_mask_B)),
+  )
   before, after, metrics = _update_and_result(trainer, update)
   return update, before, after, metrics
 
@@ -68,7 +71,7 @@ def reference(tmp_path_factory):
 
 def test_update_is_not_trivial(reference):
   update, before, after, metrics = reference
-  assert np.abs(update["adv_BxL"]).max() > 0
+  assert np.abs(update.adv_BxL).max() > 0
   assert trainer_utils.max_abs_diff(before, after) > 5e-4
   assert np.isfinite(metrics["loss"])
 
@@ -77,14 +80,14 @@ def test_rollout_aligns_sampler_and_teacher_forced_logp(reference):
   """Trainer.rollout puts the sampler's log-prob of completion token c at
   the column where the teacher-forced reference log-prob of that token
   sits (the reference policy is the sampling one here)."""
-  update = reference[0]
-  mask = update["loss_mask_BxL"] > 0
+  update = jax.device_get(reference[0])
+  mask = update.seq.loss_mask_BxL > 0
   assert mask.sum() > 0 and not mask[:, 0].any()
-  old, ref = update["old_logp_BxL"], update["ref_logp_BxL"]
+  old, ref = update.old_logp_BxL, update.ref_logp_BxL
   np.testing.assert_allclose(old[mask], ref[mask], atol=2e-4)
   assert np.all(old[~mask] == 0)
   # Step ids live on completion tokens only.
-  assert np.all(update["step_id_BxL"][~mask] == -1)
+  assert np.all(update.value_labels.step_id_BxL[~mask] == -1)
 
 
 @pytest.mark.slow  # whole rows; the trainer's default is the next test
@@ -105,7 +108,7 @@ def test_shared_prompts_on_eight_devices_equal_one_device(reference, tmp_path):
   (2, 2, 2) mesh equals one device, and its loss the whole-row one's."""
   update, _, _, metrics_whole = reference
   # The first completion column: every completion has a first token.
-  t = int(np.argmax((np.asarray(update["loss_mask_BxL"]) > 0).any(0)))
+  t = int(np.argmax((np.asarray(update.seq.loss_mask_BxL) > 0).any(0)))
   assert t > 0
   one = _rl_trainer(tmp_path / "one", (1, 1, 1))
   _, after_1, metrics_1 = _update_and_result(one, update, t)

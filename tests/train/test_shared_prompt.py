@@ -36,9 +36,13 @@ def _rollout(trainer):
   update, _ = trainer.rollout(state, batch, step=0)
   # Random advantages and labels, so every term of the loss moves.
   rng = np.random.default_rng(0)
-  mask = np.asarray(update["loss_mask_BxL"])
-  update["adv_BxL"] = (rng.normal(size=mask.shape) * mask).astype(np.float32)
-  update["label_mask_B"] = np.ones(mask.shape[0], np.int32)
+  mask = np.asarray(update.seq.loss_mask_BxL)
+  update = update.replace(
+    adv_BxL=(rng.normal(size=mask.shape) * mask).astype(np.float32),
+    value_labels=update.value_labels.replace(
+      label_mask_B=np.ones(mask.shape[0], np.int32)
+    ),
+  )
   return state, trainer.place(update), batch["prompt_ids_BxT"].shape[1]
 
 
@@ -59,7 +63,7 @@ def test_shared_prompt_equals_whole_rows(tmp_path, overrides):
   try:
     state, update, t = _rollout(trainer)
     g = trainer.config.sampling.group_size
-    ids = np.asarray(update["ids_BxL"])
+    ids = np.asarray(update.seq.ids_BxL)
     # The premise: a group's rows share their first t columns.
     assert (ids[:, :t].reshape(-1, g, t) == ids[::g, None, :t]).all()
     whole = steps.options_from_config(trainer.config)
@@ -83,12 +87,14 @@ def test_shared_prompt_equals_whole_rows(tmp_path, overrides):
     scale = max(float(np.abs(x).max()) for x in flat_a)
     worst = max(float(np.abs(a - b).max()) for a, b in zip(flat_a, flat_b))
     assert scale > 0 and worst <= 1e-4 * scale, (worst, scale)
-    logp_a, s_a = steps.sequence_logp(trainer.graphs, state.params, update, g)
+    logp_a, s_a = steps.sequence_logp(
+      trainer.graphs, state.params, update.seq, g
+    )
     logp_b, s_b = steps.sequence_logp(
-      trainer.graphs, state.params, update, g, t
+      trainer.graphs, state.params, update.seq, g, t
     )
     assert (s_a, s_b) == (1, t)
-    real = np.asarray(update["loss_mask_BxL"])[:, t:] > 0
+    real = np.asarray(update.seq.loss_mask_BxL)[:, t:] > 0
     np.testing.assert_allclose(
       np.asarray(logp_b)[real],
       np.asarray(logp_a)[:, t - 1 :][real],

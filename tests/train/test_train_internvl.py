@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 
+from stepjax import image_slots
 from stepjax.data import images
 from stepjax.eval import checkpoints, export
 from stepjax.eval import generate as gen
@@ -75,7 +76,7 @@ def test_export_loads_in_transformers_with_our_logits(run, tmp_path):
   ours, _, _ = vlm.forward(
     loaded.graphs.policy, loaded.params, prompt.prompt_ids_PxT,
     prompt.positions_3xPxT, prompt.prompt_mask_PxT,
-    pixels_IxNxP=prompt.pixels_IxNxP, vision_meta=prompt.vision_meta,
+    **image_slots.model_inputs(prompt.images),
   )  # fmt: skip
   model = transformers.InternVLForConditionalGeneration.from_pretrained(
     out, attn_implementation="eager"

@@ -67,7 +67,8 @@ def batches_of(records, bs):
   ds = pipeline.make_dataset(sources.InMemorySource(records, name="d"), tok, opts, think_tag=config.tokenizer.think_tag, shard_index=0, shard_count=1)
   out = []
   for b, i0 in zip(ds, range(0, len(records), bs)):
-    x = batches.sft_batch(b, cfg)
+    q = batches.sft_batch(b, cfg).seq  # flattened: the keys read below
+    x = dict(ids_BxL=q.ids_BxL, mask_BxL=q.mask_BxL, positions_3xBxL=q.positions_3xBxL, loss_mask_BxL=q.loss_mask_BxL, pixels_IxNxP=q.images.pixels_IxNxP, vision_meta=q.images.vision_meta)
     y = np.zeros((len(b["pixels_IxNxP"]), len(ORGANS)), np.float32); m = np.zeros_like(y)
     for j, r in enumerate(records[i0:i0+bs]):
       for o in r.meta["scene"]["organs"]:

@@ -17,7 +17,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "configs"))
 import synthmed_tiny
 from stepjax.data import pipeline, sources, synthmed, tokenizer as tokenizer_lib
-from stepjax.train import batches, components
+from stepjax import image_slots
+from stepjax.train import components
 from stepjax.models import vlm, config as config_lib
 
 ORGANS = ["right lung","left lung","heart","liver","spleen","right kidney","left kidney"]
@@ -55,8 +56,8 @@ head = Head(nnx.Rngs(0))
 opt = nnx.Optimizer((vis, head), optax.adam(float(sys.argv[3]) if len(sys.argv)>3 else 1e-3), wrt=nnx.Param)
 
 def feats(vis, b):
-  vi = batches.vision_inputs(b, cfg)
-  f, valid = vis(jnp.asarray(vi["pixels_IxNxP"]), vi["vision_meta"])
+  vi = image_slots.from_batch(b, len(b["prompt_ids_BxT"]), cfg)
+  f, valid = vis(jnp.asarray(vi.pixels_IxNxP), vi.vision_meta)
   return f
 @nnx.jit
 def step(vis, head, opt, pix, meta, y, m):
@@ -69,8 +70,9 @@ def step(vis, head, opt, pix, meta, y, m):
   loss, g = nnx.value_and_grad(loss_fn)((vis, head))
   opt.update((vis, head), g)
   return loss
-def sub(b, idx):
-  return {k: (v[idx] if hasattr(v, "shape") and v.shape[:1]==(len(b["pixels_IxNxP"]),) else v) for k, v in b.items()}
+def sub(b, idx):  # one image per prompt: the picked prompts own slots 0, 1, ...
+  out = {k: (v[idx] if hasattr(v, "shape") and v.shape[:1]==(len(b["pixels_IxNxP"]),) else v) for k, v in b.items()}
+  return dict(out, image_prompt_I=np.arange(len(idx), dtype=np.int32))
 rng = np.random.default_rng(0)
 bs=32
 def evaluate():
@@ -78,8 +80,8 @@ def evaluate():
   P=[]
   for i in range(0, len(test), 128):
     b = sub(be, np.arange(i, min(i+128,len(test))))
-    vi = batches.vision_inputs(b, cfg)
-    f,_ = vis(jnp.asarray(vi["pixels_IxNxP"]), vi["vision_meta"])
+    vi = image_slots.from_batch(b, len(b["prompt_ids_BxT"]), cfg)
+    f,_ = vis(jnp.asarray(vi.pixels_IxNxP), vi.vision_meta)
     P.append(np.asarray(head(f)) > 0)
   P=np.concatenate(P)
   acc = ((P==Ye)*Me).sum(0)/Me.sum(0)
@@ -89,8 +91,8 @@ t0=time.time()
 for s in range(steps):
   idx = rng.choice(len(train), bs, replace=False)
   b = sub(bt, idx)
-  vi = batches.vision_inputs(b, cfg)
-  loss = step(vis, head, opt, jnp.asarray(vi["pixels_IxNxP"]), vi["vision_meta"], jnp.asarray(Yt[idx]), jnp.asarray(Mt[idx]))
+  vi = image_slots.from_batch(b, len(b["prompt_ids_BxT"]), cfg)
+  loss = step(vis, head, opt, jnp.asarray(vi.pixels_IxNxP), vi.vision_meta, jnp.asarray(Yt[idx]), jnp.asarray(Mt[idx]))
   if s % 100 == 0 or s == steps-1:
     acc, base = evaluate()
     print(f"step {s} loss {float(loss):.3f} t={time.time()-t0:.0f}s acc", np.round(acc,3), "mean", round(float(acc.mean()),3), "base", round(float(base.mean()),3), flush=True)
