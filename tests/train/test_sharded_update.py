@@ -42,6 +42,28 @@ def _update_and_result(trainer, update, prompt_len=0):
   return before, trainer_utils.flat_params(state.params), metrics
 
 
+def _first_adam_step_diff(before, after_a, after_b, lr=1e-3):
+  """The largest difference between two first Adam steps over the entries
+  where that step is well conditioned, and how many entries were left out.
+
+  Adam's first step moves each parameter by lr * g / (|g| + eps): by
+  exactly lr unless |g| is within a few eps of 0, where float32 noise of
+  a reduction done in another order changes the move itself (measured:
+  1e-5 to 2e-5 on a few such entries, on AMD EPYC and on AVX-512 Intel
+  hosts). Those entries are left out and counted; entries with no
+  gradient must stay put on both, and the left-out ones must still move
+  the same way within a few % of lr."""
+  worst, left_out = 0.0, 0
+  for name, value in after_a.items():
+    move = np.abs(value - before[name])
+    steady = (move >= 0.999 * lr) | (move == 0)  # no gradient: no move
+    diff = np.abs(value - after_b[name])
+    worst = max(worst, float(diff[steady].max(initial=0)))
+    left_out += int((~steady).sum())
+    assert float(diff.max(initial=0)) <= 0.05 * lr, name
+  return worst, left_out
+
+
 def _reference(workdir, preset):
   """A real rollout on 1 device and the update computed from it."""
   trainer = _rl_trainer(workdir, (1, 1, 1), preset)
@@ -92,13 +114,16 @@ def test_rollout_aligns_sampler_and_teacher_forced_logp(reference):
 
 @pytest.mark.slow  # whole rows; the trainer's default is the next test
 def test_eight_device_mesh_equals_one_device(reference, tmp_path):
-  update, _, after_1, metrics_1 = reference
+  update, before, after_1, metrics_1 = reference
   trainer = _rl_trainer(tmp_path, (2, 2, 2))
   assert trainer.mesh.devices.size == 8
   _, after_8, metrics_8 = _update_and_result(trainer, update)
   loss_diff = abs(float(metrics_8["loss"]) - float(metrics_1["loss"]))
-  param_diff = trainer_utils.max_abs_diff(after_1, after_8)
-  print(f"8 devices vs 1: loss diff {loss_diff:.2e}, params {param_diff:.2e}")
+  param_diff, left_out = _first_adam_step_diff(before, after_1, after_8)
+  print(
+    f"8 devices vs 1: loss diff {loss_diff:.2e}, params {param_diff:.2e}"
+    f" ({left_out} entries with |g| near 0 left out)"
+  )
   assert loss_diff <= TOL
   assert param_diff <= TOL
 
@@ -111,13 +136,14 @@ def test_shared_prompts_on_eight_devices_equal_one_device(reference, tmp_path):
   t = int(np.argmax((np.asarray(update.seq.loss_mask_BxL) > 0).any(0)))
   assert t > 0
   one = _rl_trainer(tmp_path / "one", (1, 1, 1))
-  _, after_1, metrics_1 = _update_and_result(one, update, t)
+  before, after_1, metrics_1 = _update_and_result(one, update, t)
   eight = _rl_trainer(tmp_path / "eight", (2, 2, 2))
   _, after_8, metrics_8 = _update_and_result(eight, update, t)
   loss_diff = abs(float(metrics_8["loss"]) - float(metrics_1["loss"]))
-  param_diff = trainer_utils.max_abs_diff(after_1, after_8)
+  param_diff, left_out = _first_adam_step_diff(before, after_1, after_8)
   print(
     f"shared, 8 devices vs 1: loss {loss_diff:.2e}, params {param_diff:.2e}"
+    f" ({left_out} entries with |g| near 0 left out)"
   )
   assert loss_diff <= TOL and param_diff <= TOL
   assert abs(float(metrics_1["loss"]) - float(metrics_whole["loss"])) <= TOL
@@ -126,30 +152,15 @@ def test_shared_prompts_on_eight_devices_equal_one_device(reference, tmp_path):
 @pytest.mark.slow  # about a minute; run with -m slow
 def test_qwen3_eight_device_mesh_equals_one_device(tmp_path):
   """Qwen3-VL's tower and decoder sharded over (2, 2, 2): the same loss,
-  and the same first Adam step wherever that step is well conditioned.
-
-  Adam's first step moves each parameter by lr * g / (|g| + eps): by
-  exactly lr unless |g| is within a few eps of 0, where float32 noise of
-  a reduction done in another order changes the move itself (measured:
-  2e-5 on a few such entries of the plain Qwen2 layers). Those entries
-  are left out and counted; entries with no gradient must stay put on
-  both."""
+  and the same first Adam step wherever that step is well conditioned."""
   update, before, after_1, metrics_1 = _reference(
     tmp_path / "one", "tiny_qwen3"
   )
   trainer = _rl_trainer(tmp_path / "eight", (2, 2, 2), "tiny_qwen3")
   assert trainer.mesh.devices.size == 8
   _, after_8, metrics_8 = _update_and_result(trainer, update)
-  lr = 1e-3
-  worst, left_out, total = 0.0, 0, 0
-  for name, value in after_1.items():
-    move = np.abs(value - before[name])
-    steady = (move >= 0.999 * lr) | (move == 0)  # no gradient: no move
-    worst = max(
-      worst, float(np.abs(value - after_8[name])[steady].max(initial=0))
-    )
-    left_out += int((~steady).sum())
-    total += value.size
+  worst, left_out = _first_adam_step_diff(before, after_1, after_8)
+  total = sum(value.size for value in after_1.values())
   loss_diff = abs(float(metrics_8["loss"]) - float(metrics_1["loss"]))
   print(
     f"qwen3 8 devices vs 1: loss diff {loss_diff:.2e}, params {worst:.2e}"
@@ -157,22 +168,25 @@ def test_qwen3_eight_device_mesh_equals_one_device(tmp_path):
   )
   assert loss_diff <= TOL
   assert worst <= TOL
-  # The left-out entries still move the same way, within a few % of lr.
-  assert trainer_utils.max_abs_diff(after_1, after_8) <= 0.05 * lr
 
 
 def test_two_processes_equal_one_process(reference, tmp_path, two_processes):
   update, _, _, _ = reference
   # The one-process reference on the same (1 x 2 x 2) mesh of 4 devices.
   trainer = _rl_trainer(tmp_path / "single", (1, 2, 2))
-  _, after_single, metrics_single = _update_and_result(trainer, update)
+  before, after_single, metrics_single = _update_and_result(trainer, update)
   update_path = tmp_path / "update.pkl"
   update_path.write_bytes(pickle.dumps(update))
   script = trainer_utils.REPO / "tests" / "train" / "multiprocess_update.py"
   two_processes(script, update_path, tmp_path)
   result = pickle.loads((tmp_path / "result.pkl").read_bytes())
   loss_diff = abs(result["loss"] - float(metrics_single["loss"]))
-  param_diff = trainer_utils.max_abs_diff(after_single, result["params"])
-  print(f"2 processes vs 1: loss diff {loss_diff:.2e}, params {param_diff:.2e}")
+  param_diff, left_out = _first_adam_step_diff(
+    before, after_single, result["params"]
+  )
+  print(
+    f"2 processes vs 1: loss diff {loss_diff:.2e}, params {param_diff:.2e}"
+    f" ({left_out} entries with |g| near 0 left out)"
+  )
   assert loss_diff <= TOL
   assert param_diff <= TOL
