@@ -274,6 +274,9 @@ def default_config() -> ml_collections.ConfigDict:
   # simulated fallible judge. 0 = labels as given.
   c.rl.label_noise = 0.0
   c.rl.value_loss_weight = 0.1
+  # The step-value head's learning rate over the policy's (optim.*): a head
+  # trained only during RL learns slowly at the policy's rate.
+  c.rl.value_lr_scale = 1.0
   # No RL updates to the policy's vision tower (what SFT taught it to see
   # stays; the policy gradient reaches the language model only).
   c.rl.freeze_vision = False

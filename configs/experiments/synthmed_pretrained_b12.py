@@ -12,6 +12,8 @@ RL from a policy that sees lesions gain more with more prompts per step?
   mrpo_hybrid_b12      process labels from a simulated judge (the
                        verifier, calls counted) for 25% of the
                        completions, the step-value head for the rest
+  mrpo_hybrid_b12_vlr10  the same with the head's learning rate 10 times
+                       the policy's (rl.value_lr_scale=10)
 
 Variants (comma-separated): parallel=N, seeds=N (the first N of 0, 1, ...),
 test (the tiny model, seconds per run).
@@ -24,6 +26,10 @@ from stepjax import config_utils
 _HERE = pathlib.Path(__file__).resolve().parent
 
 PROMPTS_PER_STEP = 12
+_HYBRID = (
+  "rl.process_source=hybrid,judge.simulate=verifier,"
+  "rl.hybrid_judge_fraction=0.25"
+)
 
 
 def get_config(arg=None):
@@ -35,11 +41,19 @@ def get_config(arg=None):
     ("mrpo_b12", f"rl.algorithm=mrpo,{batch}"),
     (
       "mrpo_hybrid_b12",
-      f"rl.algorithm=mrpo,{batch},rl.process_source=hybrid,"
-      "judge.simulate=verifier,rl.hybrid_judge_fraction=0.25",
+      f"rl.algorithm=mrpo,{batch},{_HYBRID}",
+    ),
+    (
+      "mrpo_hybrid_b12_vlr10",
+      f"rl.algorithm=mrpo,{batch},{_HYBRID},rl.value_lr_scale=10",
     ),
   )
   c.baseline = "grpo_b12"
-  c.compare = (("mrpo_b12", "grpo_b12"), ("mrpo_hybrid_b12", "mrpo_b12"))
+  c.compare = (
+    ("mrpo_b12", "grpo_b12"),
+    ("mrpo_hybrid_b12", "mrpo_b12"),
+    ("mrpo_hybrid_b12_vlr10", "mrpo_b12"),
+    ("mrpo_hybrid_b12_vlr10", "mrpo_hybrid_b12"),
+  )
   c.lock()
   return c

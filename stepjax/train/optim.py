@@ -75,15 +75,34 @@ def sft_optimizer(config: Any) -> optax.GradientTransformation:
 
 def rl_optimizer(config: Any) -> optax.GradientTransformation:
   """The RL phase's optimizer; with accumulation one RL step makes
-  `optim.grad_accum` micro-updates. With `rl.freeze_vision` the policy's
-  vision tower gets no updates (nor weight decay; it is left out of the
-  clipping norm too)."""
+  `optim.grad_accum` micro-updates. The step-value head learns at
+  `rl.value_lr_scale` times the policy's rate. With `rl.freeze_vision` the
+  policy's vision tower gets no updates (nor weight decay; it is left out
+  of the clipping norm too)."""
   tx = make_optimizer(
     config.optim,
     config.optim.learning_rate,
     max(config.train.steps, 1) * config.optim.grad_accum,
   )
+  scale = config.rl.get("value_lr_scale", 1.0)
+  if scale != 1.0:
+    tx = optax.chain(tx, scale_value_updates(scale))
   return frozen_vision(tx) if config.rl.freeze_vision else tx
+
+
+def scale_value_updates(scale: float) -> optax.GradientTransformation:
+  """Multiplies the step-value head's updates (the "value" subtree of the
+  trainables) by `scale`: the head's learning rate is `scale` times the
+  policy's, on the same schedule. Stateless."""
+
+  def scale_value(updates, params=None):
+    del params
+    return {
+      **updates,
+      "value": jax.tree.map(lambda u: u * scale, updates["value"]),
+    }
+
+  return optax.stateless(scale_value)
 
 
 def frozen_vision(tx: optax.GradientTransformation):

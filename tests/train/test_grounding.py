@@ -150,3 +150,29 @@ def test_frozen_vision_tower_gets_no_update(flag, make_tx):
   language = trainer_utils.flat_params(updates["policy"]["language"])
   assert max(np.abs(v).max() for v in vision.values()) == 0
   assert min(np.abs(v).max() for v in language.values()) > 0
+
+
+def test_value_lr_scale_scales_the_value_heads_updates_only():
+  params, value_params = policy.init(models_config.ModelConfig.tiny(), 0)
+  trainables = {"policy": params, "value": value_params}
+  grads = jax.tree.map(jnp.ones_like, trainables)
+  updates = {}
+  for scale in (1.0, 10.0):
+    tx = optim.rl_optimizer(
+      trainer_utils.test_config(**{"rl.value_lr_scale": scale})
+    )
+    updates[scale], _ = jax.jit(tx.update)(
+      grads, tx.init(trainables), trainables
+    )
+  for name, u in trainer_utils.flat_params(updates[1.0]["value"]).items():
+    got = trainer_utils.flat_params(updates[10.0]["value"])[name]
+    assert np.abs(u).max() > 0
+    np.testing.assert_allclose(got, 10.0 * u, rtol=1e-6, err_msg=name)
+  np.testing.assert_array_equal(
+    *(
+      np.concatenate([v.ravel() for v in flat.values()])
+      for flat in (
+        trainer_utils.flat_params(updates[s]["policy"]) for s in (1.0, 10.0)
+      )
+    )
+  )
