@@ -219,6 +219,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     "train.log_every",
     "data.image_size",
     "optim.grad_clip",
+    "rl.value_lr_scale",
   )
   for flag in positive:
     value = _get(config, flag, 1)
@@ -257,10 +258,6 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     value = _get(config, flag)
     _require(0.0 <= value <= 1.0, flag, f"is {value}; must be in [0, 1]")
   _require(config.judge.concurrency >= 1, "judge.concurrency", "must be >= 1")
-  value_lr_scale = _get(config, "rl.value_lr_scale", 1.0)
-  _require(
-    value_lr_scale > 0, "rl.value_lr_scale", f"is {value_lr_scale}; must be > 0"
-  )
   if config.data.dataset == "synthmed":
     for flag in ("data.num_train", "data.num_eval"):
       value = _get(config, flag)
