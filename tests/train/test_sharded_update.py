@@ -12,6 +12,9 @@ from stepjax.train import loop
 from . import trainer_utils
 
 TOL = 1e-5
+# The RL trainers' learning rate here (no warm-up): Adam's first step moves
+# each parameter with a gradient by this much.
+LR = 1e-3
 
 
 def _rl_trainer(workdir, mesh, preset="tiny"):
@@ -27,7 +30,7 @@ def _rl_trainer(workdir, mesh, preset="tiny"):
       "sampling.max_new_tokens": 24,
       # No warm-up: the first update moves parameters by ~lr (Adam), large
       # next to the tolerance.
-      "optim.learning_rate": 1e-3,
+      "optim.learning_rate": LR,
       "optim.warmup_steps": 0,
     }
   )
@@ -42,7 +45,7 @@ def _update_and_result(trainer, update, prompt_len=0):
   return before, trainer_utils.flat_params(state.params), metrics
 
 
-def _first_adam_step_diff(before, after_a, after_b, lr=1e-3):
+def _first_adam_step_diff(before, after_a, after_b, lr=LR):
   """The largest difference between two first Adam steps over the entries
   where that step is well conditioned, and how many entries were left out.
 
