@@ -152,6 +152,14 @@ def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
       f"rl.process_source={rl.process_source!r} needs judge.base_url and "
       "judge.model (an OpenAI-compatible chat-completions endpoint)",
     )
+  full = rl.get("hybrid_full_judge_steps", 0)
+  _require(
+    full <= rl.hybrid_judge_fraction * config.train.steps + 1e-9,
+    "rl.hybrid_full_judge_steps",
+    f"is {full}: more fully judged steps than the judge budget "
+    f"(rl.hybrid_judge_fraction={rl.hybrid_judge_fraction} of "
+    f"train.steps={config.train.steps}) allows",
+  )
   _require(config.optim.grad_accum >= 1, "optim.grad_accum", "must be >= 1")
   for axis in ("data", "fsdp", "tensor"):
     size = config.mesh[axis]
@@ -234,6 +242,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     "sft.vision_pretrain_steps",
     "train.steps",
     "train.eval_every",
+    "rl.hybrid_full_judge_steps",
     "data.num_workers",
     "rewards.k_min",
     "rewards.answer_weight",

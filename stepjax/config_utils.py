@@ -270,6 +270,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.process_source = "verifier"  # verifier | judge | value_head | hybrid
   c.rl.value_threshold = 0.5
   c.rl.hybrid_judge_fraction = 0.25
+  # Front-load the hybrid's judge budget: the first N RL steps judge every
+  # completion (the head starts from many labels), later steps a share
+  # that keeps the run's total at hybrid_judge_fraction. 0 = a constant
+  # share.
+  c.rl.hybrid_full_judge_steps = 0
   # Share of the verifier's / judge's step labels flipped (seeded): a
   # simulated fallible judge. 0 = labels as given.
   c.rl.label_noise = 0.0

@@ -63,6 +63,9 @@ def test_variants_and_lock():
     ("rl.process_source", "judge", "judge.base_url"),
     ("rl.label_noise", 0.7, "rl.label_noise"),
     ("judge.simulate", "oracle", "judge.simulate"),
+    # The tiny config's 0.25 x its RL steps allow fewer fully judged ones.
+    ("rl.hybrid_full_judge_steps", 10**6, "rl.hybrid_full_judge_steps"),
+    ("rl.hybrid_full_judge_steps", -1, "rl.hybrid_full_judge_steps"),
   ],
 )
 def test_semantic_checks_name_the_flag(key, value, flag):

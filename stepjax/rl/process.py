@@ -173,6 +173,12 @@ class HybridSource:
   whose judge call fell back gets the value head's labels instead.
   After each call `last_judged` holds the indices the judge labelled (not
   fallen back): the trainer trains the value head on those.
+
+  With `full_judge_calls` W > 0 the judge budget is front-loaded: calls
+  `first_call` .. `first_call + W - 1` (the first W RL steps) judge every
+  completion, so the head starts from a large labelled set, and the
+  remaining `total_calls - W` calls judge `judge_fraction_at` of theirs,
+  which keeps the run's judged share at `judge_fraction`.
   """
 
   def __init__(
@@ -181,23 +187,63 @@ class HybridSource:
     value_head: ProcessSource,
     judge_fraction: float = 0.25,
     seed: int = 0,
+    full_judge_calls: int = 0,
+    total_calls: int = 0,
+    first_call: int = 0,
   ):
     if not 0.0 <= judge_fraction <= 1.0:
       raise InputError(
         f"rl.hybrid_judge_fraction={judge_fraction} must be in [0, 1]"
       )
+    if full_judge_calls > 0 and full_judge_calls > judge_fraction * (
+      total_calls + 1e-9
+    ):
+      raise InputError(
+        f"rl.hybrid_full_judge_steps={full_judge_calls} spends more than "
+        f"the judge budget: rl.hybrid_judge_fraction={judge_fraction} of "
+        f"train.steps={total_calls} allows at most "
+        f"{math.floor(judge_fraction * total_calls + 1e-9)} fully judged steps"
+      )
     self.judge = judge
     self.value_head = value_head
     self.judge_fraction = judge_fraction
+    self.full_judge_calls = full_judge_calls
+    self.total_calls = total_calls
+    self.first_call = first_call
     self.seed = seed
     self.calls = 0
     self.last_judged: list[int] = []
 
+  def judge_fraction_at(self, call: int) -> float:
+    """The share of completions judged at call number `call`."""
+    w = self.full_judge_calls
+    if w <= 0:
+      return self.judge_fraction
+    if call - self.first_call < w:
+      return 1.0
+    rest = self.total_calls - w
+    if rest <= 0:
+      return 0.0
+    return max(0.0, (self.judge_fraction * self.total_calls - w) / rest)
+
+  def judged_count(self, call: int, n: int) -> int:
+    """How many of `n` completions call number `call` sends to the judge.
+
+    A constant share rounds up per call. After a front-loaded start the
+    share is spread by cumulative rounding down, so the run never judges
+    more than `judge_fraction` of its completions (with n per call)."""
+    fraction = self.judge_fraction_at(call)
+    if self.full_judge_calls <= 0 or fraction == 1.0:
+      return min(n, math.ceil(fraction * n - 1e-9))
+    j = call - self.first_call - self.full_judge_calls
+    upto = lambda k: math.floor(fraction * n * k + 1e-9)  # noqa: E731
+    return min(n, upto(j + 1) - upto(j))
+
   def label_steps(self, requests: Sequence[StepRequest]) -> list[StepLabels]:
     n = len(requests)
+    n_judge = self.judged_count(self.calls, n)
     rng = np.random.default_rng([self.seed, self.calls])
     self.calls += 1
-    n_judge = min(n, math.ceil(self.judge_fraction * n - 1e-9))
     chosen = sorted(rng.permutation(n)[:n_judge].tolist())
     out: list[StepLabels | None] = [None] * n
     judged = self.judge.label_steps([requests[i] for i in chosen])

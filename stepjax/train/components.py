@@ -137,6 +137,10 @@ def process_source(config: Any) -> process.ProcessSource:
     value_head,
     config.rl.hybrid_judge_fraction,
     seed=config.seed,
+    full_judge_calls=config.rl.get("hybrid_full_judge_steps", 0),
+    total_calls=config.train.steps,
+    # The trainer numbers its scoring calls by the global step.
+    first_call=config.sft.steps,
   )
 
 

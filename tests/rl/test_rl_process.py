@@ -92,6 +92,38 @@ def test_hybrid_judge_fallback_uses_value_head():
     process.HybridSource(judge, process.ValueHeadSource(), 1.5)
 
 
+def test_hybrid_front_loaded_budget_keeps_the_total_share():
+  # 10 calls numbered from 100 (a global step counter) of 10 completions,
+  # 20% judged in all, the first call judging everything: the other 9
+  # share the remaining 10 judge calls (1/9 each, rounded cumulatively).
+  reqs = [req(i, ["a"], logits=[-5.0]) for i in range(10)]
+  src = process.HybridSource(
+    FakeJudge(),
+    process.ValueHeadSource(),
+    judge_fraction=0.2,
+    full_judge_calls=1,
+    total_calls=10,
+    first_call=100,
+  )
+  judged = []
+  for call in range(100, 110):
+    process.reseed(src, call)
+    src.label_steps(reqs)
+    judged.append(len(src.last_judged))
+  assert judged == [10] + [1] * 8 + [2]
+  assert sum(judged) == 20  # = 0.2 x 10 calls x 10 completions
+  assert src.judge_fraction_at(100) == 1.0
+  assert src.judge_fraction_at(101) == pytest.approx(1.0 / 9)
+  with pytest.raises(ValueError, match="at most 2 fully judged steps"):
+    process.HybridSource(
+      FakeJudge(),
+      process.ValueHeadSource(),
+      judge_fraction=0.2,
+      full_judge_calls=3,
+      total_calls=10,
+    )
+
+
 def test_pack_labels():
   labels = [
     process.StepLabels((1, 0, 1)),
