@@ -1,14 +1,33 @@
-"""Test setup: CPU only, 8 fake devices, set before jax is imported."""
+"""Test setup: CPU only, 8 fake devices, set before jax is imported.
+
+One persistent XLA compilation cache per test run, shared by the xdist
+workers and the subprocesses tests start: many tests build the same tiny
+model and trainer afresh, so they jit the same programs; the cache hands
+later ones the executable the first one compiled (the same program, only
+sooner). It lives in the system's temp dir and is removed when the run
+ends; tests that test the cache set their own directory.
+"""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
+import xla_env
 
+# The first process to import this file (pytest's controller, before it
+# starts the xdist workers, which inherit its environment) makes the cache.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+    prefix="stepjax-xla-cache-"
+  )
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_FLAGS", xla_env.flags(8))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,9 +47,7 @@ def two_processes():
   set up) and fails with the output tail of any that exits non-zero."""
 
   def run(script, *args):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    env["JAX_PLATFORMS"] = "cpu"
+    env = xla_env.env(2, JAX_PLATFORMS="cpu")
     address = f"127.0.0.1:{_free_port()}"
     procs = [
       subprocess.Popen(
@@ -44,3 +61,10 @@ def two_processes():
       assert p.returncode == 0, out[-3000:]
 
   return run
+
+
+def pytest_unconfigure(config):
+  """The process that made the run's cache removes it at the end."""
+  del config
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import pytest
+import xla_env
 
 REPO = importlib.util.find_spec("stepjax").submodule_search_locations[0]
 REPO = os.path.dirname(REPO)
@@ -42,13 +43,11 @@ def _fixtures():
 
 
 def run_cli(*args, devices=1, cwd=None):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return subprocess.run(
     [sys.executable, "-m", "stepjax", *args],
     capture_output=True,
     text=True,
-    env=env,
+    env=xla_env.env(devices),
     cwd=cwd or REPO,
     timeout=600,
   )

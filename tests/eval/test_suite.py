@@ -7,13 +7,13 @@ tests/data/readers/) and the session's tiny SynthMed run.
 
 import importlib.util
 import json
-import os
 import pathlib
 import subprocess
 import sys
 import types
 
 import pytest
+import xla_env
 
 from stepjax import config_utils
 from stepjax.errors import InputError, MissingInputError
@@ -362,7 +362,7 @@ class _Flags(types.SimpleNamespace):
 
 # ------------------------------------------------------------ command line
 def _stepjax(*args, timeout=600):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env = xla_env.env(1, JAX_PLATFORMS="cpu")
   return subprocess.run(
     [sys.executable, "-m", "stepjax", *args],
     capture_output=True,

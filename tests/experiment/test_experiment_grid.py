@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import pytest
+import xla_env
 
 from stepjax import config_utils
 from stepjax.experiment import cli, grid, runner, spec
@@ -27,10 +28,7 @@ from stepjax.train import metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "experiments" / "example.py"
-FAST_XLA = (
-  "--xla_force_host_platform_device_count=1 "
-  "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-)
+FAST_XLA = xla_env.flags(1)
 
 
 def _experiment(**base_changes):

@@ -3,7 +3,6 @@ command: it resumes from the last checkpoint and ends with exactly the
 parameters of an uninterrupted run. Then truncate the latest checkpoint and
 run again: it falls back to the previous one, with the same result."""
 
-import os
 import pathlib
 import signal
 import subprocess
@@ -12,6 +11,7 @@ import time
 
 import numpy as np
 import orbax.checkpoint as ocp
+import xla_env
 from etils import epath
 
 from stepjax.train import metrics
@@ -38,11 +38,11 @@ def _env(cache_dir):
   """One device; one persistent compilation cache for the test's four runs
   of the same job (the later runs load their executables instead of
   compiling them again: the same programs, only sooner)."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-  env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  return env
+  return xla_env.env(
+    1,
+    JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
 
 
 def _final_params(workdir):

@@ -3,7 +3,6 @@ RL and both evaluations run end to end (56-pixel tiles, 1D positions);
 `stepjax export` of the run loads in transformers' InternVL with our
 logits on a real preprocessed image (two tiles and the thumbnail)."""
 
-import os
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import PIL.Image
 import pytest
 import torch
 import transformers
+import xla_env
 
 from stepjax import image_slots
 from stepjax.data import images
@@ -30,8 +30,7 @@ PRESET = "tiny_internvl"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("internvl_run")
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env = xla_env.env(1)
   result = subprocess.run(
     [sys.executable, "-m", "stepjax", "train", f"--config={CONFIG}",
      f"--config.model.preset={PRESET}", f"--workdir={workdir}"],
