@@ -14,6 +14,8 @@ other 140 steps judge 19.6% each (rl.hybrid_full_judge_steps=10).
   mrpo_b12               verifier labels for every completion (reference)
   mrpo_hybrid_b12_vlr10  25% judged every step, head at 10x the lr
   mrpo_hybrid_b12_front  the same with the budget front-loaded
+  mrpo_hybrid_b12_vlr30  25% judged every step, head at 30x the lr: is
+                         the head held back by the size of its updates?
 
 Variants (comma-separated): parallel=N, seeds=N (the first N of 0, 1, ...),
 test (the tiny model, seconds per run).
@@ -40,12 +42,18 @@ def get_config(arg=None):
     ("mrpo_b12", runs["mrpo_b12"]),
     ("mrpo_hybrid_b12_vlr10", vlr10),
     ("mrpo_hybrid_b12_front", f"{vlr10},{front}"),
+    (
+      "mrpo_hybrid_b12_vlr30",
+      vlr10.replace("rl.value_lr_scale=10", "rl.value_lr_scale=30"),
+    ),
   )
   c.baseline = "mrpo_b12"
   c.compare = (
     ("mrpo_hybrid_b12_vlr10", "mrpo_b12"),
     ("mrpo_hybrid_b12_front", "mrpo_b12"),
     ("mrpo_hybrid_b12_front", "mrpo_hybrid_b12_vlr10"),
+    ("mrpo_hybrid_b12_vlr30", "mrpo_b12"),
+    ("mrpo_hybrid_b12_vlr30", "mrpo_hybrid_b12_vlr10"),
   )
   c.lock()
   return c
