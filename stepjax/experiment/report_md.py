@@ -163,19 +163,33 @@ def _per_seed_table(results, runs) -> list[str]:
   return lines
 
 
+def _cost_cell(counter: dict | None) -> str:
+  """A judge counter's cell: total / per step, or a share's mean per step
+  in % (a share summed over steps means nothing)."""
+  if not counter:
+    return " - |"
+  if counter["total"] is None:
+    return f" {100 * counter['per_step']:.1f}% |"
+  return f" {counter['total']:.1f} / {counter['per_step']:.2f} |"
+
+
 def _cost(results, runs) -> list[str]:
   setup = results["experiment"]
   keys = sorted({k for r in runs for k in results["judge"].get(r, {})})
   header = "| | wall time per seed (mean) |"
-  header += "".join(f" {k} (total / per step) |" for k in keys)
+  header += "".join(
+    f" {k} (mean per step) |"
+    if k.endswith("_share")
+    else f" {k} (total / per step) |"
+    for k in keys
+  )
   lines = [header, "|---|---:|" + "---:|" * len(keys)]
   for g in ["sft", *runs]:
     walls = [w for w in results["groups"][g]["wall_s"].values() if w]
     wall = duration(sum(walls) / len(walls)) if walls else "-"
     row = f"| {'SFT' if g == 'sft' else g} | {wall} |"
     for k in keys:
-      c = results["judge"].get(g, {}).get(k)
-      row += f" {c['total']:.1f} / {c['per_step']:.2f} |" if c else " - |"
+      row += _cost_cell(results["judge"].get(g, {}).get(k))
     lines.append(row)
   lines.append("")
   grid_wall = setup.get("grid_wall_s")

@@ -242,7 +242,9 @@ def _periodic(exp, workdir, name, dirs) -> dict[str, Any]:
 
 def _judge_counters(run_dirs: Sequence[str]) -> dict[str, Any]:
   """judge_* metrics of the RL steps: per key, the mean over seeds of the
-  sum over steps ("total") and of the mean per step ("per_step")."""
+  sum over steps ("total") and of the mean per step ("per_step"). A share
+  (`*_share`, e.g. of the completions judged) has no meaningful sum: its
+  "total" is None."""
   totals: dict[str, list[float]] = {}
   means: dict[str, list[float]] = {}
   for d in run_dirs:
@@ -254,11 +256,15 @@ def _judge_counters(run_dirs: Sequence[str]) -> dict[str, Any]:
       means.setdefault(k, []).append(float(np.mean(values)))
   return {
     k: {
-      "total": float(np.mean(totals[k])),
+      "total": None if _is_share(k) else float(np.mean(totals[k])),
       "per_step": float(np.mean(means[k])),
     }
     for k in sorted(totals)
   }
+
+
+def _is_share(key: str) -> bool:
+  return key.endswith("_share")
 
 
 def _num(x: Any) -> float | None:

@@ -70,7 +70,7 @@ def _fake_grid(exp, workdir, quality):
         _write_eval(job_dir, "rl_step_1", records[:])
         logged = [
           {"step": step, "phase": "rl", "reward": 0.1 * step,
-           "judge_completions": 3.0}
+           "judge_completions": 3.0, "judge_share": 0.25}
           for step in range(2)
         ]  # fmt: skip
         (pathlib.Path(job_dir) / "metrics.jsonl").write_text(
@@ -123,6 +123,11 @@ def test_results_numbers_and_pairing(fake):
     "total": 6.0,
     "per_step": 3.0,
   }
+  # A share has a mean per step, no sum over steps.
+  assert res["judge"]["mrpo"]["judge_share"] == {
+    "total": None,
+    "per_step": 0.25,
+  }
   assert mrpo["wall_s"] == {"0": 12.0, "1": 12.0, "2": 12.0}
 
 
@@ -138,6 +143,8 @@ def test_markdown_is_deterministic_and_complete(fake):
     "| mrpo - grpo |",
     "FFP early, relative %",
     "judge_completions (total / per step)",
+    "judge_share (mean per step)",
+    " 6.0 / 3.00 | 25.0% |",
     "| SFT start | 0 |",
     command,
   ):
