@@ -14,6 +14,7 @@ import ml_collections
 
 from stepjax import config_utils
 from stepjax.errors import UserError
+from stepjax.rl import process
 
 # eval.answer_judge and eval.answer_judge_fallback (eval/answer_judge.py).
 ANSWER_JUDGE_MODES = ("exact", "judge")
@@ -153,12 +154,15 @@ def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
       "judge.model (an OpenAI-compatible chat-completions endpoint)",
     )
   full = rl.get("hybrid_full_judge_steps", 0)
+  most = process.max_full_judge_calls(
+    rl.hybrid_judge_fraction, config.train.steps
+  )
   _require(
-    full <= rl.hybrid_judge_fraction * config.train.steps + 1e-9,
+    full <= most,
     "rl.hybrid_full_judge_steps",
-    f"is {full}: more fully judged steps than the judge budget "
-    f"(rl.hybrid_judge_fraction={rl.hybrid_judge_fraction} of "
-    f"train.steps={config.train.steps}) allows",
+    f"is {full}: the judge budget (rl.hybrid_judge_fraction="
+    f"{rl.hybrid_judge_fraction} of train.steps={config.train.steps}) "
+    f"allows at most {most} fully judged steps",
   )
   _require(config.optim.grad_accum >= 1, "optim.grad_accum", "must be >= 1")
   for axis in ("data", "fsdp", "tensor"):

@@ -175,12 +175,13 @@ def _cost_cell(counter: dict | None) -> str:
 
 def _cost(results, runs) -> list[str]:
   setup = results["experiment"]
-  keys = sorted({k for r in runs for k in results["judge"].get(r, {})})
+  counters = [results["judge"].get(r, {}) for r in runs]
+  keys = sorted({k for c in counters for k in c})
+  # results.py gives a share (no meaningful sum over steps) no total.
+  shares = {k for c in counters for k, v in c.items() if v["total"] is None}
   header = "| | wall time per seed (mean) |"
   header += "".join(
-    f" {k} (mean per step) |"
-    if k.endswith("_share")
-    else f" {k} (total / per step) |"
+    f" {k} (mean per step) |" if k in shares else f" {k} (total / per step) |"
     for k in keys
   )
   lines = [header, "|---|---:|" + "---:|" * len(keys)]

@@ -256,15 +256,11 @@ def _judge_counters(run_dirs: Sequence[str]) -> dict[str, Any]:
       means.setdefault(k, []).append(float(np.mean(values)))
   return {
     k: {
-      "total": None if _is_share(k) else float(np.mean(totals[k])),
+      "total": None if k.endswith("_share") else float(np.mean(totals[k])),
       "per_step": float(np.mean(means[k])),
     }
     for k in sorted(totals)
   }
-
-
-def _is_share(key: str) -> bool:
-  return key.endswith("_share")
 
 
 def _num(x: Any) -> float | None:

@@ -165,6 +165,12 @@ class ValueHeadSource:
     return out
 
 
+def max_full_judge_calls(judge_fraction: float, total_calls: int) -> int:
+  """The most RL steps a hybrid run can judge whole (every completion)
+  within its budget of `judge_fraction` of `total_calls` steps' worth."""
+  return math.floor(judge_fraction * total_calls + 1e-9)
+
+
 class HybridSource:
   """The judge for a fraction of completions, the value head for the rest.
 
@@ -195,14 +201,12 @@ class HybridSource:
       raise InputError(
         f"rl.hybrid_judge_fraction={judge_fraction} must be in [0, 1]"
       )
-    if full_judge_calls > 0 and full_judge_calls > judge_fraction * (
-      total_calls + 1e-9
-    ):
+    most = max_full_judge_calls(judge_fraction, total_calls)
+    if full_judge_calls > most:
       raise InputError(
         f"rl.hybrid_full_judge_steps={full_judge_calls} spends more than "
         f"the judge budget: rl.hybrid_judge_fraction={judge_fraction} of "
-        f"train.steps={total_calls} allows at most "
-        f"{math.floor(judge_fraction * total_calls + 1e-9)} fully judged steps"
+        f"train.steps={total_calls} allows at most {most} fully judged steps"
       )
     self.judge = judge
     self.value_head = value_head
