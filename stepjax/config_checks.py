@@ -24,6 +24,7 @@ ALGORITHMS = ("grpo", "gdpo", "mrpo")
 PROCESS_SOURCES = ("verifier", "judge", "value_head", "hybrid")
 LOSS_AGGREGATIONS = ("seq_mean", "token_mean", "constant")
 PENALTIES = ("exp", "exp_rounded", "linear")
+VALID_STEP_RULES = ("abs", "keep")
 
 
 class ConfigError(UserError, ValueError):
@@ -50,6 +51,7 @@ def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
   _one_of(rl.process_source, PROCESS_SOURCES, "rl.process_source")
   _one_of(rl.loss_aggregation, LOSS_AGGREGATIONS, "rl.loss_aggregation")
   _one_of(rl.penalty, PENALTIES, "rl.penalty")
+  _one_of(rl.valid_step_advantage, VALID_STEP_RULES, "rl.valid_step_advantage")
   _require(
     sampling.group_size >= 2,
     "sampling.group_size",

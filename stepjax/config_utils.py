@@ -259,6 +259,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.scale_by_std = True
   c.rl.tau = 0.6
   c.rl.penalty = "exp"  # step penalty schedule for invalid steps
+  # What a valid step of a shaped (wrong-answer) completion gets: "abs"
+  # = +|A_i| (the spec), "keep" = A_i (an ablation: only invalid steps
+  # are reshaped).
+  c.rl.valid_step_advantage = "abs"
   c.rl.beta = 0.04
   c.rl.eps_low = 0.2
   c.rl.eps_high = 0.2

@@ -58,6 +58,7 @@ def test_variants_and_lock():
     ("sampling.group_size", 1, "sampling.group_size"),
     ("rl.algorithm", "ppo", "rl.algorithm"),
     ("rl.tau", 1.5, "rl.tau"),
+    ("rl.valid_step_advantage", "zero", "rl.valid_step_advantage"),
     ("data.token_buckets", (128, 96), "data.token_buckets"),
     ("data.on_bad_record", "ignore", "data.on_bad_record"),
     ("rl.process_source", "judge", "judge.base_url"),

@@ -2,7 +2,8 @@
 
 Pure `jnp` functions, jit- and grad-safe, chosen by name from registries:
 `ESTIMATORS` (grpo, grpo_no_std, gdpo: per-completion advantages),
-`PENALTIES` (`rl.penalty`: exp, exp_rounded, linear) and `ALGORITHMS`
+`PENALTIES` (`rl.penalty`: exp, exp_rounded, linear), `VALID_STEP_RULES`
+(`rl.valid_step_advantage`: abs, keep) and `ALGORITHMS`
 (`rl.algorithm`: an estimator and how its advantage is laid over the
 tokens; "mrpo" is grpo's advantages reshaped per step by `mrpo_shape`,
 the others give every token its completion's advantage). See
@@ -30,6 +31,9 @@ from stepjax.rl import registry
 
 ESTIMATORS = registry.Registry("advantage estimator", "rl.algorithm")
 PENALTIES = registry.Registry("step penalty schedule", "rl.penalty")
+VALID_STEP_RULES = registry.Registry(
+  "valid-step advantage", "rl.valid_step_advantage"
+)
 ALGORITHMS = registry.Registry("RL algorithm", "rl.algorithm")
 
 EPS = 1e-4  # the spec's std epsilon
@@ -203,6 +207,24 @@ def linear_penalty(k: jax.Array, num_steps: jax.Array) -> jax.Array:
   return jnp.where(num_steps > 1, mult, 1.0)
 
 
+# What a valid step of a shaped completion (R_ans <= tau) gets: float[B]
+# per-completion advantages -> float[B].
+
+
+@VALID_STEP_RULES.register("abs")
+def valid_step_abs(adv_B: jax.Array) -> jax.Array:
+  """+|A_i|: a valid step is rewarded whatever the answer (the spec)."""
+  return jnp.abs(adv_B)
+
+
+@VALID_STEP_RULES.register("keep")
+def valid_step_keep(adv_B: jax.Array) -> jax.Array:
+  """A_i: a valid step keeps its completion's outcome advantage, so only
+  the invalid steps are reshaped (beyond the spec: an ablation of how much
+  of MRPO's effect comes from rewarding valid steps of wrong answers)."""
+  return adv_B
+
+
 def broadcast(adv_B: jax.Array, num_tokens: int) -> jax.Array:
   """Every token gets its completion's advantage: float32[B] -> [B, T]."""
   adv_B = _as_float(adv_B)
@@ -218,14 +240,15 @@ def mrpo_shape(
   tau: float = 0.6,
   penalty: str = "exp",
   has_labels_B: jax.Array | None = None,
+  valid_steps: str = "abs",
 ) -> jax.Array:
   """MRPO's step-aware per-token advantages.
 
   For completion i with R_ans_i > tau, or without step labels, every token
   keeps A_i. Otherwise a token of step k (1-based, of K) gets +|A_i| when the
-  step is valid and -m(k, K) * |A_i| when invalid, m from `penalty`
-  (spec: exp(1 - (k-1)/(K-1)), 1 when K = 1). Tokens in no step (id -1:
-  tags, answer, padding) keep A_i.
+  step is valid (A_i with valid_steps="keep") and -m(k, K) * |A_i| when
+  invalid, m from `penalty` (spec: exp(1 - (k-1)/(K-1)), 1 when K = 1).
+  Tokens in no step (id -1: tags, answer, padding) keep A_i.
 
   Args:
     adv_B: float[B] per-completion advantages A_i.
@@ -238,11 +261,14 @@ def mrpo_shape(
     penalty: schedule name (rl.penalty), see `PENALTIES`; static under jit.
     has_labels_B: optional {0,1}[B]; 0 = no process labels for that
       completion (judge fallback "skip"), shaping is off for it.
+    valid_steps: what a valid step gets (rl.valid_step_advantage), see
+      `VALID_STEP_RULES`; static under jit.
 
   Returns:
     float32[B, T] per-token advantages.
   """
   schedule = PENALTIES.get(penalty)
+  valid_rule = VALID_STEP_RULES.get(valid_steps)
   adv_B = _as_float(adv_B)
   step_id_BxT = jnp.asarray(step_id_BxT, jnp.int32)
   num_steps_B = jnp.asarray(num_steps_B, jnp.int32)
@@ -254,7 +280,8 @@ def mrpo_shape(
   valid_BxT = jnp.take_along_axis(jnp.asarray(step_valid_BxK), idx_BxT, axis=1)
   mult_BxT = schedule((idx_BxT + 1).astype(adv_B.dtype), num_steps_B[:, None])
   mag_Bx1 = jnp.abs(adv_B)[:, None]
-  shaped_BxT = jnp.where(valid_BxT > 0, mag_Bx1, -mult_BxT * mag_Bx1)
+  valid_adv_Bx1 = valid_rule(adv_B)[:, None]
+  shaped_BxT = jnp.where(valid_BxT > 0, valid_adv_Bx1, -mult_BxT * mag_Bx1)
   shape_B = jnp.asarray(answer_reward_B) <= tau
   if has_labels_B is not None:
     shape_B = shape_B & (jnp.asarray(has_labels_B) > 0)
@@ -287,11 +314,13 @@ class AdvantageInputs:
 
 @dataclasses.dataclass(frozen=True)
 class AlgorithmOptions:
-  """An algorithm's static settings (rl.scale_by_std, rl.tau, rl.penalty)."""
+  """An algorithm's static settings (rl.scale_by_std, rl.tau, rl.penalty,
+  rl.valid_step_advantage)."""
 
   scale_by_std: bool = True
   tau: float = 0.6
   penalty: str = "exp"
+  valid_steps: str = "abs"
 
 
 def _unshaped(estimator_name: str):
@@ -332,5 +361,6 @@ def mrpo(
     tau=opts.tau,
     penalty=opts.penalty,
     has_labels_B=inputs.has_labels_B,
+    valid_steps=opts.valid_steps,
   )
   return adv_B, adv_BxT

@@ -98,7 +98,10 @@ def advantage_options(config, weights_C) -> AdvantageOptions:
     group_size=config.sampling.group_size,
     weights_C=tuple(float(w) for w in weights_C),
     options=advantages.AlgorithmOptions(
-      scale_by_std=bool(rl.scale_by_std), tau=float(rl.tau), penalty=rl.penalty
+      scale_by_std=bool(rl.scale_by_std),
+      tau=float(rl.tau),
+      penalty=rl.penalty,
+      valid_steps=rl.valid_step_advantage,
     ),
   )
 

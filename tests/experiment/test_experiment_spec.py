@@ -156,7 +156,8 @@ def test_runs_may_be_a_configdict():
 
 
 @pytest.mark.parametrize(
-  "name", ["example", "synthmed", "synthmed_long", "synthmed_sft1200"]
+  "name",
+  sorted(p.stem for p in (REPO / "configs" / "experiments").glob("*.py")),
 )
 @pytest.mark.parametrize("variant", [None, "test"])
 def test_every_shipped_experiment_config_is_valid(name, variant):

@@ -51,7 +51,9 @@ def np_penalty(k, big_k, name):
   return 1 + (math.e - 1) * (1 - pos)
 
 
-def np_mrpo(adv, r_ans, step_id, num_steps, valid, tau, name="exp"):
+def np_mrpo(
+  adv, r_ans, step_id, num_steps, valid, tau, name="exp", valid_steps="abs"
+):
   b, t = step_id.shape
   out = np.zeros((b, t))
   for i in range(b):
@@ -60,7 +62,7 @@ def np_mrpo(adv, r_ans, step_id, num_steps, valid, tau, name="exp"):
       if r_ans[i] > tau or s < 0:
         out[i, j] = adv[i]
       elif valid[i, s]:
-        out[i, j] = abs(adv[i])
+        out[i, j] = abs(adv[i]) if valid_steps == "abs" else adv[i]
       else:
         out[i, j] = -np_penalty(s + 1, int(num_steps[i]), name) * abs(adv[i])
   return out
@@ -142,6 +144,9 @@ def test_registries():
   assert set(advantages.PENALTIES.names()) == {"exp", "exp_rounded", "linear"}
   with pytest.raises(ValueError, match="rl.penalty"):
     advantages.PENALTIES.get("cubic")
+  assert set(advantages.VALID_STEP_RULES.names()) == {"abs", "keep"}
+  with pytest.raises(ValueError, match="rl.valid_step_advantage"):
+    advantages.VALID_STEP_RULES.get("zero")
 
 
 def _algorithm_inputs(seed=0, b=6, t=9, k_pad=16):
@@ -244,6 +249,34 @@ def test_mrpo_hand_example():
   assert float(first) == pytest.approx(math.e) and float(last) == 1.0
 
 
+def test_mrpo_keep_rule_reshapes_only_invalid_steps():
+  # The hand example's row 0 (A = -0.5, steps valid, invalid, invalid):
+  # under "keep" the valid step keeps -0.5 instead of +0.5; the invalid
+  # steps' penalties and the success row are as under the spec's rule.
+  step_id = np.array(
+    [[-1, 0, 0, 1, -1, 2, -1], [-1, 0, 1, 1, 2, -1, -1]], np.int32
+  )
+  valid = np.array([[1, 0, 0], [1, 1, 1]], np.int32)
+  args = (
+    np.array([-0.5, 1.0]), np.array([0.2, 0.9]), step_id, np.array([3, 3]),
+    valid,
+  )  # fmt: skip
+  keep = advantages.mrpo_shape(*args, valid_steps="keep")
+  spec = advantages.mrpo_shape(*args)
+  e15 = math.exp(0.5)
+  want = [-0.5, -0.5, -0.5, -e15 * 0.5, -0.5, -0.5, -0.5]
+  np.testing.assert_allclose(keep[0], want, rtol=1e-6)
+  np.testing.assert_allclose(spec[0, 1:3], [0.5, 0.5], rtol=1e-6)
+  np.testing.assert_allclose(keep[0, 3:], spec[0, 3:], rtol=1e-6)
+  np.testing.assert_array_equal(keep[1], spec[1])
+  # A positive A_i (a wrong answer still above its group): both rules agree.
+  pos = advantages.mrpo_shape(
+      np.array([0.5]), np.array([0.0]), step_id[:1], np.array([3]),
+      valid[:1], valid_steps="keep",
+  )  # fmt: skip
+  np.testing.assert_allclose(pos[0, 1:3], [0.5, 0.5], rtol=1e-6)
+
+
 def test_mrpo_skipped_labels_keep_advantage():
   step_id = np.array([[0, 0, 1]], np.int32)
   out = advantages.mrpo_shape(
@@ -262,11 +295,16 @@ def test_mrpo_skipped_labels_keep_advantage():
 # float32 the agreement is ~1e-6 relative to the reward scale.
 
 
-@pytest.mark.parametrize("penalty", ["exp", "exp_rounded", "linear"])
-def test_mrpo_matches_numpy_oracle(penalty):
+@pytest.mark.parametrize(
+  "penalty,valid_steps",
+  [("exp", "abs"), ("exp_rounded", "abs"), ("linear", "abs"), ("exp", "keep")],
+)
+def test_mrpo_matches_numpy_oracle(penalty, valid_steps):
   rng = np.random.default_rng(0)
   b, t, k_pad, g = 16, 40, 8, 4
-  shape = jax.jit(advantages.mrpo_shape, static_argnames=("penalty", "tau"))
+  shape = jax.jit(
+    advantages.mrpo_shape, static_argnames=("penalty", "tau", "valid_steps")
+  )
   for x64 in (True, False):
     tol = 1e-6 if x64 else 1e-5
     with jax.enable_x64(x64):
@@ -277,10 +315,13 @@ def test_mrpo_matches_numpy_oracle(penalty):
         valid = rng.integers(0, 2, size=(b, k_pad)).astype(np.int32)
         adv = advantages.grpo(r, g)
         np.testing.assert_allclose(adv, np_group_norm(r, g), atol=tol, rtol=tol)
-        got = shape(adv, r_ans, step_id, num_steps, valid, 0.6, penalty)
+        got = shape(
+            adv, r_ans, step_id, num_steps, valid, 0.6, penalty,
+            valid_steps=valid_steps,
+        )  # fmt: skip
         want = np_mrpo(
             np.asarray(adv, np.float64), r_ans, step_id, num_steps, valid,
-            0.6, penalty,
+            0.6, penalty, valid_steps,
         )  # fmt: skip
         np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
 

@@ -305,6 +305,31 @@ def test_twenty_step_penalty_schedule(setup, built):
   np.testing.assert_allclose(last, -1.0 * abs(adv), rtol=1e-5)
 
 
+def test_keep_rule_reaches_the_update_batch(setup, built):
+  """rl.valid_step_advantage=keep: a valid step of a shaped (wrong-answer)
+  row keeps A_i in the update batch; every other token is as under the
+  spec's rule (`built`)."""
+  spec_update, _, adv_B = built
+  config = setup["config"].copy_and_resolve_references()
+  with config.unlocked():
+    config.rl.valid_step_advantage = "keep"
+  keep_update, _, keep_adv_B = _build({**setup, "config": config})
+  np.testing.assert_array_equal(keep_adv_B, adv_B)
+  t = setup["batch"]["prompt_ids_BxT"].shape[1]
+  changed = 0
+  for i, r in enumerate(setup["rows"]):
+    right = r["answer"] == setup["batch"]["answers"][i // G]
+    step_id = np.asarray(keep_update.value_labels.step_id_BxL[i, t:])
+    valid = np.asarray(keep_update.value_labels.step_valid_BxL[i, t:])
+    keep_C = np.asarray(keep_update.adv_BxL[i, t:])
+    spec_C = np.asarray(spec_update.adv_BxL[i, t:])
+    kept = (step_id >= 0) & (valid > 0) & (not right)  # R_ans 0 <= tau
+    np.testing.assert_allclose(keep_C[kept], adv_B[i], rtol=1e-6)
+    np.testing.assert_array_equal(keep_C[~kept], spec_C[~kept])
+    changed += int(kept.any() and adv_B[i] < 0)
+  assert changed  # the fixture has a wrong answer with a valid step, A < 0
+
+
 def _columns(update):
   """Every per-token [B, L] array of an update batch, by field name."""
   labels = update.value_labels
