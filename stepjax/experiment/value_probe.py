@@ -23,7 +23,10 @@ whether that is the features' ceiling or the training's:
   3. reports each on the test steps: BCE, accuracy, and the share of
      invalid steps it flags, split into false claims (invalid under the
      truth rule too: seeing is needed) and true but invalid steps
-     (off the question, repeated: the text alone can tell).
+     (off the question, repeated: the text alone can tell);
+  4. refits `hidden` and `hidden+truth` on 1/8, 1/4, 1/2 and all of the
+     fit prompts: a test BCE still falling at all of them means the head
+     is short of labels rather than of features.
 
   python -m stepjax.experiment.value_probe RUN_DIR --prompts=512 \
       --out=RUN_DIR/value_probe.json
@@ -58,6 +61,8 @@ from stepjax.rl import process
 from stepjax.train import batches, components, rollout, steps
 
 PROBES = ("hidden", "hidden+pool", "hidden+attn", "hidden+truth")
+CURVE_PROBES = ("hidden", "hidden+truth")
+CURVE_SHARES = (0.125, 0.25, 0.5, 1.0)
 
 
 @dataclasses.dataclass
@@ -352,25 +357,29 @@ def fit_probe(
   params = init_probe(jax.random.key(seed), name, d, e, u, width)
   tx = optax.adamw(lr, weight_decay=weight_decay)
   opt = tx.init(params)
+  # Data are arguments, never closed over: XLA would fold them as constants.
   x_fit, x_val = jax.tree.map(jnp.asarray, (x_fit, x_val))
   y_fit, y_val = jnp.asarray(y_fit), jnp.asarray(y_val)
 
   @jax.jit
-  def step(params, opt, idx):
-    xb = jax.tree.map(lambda a: a[idx], x_fit)
-    g = jax.grad(lambda p: bce(probe_logits(name, p, xb), y_fit[idx]))(params)
+  def step(params, opt, x, y, idx):
+    xb = jax.tree.map(lambda a: a[idx], x)
+    g = jax.grad(lambda p: bce(probe_logits(name, p, xb), y[idx]))(params)
     updates, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, updates), opt
 
-  val_bce = jax.jit(lambda p: bce(probe_logits(name, p, x_val), y_val))
+  @jax.jit
+  def val_bce(params, x, y):
+    return bce(probe_logits(name, params, x), y)
+
   rng = np.random.default_rng(seed)
   n = len(y_fit)
-  best = (params, 0, float(val_bce(params)))
+  best = (params, 0, float(val_bce(params, x_val, y_val)))
   for i in range(1, max_steps + 1):
     idx = jnp.asarray(rng.integers(0, n, size=min(batch, n)))
-    params, opt = step(params, opt, idx)
+    params, opt = step(params, opt, x_fit, y_fit, idx)
     if i % eval_every == 0:
-      v = float(val_bce(params))
+      v = float(val_bce(params, x_val, y_val))
       if v < best[2]:
         best = (params, i, v)
       elif i - best[1] >= 10 * eval_every:
@@ -471,6 +480,35 @@ def run_probes(
       f"value probe: {name}: test BCE {r['bce']:.3f} (best on val at "
       f"step {best_step}; {time.perf_counter() - t0:.0f} s)"
     )
+  # Learning curves: the same probes fitted on a share of the fit prompts
+  # (is the head short of labels or of features?).
+  result["curve"] = {}
+  for name in CURVE_PROBES:
+    points = []
+    for share in CURVE_SHARES:
+      _, part_ = split_prompts(f.prompt_S[train], share, seed + 2)
+      part = train[part_] if share < 1 else train
+      params, _, _ = fit_probe(
+        name,
+        _inputs(f, part, stats),
+        f.valid_S[part],
+        x_val,
+        f.valid_S[val],
+        width=width,
+        max_steps=max_steps,
+        seed=seed,
+      )
+      logits = jax.device_get(probe_logits(name, params, x_test))
+      r = scores(logits, f, test)
+      points.append(
+        {
+          "fit_steps": int(len(part)),
+          "bce": r["bce"],
+          "accuracy": r["accuracy"],
+        }
+      )
+    result["curve"][name] = points
+    log(f"value probe: {name} by fit steps: {points}")
   return result
 
 
@@ -487,6 +525,16 @@ def table(result: dict[str, Any]) -> str:
       f"{100 * r['valid_kept']:.1f} | {100 * r['invalid_flagged']:.1f} | "
       f"{100 * r['false_claims_flagged']:.1f} | "
       f"{100 * r['true_but_invalid_flagged']:.1f} |"
+    )
+  for name, points in result.get("curve", {}).items():
+    lines.append("")
+    lines.append(
+      f"{name} by fit steps: "
+      + ", ".join(
+        f"{p['fit_steps']}: BCE {p['bce']:.3f}, "
+        f"accuracy {100 * p['accuracy']:.1f}"
+        for p in points
+      )
     )
   return "\n".join(lines)
 

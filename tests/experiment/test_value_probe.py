@@ -73,6 +73,12 @@ def test_probes_find_a_planted_signal_only_where_it_is():
   # The split keeps every step of a prompt on one side.
   steps = result["steps"]
   assert steps["fit"] + steps["val"] + steps["test"] == 600 * 2
+  # The curves refit on nested shares of the fit prompts, the last all.
+  truth = result["curve"]["hidden+truth"]
+  sizes = [p["fit_steps"] for p in truth]
+  assert sizes == sorted(sizes) and sizes[-1] == steps["fit"] and sizes[0] > 0
+  assert truth[-1]["bce"] < 0.35 and result["curve"]["hidden"][-1]["bce"] > 0.6
+  assert "hidden+truth by fit steps" in value_probe.table(result)
 
 
 def test_scores_split_invalid_steps_by_kind():
