@@ -3,7 +3,9 @@
 Every metric of `stepjax.rl.failures.analyze` is sum(num_N) / sum(den_N)
 over the N eval records for some per-record numerator and denominator
 (accuracy: correct / 1; step validity: valid steps / steps; an FFP share:
-[failed in that bin] / [failed]; FAR: the record's FAR / [FAR defined];
+[failed in that bin] / [failed]; early failures: [failed in the early bin]
+/ [has steps], the early share of all completions, not of the failing
+ones; FAR: the record's FAR / [FAR defined];
 answers contradicting the chain, `metrics.chain_answer_agreement`:
 [contradicted] / [last step states an answer]).
 Written that way, a bootstrap replicate that draws record i c_i times has
@@ -27,6 +29,7 @@ METRICS = (
   "ffp_early",
   "ffp_mid",
   "ffp_late",
+  "early_failure",
   "no_failure",
   "far",
   "far_early",
@@ -59,7 +62,7 @@ def terms(
     if k == 0:
       continue  # no steps: neither a failure nor a "no failure"
     first = metrics.first_failure_index(labels)
-    den["no_failure"][i] = 1
+    den["no_failure"][i] = den["early_failure"][i] = 1
     if first is None:
       num["no_failure"][i] = 1
       continue
@@ -67,6 +70,7 @@ def terms(
     for b in metrics.BINS:
       den[f"ffp_{b}"][i] = 1
     num[f"ffp_{stage}"][i] = 1
+    num["early_failure"][i] = float(stage == metrics.EARLY)
     far = metrics.failure_accumulation_rate(labels)
     if far is not None:
       num["far"][i], den["far"][i] = far, 1

@@ -17,6 +17,7 @@ _MAIN = (
   ("ffp_early", "FFP early"),
   ("ffp_mid", "FFP mid"),
   ("ffp_late", "FFP late"),
+  ("early_failure", "Early failures, % of all"),
   ("far", "FAR"),
   ("answer_contradicts_chain", "Answer contradicts chain"),
 )
@@ -113,8 +114,10 @@ def _summary(setup: Mapping[str, Any], runs: Sequence[str]) -> str:
     f"({setup['sft_steps']} steps) that every run of the seed starts from. "
     f"{_run_sizes(setup, runs)} Evaluated greedily on {setup['eval_scans']} "
     f"held-out scans per seed (one set per seed) at the end{periodic}. "
-    "FFP shares are of the failing completions; FAR is the share of invalid "
-    "steps after the first failure. CIs: hierarchical bootstrap "
+    "FFP shares are of the failing completions; early failures, % of all: "
+    "completions whose first failure is early, of every completion with "
+    "steps; FAR is the share of invalid steps after the first failure. "
+    "CIs: hierarchical bootstrap "
     f"({setup['bootstrap_samples']} replicates, seed "
     f"{setup['bootstrap_seed']}: seeds resampled, then scans within a seed, "
     "the same scans for both sides of a paired difference), 95% "

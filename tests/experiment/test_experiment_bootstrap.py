@@ -32,6 +32,7 @@ def test_terms_reproduce_analyze():
     "ffp_early": s.ffp_shares["early"],
     "ffp_mid": s.ffp_shares["mid"],
     "ffp_late": s.ffp_shares["late"],
+    "early_failure": s.ffp_counts["early"] / sum(s.ffp_counts.values()),
     "no_failure": s.none_share,
     "far": s.far,
     "far_early": s.far_by_ffp["early"],
