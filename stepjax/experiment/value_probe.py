@@ -20,6 +20,9 @@ whether that is the features' ceiling or the training's:
        hidden+attn  plus what attention from the step picks from them
        hidden+truth plus the scene's truth (each organ's lesion count,
                     the modality): the ceiling of a head that sees
+       hidden+step_mean  plus the mean hidden state over the step's
+                    tokens (more of the step's claim than its last token)
+       hidden+step_mean+truth  both
   3. reports each on the test steps: BCE, accuracy, and the share of
      invalid steps it flags, split into false claims (invalid under the
      truth rule too: seeing is needed) and true but invalid steps
@@ -60,7 +63,14 @@ from stepjax.models import step_value, vlm
 from stepjax.rl import process
 from stepjax.train import batches, components, rollout, steps
 
-PROBES = ("hidden", "hidden+pool", "hidden+attn", "hidden+truth")
+PROBES = (
+  "hidden",
+  "hidden+pool",
+  "hidden+attn",
+  "hidden+truth",
+  "hidden+step_mean",
+  "hidden+step_mean+truth",
+)
 CURVE_PROBES = ("hidden", "hidden+truth")
 CURVE_SHARES = (0.125, 0.25, 0.5, 1.0)
 
@@ -71,6 +81,7 @@ class StepFeatures:
   width E, U truth features).
 
   hidden_SxD: the policy's final hidden state at the step's last token.
+  step_mean_SxD: its mean over the step's tokens.
   head_logit_S: the checkpoint's step-value head there (NaN: no head).
   image_S: the step's scan, an index into images_NxMxE / image_valid_NxM.
   truth_SxU: the scan's truth (lesions per organ, modality one-hot).
@@ -80,6 +91,7 @@ class StepFeatures:
   """
 
   hidden_SxD: np.ndarray
+  step_mean_SxD: np.ndarray
   head_logit_S: np.ndarray
   image_S: np.ndarray
   truth_SxU: np.ndarray
@@ -169,7 +181,9 @@ def collect(
   )
   source = process.VerifierSource(synthmed.step_verifier(config.data.verifier))
   features = _features_fn(loaded.graphs, group_size)
-  out: dict[str, list] = {k: [] for k in ("h", "v", "img", "u", "y", "t", "p")}
+  out: dict[str, list] = {
+    k: [] for k in ("h", "hm", "v", "img", "u", "y", "t", "p")
+  }
   images, image_valid = [], []
   num_images = prompt_base = 0
   rng = jax.random.key(seed)
@@ -213,6 +227,7 @@ def collect(
           continue  # a step cut off by the length limit carries no label
         end = cols[-1]
         out["h"].append(hidden[i, end])
+        out["hm"].append(hidden[i, cols].mean(0))
         out["v"].append(np.nan if head is None else head[i, end])
         out["img"].append(num_images - 1)
         out["u"].append(truth_vector(scene))
@@ -228,6 +243,7 @@ def collect(
     raise InputError("the sampled completions hold no steps to probe")
   return StepFeatures(
     hidden_SxD=np.stack(out["h"]).astype(np.float32),
+    step_mean_SxD=np.stack(out["hm"]).astype(np.float32),
     head_logit_S=np.asarray(out["v"], np.float32),
     image_S=np.asarray(out["img"], np.int32),
     truth_SxU=np.stack(out["u"]),
@@ -260,7 +276,8 @@ def init_probe(key, name: str, d: int, e: int, u: int, width: int):
   token width e and truth width u."""
   k = jax.random.split(key, 5)
   extra = {"hidden": 0, "hidden+pool": 2 * e, "hidden+attn": 3 * e}
-  extra["hidden+truth"] = u
+  extra.update({"hidden+truth": u, "hidden+step_mean": d})
+  extra["hidden+step_mean+truth"] = d + u
   params = {
     "fc1": _init_linear(k[0], d + extra[name], width),
     "fc2": _init_linear(k[1], width, 1, 0.02),
@@ -273,7 +290,8 @@ def init_probe(key, name: str, d: int, e: int, u: int, width: int):
 
 def probe_logits(name: str, params, x: dict[str, jax.Array]) -> jax.Array:
   """float32[S] logits of probe `name` on standardised features x:
-  hidden_SxD, img_SxMxE (the step's scan tokens), img_valid_SxM, truth_SxU."""
+  hidden_SxD, step_mean_SxD, img_SxMxE (the step's scan tokens),
+  img_valid_SxM, truth_SxU."""
   h = x["hidden_SxD"]
   valid_SxM = x["img_valid_SxM"]
   img_SxMxE = x["img_SxMxE"]
@@ -297,6 +315,10 @@ def probe_logits(name: str, params, x: dict[str, jax.Array]) -> jax.Array:
     z = jnp.concatenate([h, mean_SxE, top_SxE, read_SxE], axis=-1)
   elif name == "hidden+truth":
     z = jnp.concatenate([h, x["truth_SxU"]], axis=-1)
+  elif name == "hidden+step_mean":
+    z = jnp.concatenate([h, x["step_mean_SxD"]], axis=-1)
+  elif name == "hidden+step_mean+truth":
+    z = jnp.concatenate([h, x["step_mean_SxD"], x["truth_SxU"]], axis=-1)
   else:
     raise ValueError(f"unknown probe {name!r}; expected one of {PROBES}")
   return _linear(params["fc2"], jax.nn.silu(_linear(params["fc1"], z)))[:, 0]
@@ -311,6 +333,7 @@ def _inputs(f: StepFeatures, rows: np.ndarray, stats: dict) -> dict:
   img = f.images_NxMxE[f.image_S[rows]]
   return {
     "hidden_SxD": _standardise(f.hidden_SxD[rows], *stats["hidden"]),
+    "step_mean_SxD": _standardise(f.step_mean_SxD[rows], *stats["step_mean"]),
     "img_SxMxE": _standardise(img, *stats["img"]),
     "img_valid_SxM": f.image_valid_NxM[f.image_S[rows]],
     "truth_SxU": _standardise(f.truth_SxU[rows], *stats["truth"]),
@@ -328,6 +351,7 @@ def _stats(f: StepFeatures, rows: np.ndarray) -> dict:
   tokens = f.images_NxMxE[images][f.image_valid_NxM[images]]
   return {
     "hidden": ms(f.hidden_SxD[rows]),
+    "step_mean": ms(f.step_mean_SxD[rows]),
     "img": ms(tokens),
     "truth": ms(f.truth_SxU[rows]),
   }

@@ -50,6 +50,7 @@ def _planted(num_prompts=600, steps_per_prompt=2, seed=0):
   valid_S = label_N[image_S]
   return value_probe.StepFeatures(
     hidden_SxD=rng.normal(size=(s, d)).astype(np.float32),
+    step_mean_SxD=rng.normal(size=(s, d)).astype(np.float32),
     head_logit_S=np.full(s, np.nan, np.float32),
     image_S=image_S,
     truth_SxU=np.stack([valid_S, rng.normal(size=s)], 1).astype(np.float32),
@@ -67,7 +68,13 @@ def test_probes_find_a_planted_signal_only_where_it_is():
   assert "run's head" not in probes  # no head logits (NaN)
   assert probes["hidden"]["bce"] > 0.6  # noise: near the base rate
   assert probes["constant"]["bce"] > 0.6
-  for name in ("hidden+pool", "hidden+attn", "hidden+truth"):
+  assert probes["hidden+step_mean"]["bce"] > 0.6  # noise too
+  for name in (
+    "hidden+pool",
+    "hidden+attn",
+    "hidden+truth",
+    "hidden+step_mean+truth",
+  ):
     assert probes[name]["bce"] < 0.35, name
     assert probes[name]["accuracy"] > 0.85, name
   # The split keeps every step of a prompt on one side.
@@ -109,6 +116,9 @@ def test_collect_on_a_tiny_run(tmp_path_factory):
   assert f.images_NxMxE.shape[0] == 4 and set(f.prompt_S) <= {0, 1, 2, 3}
   np.testing.assert_array_equal(f.image_S, f.prompt_S)  # one scan each
   assert set(np.unique(f.valid_S)) <= {0.0, 1.0}
+  assert f.step_mean_SxD.shape == f.hidden_SxD.shape
+  # Steps span several tokens: their mean is not the last token's state.
+  assert not np.allclose(f.step_mean_SxD, f.hidden_SxD)
   # The head's logit was read at the same token as the hidden state.
   head = step_value.apply(
     loaded.graphs.value, loaded.value_params, f.hidden_SxD[None]
