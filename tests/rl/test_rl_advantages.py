@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stepjax import config_checks
 from stepjax.rl import advantages
 
 # ---------------------------------------------------------------------------
@@ -145,6 +146,11 @@ def test_registries():
   with pytest.raises(ValueError, match="rl.penalty"):
     advantages.PENALTIES.get("cubic")
   assert set(advantages.VALID_STEP_RULES.names()) == {"abs", "keep"}
+  # config_checks (no jax import) lists the same names.
+  assert set(config_checks.PENALTIES) == set(advantages.PENALTIES.names())
+  assert set(config_checks.VALID_STEP_RULES) == set(
+    advantages.VALID_STEP_RULES.names()
+  )
   with pytest.raises(ValueError, match="rl.valid_step_advantage"):
     advantages.VALID_STEP_RULES.get("zero")
 
