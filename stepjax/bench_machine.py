@@ -4,7 +4,8 @@ A speed ratio means little without the machine: XLA and oneDNN pick other
 kernels on AVX2, AVX-512 or AMX CPUs, and a 2-core VM is not a 32-core
 workstation. `describe()` gathers what decides a figure (CPU model and
 vector extensions, the cores this process may run on, jax/jaxlib versions,
-the backend and its device kind, the load when the bench started) plus one
+the backend and its device kind, the 1-minute load and the CPU share other
+processes use when the bench starts, `is_busy`) plus one
 measured number: the peak of a jitted float32 matmul, a short, warmed-up,
 best-of-N run (`matmul_peak`). `stepjax bench ...` prints `format_line` at
 the top and stores `describe()` under "machine" in every --out JSON.
@@ -132,6 +133,42 @@ def _load() -> float | None:
     return None
 
 
+def _cpu_times() -> tuple[int, int] | None:
+  """(busy, total) jiffies of all CPUs from /proc/stat; None without it."""
+  try:
+    with open("/proc/stat", encoding="ascii") as f:
+      fields = [int(x) for x in f.readline().split()[1:9]]
+  except (OSError, ValueError):
+    return None
+  if len(fields) < 5:
+    return None
+  idle = fields[3] + fields[4]  # idle + iowait
+  return sum(fields) - idle, sum(fields)
+
+
+def others_cpu_share(seconds: float = 0.5) -> float | None:
+  """Share of all CPUs busy while this process sleeps for `seconds`: what
+  other processes use right now (unlike the 1-minute load average, not
+  raised by a bench that just ended). None where /proc/stat is missing."""
+  before = _cpu_times()
+  time.sleep(seconds)
+  after = _cpu_times()
+  if before is None or after is None or after[1] <= before[1]:
+    return None
+  return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def is_busy(info: dict[str, Any]) -> bool:
+  """Whether other work shared the machine when the bench started: other
+  processes used over a quarter of the CPUs (`others_cpu_share`), or,
+  where that is unknown, the 1-minute load exceeded half the cores."""
+  share = info.get("others_cpu_share")
+  if share is not None:
+    return share > 0.25
+  load = info.get("load_avg_1m")
+  return load is not None and load > 0.5 * info["cores"]
+
+
 def matmul_peak(
   n: int | None = None, iters: int = 10, dtype: str = "float32"
 ) -> dict[str, float]:
@@ -176,6 +213,7 @@ def describe(peak_n: int | None = None, peak_iters: int = 10) -> dict[str, Any]:
   model, flags = _cpuinfo()
   device = jax.devices()[0]
   load = _load()  # before the matmul, which raises it
+  others = others_cpu_share()
   peak = matmul_peak(peak_n, peak_iters)
   return {
     "cpu_model": model,
@@ -193,6 +231,7 @@ def describe(peak_n: int | None = None, peak_iters: int = 10) -> dict[str, Any]:
     "chip_peak_bf16_flops_per_s": chip_peak(device.device_kind),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "load_avg_1m": load,
+    "others_cpu_share": others,
     "matmul_f32_n": peak["n"],
     "matmul_f32_best_gflops": peak["best_flops_per_s"] / 1e9,
     "matmul_f32_median_gflops": peak["median_flops_per_s"] / 1e9,
@@ -203,10 +242,11 @@ def format_line(info: dict[str, Any]) -> str:
   """Two lines for the top of a bench's output."""
   flags = " ".join(info["cpu_flags"]) or "none of the known vector flags"
   load = info["load_avg_1m"]
-  busy = ""
-  if load is not None and load > 0.5 * info["cores"]:
-    busy = " (busy: timings are not representative)"
+  busy = " (busy: timings are not representative)" if is_busy(info) else ""
   load_text = "n/a" if load is None else f"{load:.2f}"
+  others = info.get("others_cpu_share")
+  if others is not None:
+    load_text += f", other processes {100 * others:.0f}% of the CPUs"
   n = int(info["matmul_f32_n"])
   return (
     f"machine: {info['cpu_model']}, {info['cores']} cores "

@@ -1,5 +1,7 @@
 """`stepjax.bench_machine`: the machine every bench reports."""
 
+import os
+
 from stepjax import bench_machine
 
 FIELDS = (
@@ -14,6 +16,7 @@ FIELDS = (
   "device_kind",
   "device_count",
   "load_avg_1m",
+  "others_cpu_share",
   "matmul_f32_n",
   "matmul_f32_best_gflops",
   "matmul_f32_median_gflops",
@@ -31,6 +34,42 @@ def test_describe_has_every_field_and_a_positive_peak():
   assert info["matmul_f32_best_gflops"] >= info["matmul_f32_median_gflops"] > 0
   line = bench_machine.format_line(info)
   assert info["cpu_model"] in line and "GFLOP/s" in line
+
+
+def test_busy_reads_other_processes_now_not_the_load_average():
+  info = {"cores": 2, "load_avg_1m": 1.9, "others_cpu_share": 0.02}
+  assert not bench_machine.is_busy(info)  # a bench that just ended
+  assert bench_machine.is_busy({**info, "others_cpu_share": 0.6})
+  # Without /proc/stat the load average decides, as before.
+  assert bench_machine.is_busy({**info, "others_cpu_share": None})
+  assert not bench_machine.is_busy(
+    {"cores": 2, "load_avg_1m": 0.4, "others_cpu_share": None}
+  )
+
+
+def test_others_cpu_share_sees_a_busy_thread():
+  import threading
+
+  share_idle = bench_machine.others_cpu_share(0.3)
+  stop = threading.Event()
+
+  def spin():
+    while not stop.is_set():
+      pass
+
+  thread = threading.Thread(target=spin)
+  thread.start()
+  try:
+    share_busy = bench_machine.others_cpu_share(0.3)
+  finally:
+    stop.set()
+    thread.join()
+  if share_idle is None:  # no /proc/stat here
+    assert share_busy is None
+    return
+  assert 0.0 <= share_idle <= 1.0
+  # One spinning thread is one CPU of the machine's, whatever else runs.
+  assert share_busy >= 0.9 / (os.cpu_count() or 1)
 
 
 def test_matmul_peak_is_measured_once_per_process():
