@@ -215,8 +215,9 @@ def collect(
     step_id_BxL = np.asarray(update.value_labels.step_id_BxL)
     for i, step_texts in enumerate(scored.step_texts):
       p = i // group_size
-      scene = scene_lib.Scene.from_dict(examples[p]["meta"]["scene"])
-      if i % group_size == 0:
+      if i % group_size == 0:  # the prompt's first row: its scan and truth
+        scene = scene_lib.Scene.from_dict(examples[p]["meta"]["scene"])
+        truth_U = truth_vector(scene)
         images.append(img[i])
         image_valid.append(img_valid[i])
         num_images += 1
@@ -230,7 +231,7 @@ def collect(
         out["hm"].append(hidden[i, cols].mean(0))
         out["v"].append(np.nan if head is None else head[i, end])
         out["img"].append(num_images - 1)
-        out["u"].append(truth_vector(scene))
+        out["u"].append(truth_U)
         out["y"].append(scored.step_valid_BxK[i, k])
         out["t"].append(true[k])
         out["p"].append(prompt_base + p)
@@ -464,8 +465,7 @@ def run_probes(
   train_, val_ = split_prompts(f.prompt_S[fit], val_share, seed + 1)
   train, val = fit[train_], fit[val_]
   stats = _stats(f, train)
-  x_train, x_val = _inputs(f, train, stats), _inputs(f, val, stats)
-  x_test = _inputs(f, test, stats)
+  x_val, x_test = _inputs(f, val, stats), _inputs(f, test, stats)
   y_test = f.valid_S[test]
   base_rate = float(f.valid_S[train].mean())
   constant = np.full(len(test), np.log(base_rate / max(1 - base_rate, 1e-6)))
@@ -485,12 +485,13 @@ def run_probes(
   }
   if not np.isnan(f.head_logit_S).any():
     result["probes"]["run's head"] = scores(f.head_logit_S[test], f, test)
-  for name in PROBES:
-    t0 = time.perf_counter()
+
+  def fit_and_score(name: str, rows: np.ndarray) -> tuple[dict, int, float]:
+    """Probe `name` fitted on the steps `rows`, scored on the test steps."""
     params, best_step, best_val = fit_probe(
       name,
-      x_train,
-      f.valid_S[train],
+      _inputs(f, rows, stats),
+      f.valid_S[rows],
       x_val,
       f.valid_S[val],
       width=width,
@@ -498,32 +499,30 @@ def run_probes(
       seed=seed,
     )
     logits = jax.device_get(probe_logits(name, params, x_test))
-    r = result["probes"][name] = scores(logits, f, test)
+    return scores(logits, f, test), best_step, best_val
+
+  for name in PROBES:
+    t0 = time.perf_counter()
+    r, best_step, best_val = fit_and_score(name, train)
     r.update(val_bce=best_val, stopped_at=best_step)
+    result["probes"][name] = r
     log(
       f"value probe: {name}: test BCE {r['bce']:.3f} (best on val at "
       f"step {best_step}; {time.perf_counter() - t0:.0f} s)"
     )
   # Learning curves: the same probes fitted on a share of the fit prompts
-  # (is the head short of labels or of features?).
+  # (is the head short of labels or of features?); all of them is the fit
+  # above, not refitted.
   result["curve"] = {}
   for name in CURVE_PROBES:
     points = []
     for share in CURVE_SHARES:
-      _, part_ = split_prompts(f.prompt_S[train], share, seed + 2)
-      part = train[part_] if share < 1 else train
-      params, _, _ = fit_probe(
-        name,
-        _inputs(f, part, stats),
-        f.valid_S[part],
-        x_val,
-        f.valid_S[val],
-        width=width,
-        max_steps=max_steps,
-        seed=seed,
-      )
-      logits = jax.device_get(probe_logits(name, params, x_test))
-      r = scores(logits, f, test)
+      if share < 1:
+        _, part_ = split_prompts(f.prompt_S[train], share, seed + 2)
+        part = train[part_]
+        r = fit_and_score(name, part)[0]
+      else:
+        part, r = train, result["probes"][name]
       points.append(
         {
           "fit_steps": int(len(part)),
