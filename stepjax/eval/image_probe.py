@@ -32,16 +32,17 @@ the one the run was trained with, as for `stepjax eval`.)
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 from stepjax.data import pipeline, sources, synthmed
 from stepjax.data import synthmed_render as render_lib
 from stepjax.data import synthmed_scene as scene_lib
+from stepjax.data.readers import paths
 from stepjax.errors import InputError
 from stepjax.eval import checkpoints
 from stepjax.train import batches, components, steps
@@ -215,8 +216,7 @@ def run(
   result["checkpoint"] = checkpoint
   print(table(result), flush=True)
   if out:
-    with open(out, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=1)
+    paths.write_json(epath.Path(out), result)
     print(f"wrote {out}", flush=True)
   return result
 

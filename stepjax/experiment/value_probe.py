@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,11 +51,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
 from stepjax import image_slots
 from stepjax.data import pipeline, sources, synthmed
 from stepjax.data import synthmed_scene as scene_lib
-from stepjax.errors import InputError
+from stepjax.data.readers import paths
+from stepjax.errors import InputError, UserError
 from stepjax.eval import checkpoints
 from stepjax.experiment import config_io
 from stepjax.models import step_value, vlm
@@ -604,8 +605,7 @@ def run(
   result.update(run_dir=run_dir, step=loaded.step, group_size=g)
   print(table(result), flush=True)
   if out:
-    with open(out, "w", encoding="utf-8") as fh:
-      json.dump(result, fh, indent=1)
+    paths.write_json(epath.Path(out), result)
     print(f"wrote {out}", flush=True)
   return result
 
@@ -635,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       out=args.out,
       seed=args.seed,
     )
-  except InputError as e:
+  except (UserError, OSError) as e:  # one line, no stack
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

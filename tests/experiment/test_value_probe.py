@@ -10,7 +10,7 @@ import pytest
 from stepjax.data import synthmed
 from stepjax.errors import InputError
 from stepjax.eval import checkpoints
-from stepjax.experiment import value_probe
+from stepjax.experiment import config_io, value_probe
 from stepjax.models import step_value
 
 _spec = importlib.util.spec_from_file_location(
@@ -129,7 +129,14 @@ def test_collect_on_a_tiny_run(tmp_path_factory):
   assert np.all(f.true_S[f.valid_S == 1] == 1)
 
 
-def test_bad_input_is_one_line():
+def test_bad_input_is_one_line(tmp_path, capsys):
   with pytest.raises(InputError, match="--prompts"):
     value_probe.run("unused", prompts=1)
   assert value_probe.main(["/nonexistent/run", "--prompts=4"]) == 2
+  # A run directory with its config but no checkpoint: one line, exit 2.
+  config_io.write(tiny_run.config(), str(tmp_path))
+  capsys.readouterr()
+  assert value_probe.main([str(tmp_path), "--prompts=4"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "checkpoint" in err
+  assert "\n" not in err and "Traceback" not in err
