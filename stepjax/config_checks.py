@@ -52,6 +52,11 @@ def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
   _one_of(rl.loss_aggregation, LOSS_AGGREGATIONS, "rl.loss_aggregation")
   _one_of(rl.penalty, PENALTIES, "rl.penalty")
   _one_of(rl.valid_step_advantage, VALID_STEP_RULES, "rl.valid_step_advantage")
+  _one_of(
+    rl.get("hybrid_select", "random"),
+    process.HYBRID_SELECTIONS,
+    "rl.hybrid_select",
+  )
   _require(
     sampling.group_size >= 2,
     "sampling.group_size",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -110,6 +110,23 @@ def load_config_file(
   if not hasattr(module, "get_config"):
     raise InputError(f"config file {path} defines no get_config(arg=None)")
   return module.get_config(arg)
+
+
+def regrid(
+  config: ml_collections.ConfigDict,
+  runs: Sequence[tuple[str, str]],
+  baseline: str,
+  compare: Sequence[tuple[str, str]],
+) -> ml_collections.ConfigDict:
+  """An experiment config with its grid replaced: `runs` (name, overrides),
+  the `baseline` of its paired differences and the (a, b) pairs to
+  `compare`; the rest (base job, seeds, variants) as loaded. For grids
+  built on another grid's file (`load_config_file`)."""
+  with config.unlocked():
+    config.runs = tuple(runs)
+    config.baseline = baseline
+    config.compare = tuple(compare)
+  return config
 
 
 def synthmed_grid_base(configs_dir: Any, test: bool) -> Any:
@@ -279,6 +296,9 @@ def default_config() -> ml_collections.ConfigDict:
   # that keeps the run's total at hybrid_judge_fraction. 0 = a constant
   # share.
   c.rl.hybrid_full_judge_steps = 0
+  # Which completions the hybrid judges: random (seeded) or uncertain (the
+  # ones whose step-value labels the head itself is least sure of).
+  c.rl.hybrid_select = "random"
   # Share of the verifier's / judge's step labels flipped (seeded): a
   # simulated fallible judge. 0 = labels as given.
   c.rl.label_noise = 0.0

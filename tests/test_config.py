@@ -67,6 +67,7 @@ def test_variants_and_lock():
     # The tiny config's 0.25 x its RL steps allow fewer fully judged ones.
     ("rl.hybrid_full_judge_steps", 10**6, "rl.hybrid_full_judge_steps"),
     ("rl.hybrid_full_judge_steps", -1, "rl.hybrid_full_judge_steps"),
+    ("rl.hybrid_select", "confident", "rl.hybrid_select"),
   ],
 )
 def test_semantic_checks_name_the_flag(key, value, flag):

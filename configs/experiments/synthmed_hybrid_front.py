@@ -32,28 +32,28 @@ FULL_JUDGE_STEPS = 10
 
 def get_config(arg=None):
   c = config_utils.load_config_file(_HERE / "synthmed_pretrained_b12.py", arg)
-  c.unlock()
   runs = dict(c.runs)
   vlr10 = runs["mrpo_hybrid_b12_vlr10"]
   front = f"rl.hybrid_full_judge_steps={FULL_JUDGE_STEPS}"
   if c.base.train.steps < 4 * FULL_JUDGE_STEPS:  # :test, 2 RL steps
     front = "rl.hybrid_judge_fraction=0.5,rl.hybrid_full_judge_steps=1"
-  c.runs = (
-    ("mrpo_b12", runs["mrpo_b12"]),
-    ("mrpo_hybrid_b12_vlr10", vlr10),
-    ("mrpo_hybrid_b12_front", f"{vlr10},{front}"),
-    (
-      "mrpo_hybrid_b12_vlr30",
-      vlr10.replace("rl.value_lr_scale=10", "rl.value_lr_scale=30"),
+  return config_utils.regrid(
+    c,
+    runs=(
+      ("mrpo_b12", runs["mrpo_b12"]),
+      ("mrpo_hybrid_b12_vlr10", vlr10),
+      ("mrpo_hybrid_b12_front", f"{vlr10},{front}"),
+      (
+        "mrpo_hybrid_b12_vlr30",
+        vlr10.replace("rl.value_lr_scale=10", "rl.value_lr_scale=30"),
+      ),
+    ),
+    baseline="mrpo_b12",
+    compare=(
+      ("mrpo_hybrid_b12_vlr10", "mrpo_b12"),
+      ("mrpo_hybrid_b12_front", "mrpo_b12"),
+      ("mrpo_hybrid_b12_front", "mrpo_hybrid_b12_vlr10"),
+      ("mrpo_hybrid_b12_vlr30", "mrpo_b12"),
+      ("mrpo_hybrid_b12_vlr30", "mrpo_hybrid_b12_vlr10"),
     ),
   )
-  c.baseline = "mrpo_b12"
-  c.compare = (
-    ("mrpo_hybrid_b12_vlr10", "mrpo_b12"),
-    ("mrpo_hybrid_b12_front", "mrpo_b12"),
-    ("mrpo_hybrid_b12_front", "mrpo_hybrid_b12_vlr10"),
-    ("mrpo_hybrid_b12_vlr30", "mrpo_b12"),
-    ("mrpo_hybrid_b12_vlr30", "mrpo_hybrid_b12_vlr10"),
-  )
-  c.lock()
-  return c

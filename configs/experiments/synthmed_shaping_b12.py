@@ -29,19 +29,19 @@ _HERE = pathlib.Path(__file__).resolve().parent
 
 def get_config(arg=None):
   c = config_utils.load_config_file(_HERE / "synthmed_pretrained_b12.py", arg)
-  c.unlock()
   runs = dict(c.runs)
   mrpo = runs["mrpo_b12"]
-  c.runs = (
-    ("grpo_b12", runs["grpo_b12"]),
-    ("mrpo_b12", mrpo),
-    ("mrpo_b12_keep", f"{mrpo},rl.valid_step_advantage=keep"),
+  return config_utils.regrid(
+    c,
+    runs=(
+      ("grpo_b12", runs["grpo_b12"]),
+      ("mrpo_b12", mrpo),
+      ("mrpo_b12_keep", f"{mrpo},rl.valid_step_advantage=keep"),
+    ),
+    baseline="grpo_b12",
+    compare=(
+      ("mrpo_b12", "grpo_b12"),
+      ("mrpo_b12_keep", "grpo_b12"),
+      ("mrpo_b12_keep", "mrpo_b12"),
+    ),
   )
-  c.baseline = "grpo_b12"
-  c.compare = (
-    ("mrpo_b12", "grpo_b12"),
-    ("mrpo_b12_keep", "grpo_b12"),
-    ("mrpo_b12_keep", "mrpo_b12"),
-  )
-  c.lock()
-  return c

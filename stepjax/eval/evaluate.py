@@ -165,7 +165,7 @@ def _score_local(
       c.tokenizer.think_tag,
     )
     examples = batches.examples(batch)
-    requests = rollout.step_requests(layout, examples, 1)
+    requests = rollout.step_requests(layout.step_texts, examples, 1)
     has_scene = all("scene" in (ex["meta"] or {}) for ex in examples)
     source = verifier if has_scene else labeller
     if source is None:

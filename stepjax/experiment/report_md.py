@@ -65,7 +65,7 @@ def render(results: Mapping[str, Any]) -> str:
       "FFP early, relative: (a - b) / b of the early-failure share, in %.",
     ]
   lines += ["", "#### Per seed, %", "", *_per_seed_table(results, runs)]
-  lines += ["", "#### Cost", "", *_cost(results, runs)]
+  lines += ["", "#### Cost and label quality", "", *_cost(results, runs)]
   lines += [
     "",
     "Reproduce (finished runs are skipped, killed ones resume):",
@@ -204,7 +204,7 @@ def _cost(results, runs) -> list[str]:
   )
   if not keys:
     lines.append(
-      "No run logged judge_* counters (process labels from "
+      "No run logged judge_* counters or label errors (process labels from "
       + ", ".join(sorted({setup["runs"][r]["process_source"] for r in runs}))
       + ": no judge calls)."
     )

@@ -15,7 +15,8 @@ Metrics (record_terms.METRICS) are fractions in [0, 1] (mean_steps is a
 count); a seed where a metric is undefined (e.g. FAR with no failure that
 has a step after it) is left out of that metric's mean. Also: periodic
 evals per RL step, judge_* counters summed over the RL steps of each run
-(metrics.jsonl), wall times and the grid's set-up.
+and label_false_* shares averaged over them (metrics.jsonl), wall times
+and the grid's set-up.
 The bootstrap (bootstrap.py) is seeded, so the same grid gives the same file.
 """
 
@@ -240,18 +241,26 @@ def _periodic(exp, workdir, name, dirs) -> dict[str, Any]:
   }
 
 
+# Per-step metrics of a run's process labels summarised in the cost table:
+# the judge's counters, and how wrong the labels were where the truth is
+# known (`process.label_error_rates`).
+COST_PREFIXES = ("judge_", "label_false_")
+
+
 def _judge_counters(run_dirs: Sequence[str]) -> dict[str, Any]:
-  """judge_* metrics of the RL steps: per key, the mean over seeds of the
-  sum over steps ("total") and of the mean per step ("per_step"). A share
-  (`*_share`, e.g. of the completions judged) has no meaningful sum: its
-  "total" is None."""
+  """judge_* and label_false_* metrics of the RL steps: per key, the mean
+  over seeds of the sum over steps ("total") and of the mean per step
+  ("per_step", steps without a value left out). A share (`*_share`, e.g.
+  of the completions judged) has no meaningful sum: its "total" is None."""
   totals: dict[str, list[float]] = {}
   means: dict[str, list[float]] = {}
   for d in run_dirs:
     rl = [r for r in metrics_lib.read_metrics(d) if r.get("phase") == "rl"]
-    keys = sorted({k for r in rl for k in r if k.startswith("judge_")})
+    keys = sorted({k for r in rl for k in r if k.startswith(COST_PREFIXES)})
     for k in keys:
-      values = [r[k] for r in rl if k in r]
+      values = [v for r in rl if (v := _num(r.get(k))) is not None]
+      if not values:
+        continue
       totals.setdefault(k, []).append(float(np.sum(values)))
       means.setdefault(k, []).append(float(np.mean(values)))
   return {

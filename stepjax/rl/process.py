@@ -7,8 +7,10 @@ One interface, `label_steps(requests) -> list[StepLabels]`, four sources
   judge       an LLM judge (`stepjax.rl.judge.JudgeClient`, or anything
               with `judge(requests) -> list[StepLabels]`);
   value_head  the policy's step-value logits: valid when sigmoid >= thr;
-  hybrid      the judge for a seeded random fraction of completions, the
-              value head for the rest (and where the judge fell back).
+  hybrid      the judge for a fraction of completions (seeded random ones,
+              or those whose head labels are least certain:
+              `rl.hybrid_select`), the value head for the rest (and where
+              the judge fell back).
 `judge_totals` collects the judge's per-step counts (calls, cache hits,
 retries, fallbacks by cause) from whichever source in a chain counts them.
 `pack_labels` turns the labels into the fixed-shape arrays the advantage
@@ -165,6 +167,66 @@ class ValueHeadSource:
     return out
 
 
+# How a hybrid source picks the completions it sends to the judge
+# (`rl.hybrid_select`): seeded random ones, or the ones the value head is
+# least sure of (`completion_uncertainty`, ties in the seeded random order).
+HYBRID_SELECTIONS = ("random", "uncertain")
+
+
+def completion_uncertainty(requests: Sequence[StepRequest]) -> np.ndarray:
+  """float64[B]: the value head's own probability that at least one of a
+  completion's K step labels is wrong, 1 - prod_k max(p_k, 1 - p_k), with
+  p_k = sigmoid(logit_k); 0 for a completion without steps.
+
+  Summed in log space: log max(p, 1 - p) = -softplus(-|logit|), so a long
+  chain of confident steps does not round to 0 or 1."""
+  out = np.zeros(len(requests), np.float64)
+  for i, req in enumerate(requests):
+    k = len(req.step_texts)
+    if k == 0:
+      continue
+    if req.value_logits is None or len(req.value_logits) < k:
+      raise ValueError(
+        f"record {req.record_id}: rl.hybrid_select=uncertain needs the "
+        f"step-value logits of its {k} steps (model.step_value_hidden > 0)"
+      )
+    x = np.abs(np.asarray(req.value_logits, np.float64)[:k])
+    log_sure = -np.sum(np.logaddexp(0.0, -x))
+    out[i] = -np.expm1(log_sure)
+  return out
+
+
+def label_error_rates(
+  given: Sequence[StepLabels], truth: Sequence[StepLabels]
+) -> dict[str, float]:
+  """How wrong the process labels a batch was trained on are, against the
+  true labels of the same completions (skipped completions left out):
+  `label_false_invalid_share` the share of truly valid steps labelled
+  invalid, `label_false_valid_share` the share of truly invalid steps
+  labelled valid (NaN where a batch has no such step)."""
+  if len(given) != len(truth):
+    raise ValueError(f"{len(given)} label sets against {len(truth)} truths")
+  pairs = [
+    (np.asarray(g.labels, np.int64), np.asarray(t.labels, np.int64))
+    for g, t in zip(given, truth)
+    if not g.skipped and len(t.labels)
+  ]
+  g_S = np.concatenate([g for g, _ in pairs]) if pairs else np.zeros(0)
+  t_S = np.concatenate([t for _, t in pairs]) if pairs else np.zeros(0)
+  if g_S.shape != t_S.shape:
+    raise ValueError("a label set and its truth differ in step count")
+  valid, invalid = t_S == 1, t_S == 0
+  nan = float("nan")
+  return {
+    "label_false_invalid_share": (
+      float(np.mean(g_S[valid] == 0)) if valid.any() else nan
+    ),
+    "label_false_valid_share": (
+      float(np.mean(g_S[invalid] == 1)) if invalid.any() else nan
+    ),
+  }
+
+
 def max_full_judge_calls(judge_fraction: float, total_calls: int) -> int:
   """The most RL steps a hybrid run can judge whole (every completion)
   within its budget of `judge_fraction` of `total_calls` steps' worth."""
@@ -174,8 +236,11 @@ def max_full_judge_calls(judge_fraction: float, total_calls: int) -> int:
 class HybridSource:
   """The judge for a fraction of completions, the value head for the rest.
 
-  Which completions go to the judge is drawn by `np.random.default_rng`
-  from (seed, call number), so reruns choose the same ones. A completion
+  Which completions go to the judge: with `select="random"` a draw of
+  `np.random.default_rng` from (seed, call number), so reruns choose the
+  same ones; with `select="uncertain"` the ones whose head labels are
+  least certain (`completion_uncertainty`), ties in that draw's order. A
+  completion
   whose judge call fell back gets the value head's labels instead.
   After each call `last_judged` holds the indices the judge labelled (not
   fallen back): the trainer trains the value head on those.
@@ -196,7 +261,12 @@ class HybridSource:
     full_judge_calls: int = 0,
     total_calls: int = 0,
     first_call: int = 0,
+    select: str = "random",
   ):
+    if select not in HYBRID_SELECTIONS:
+      raise InputError(
+        f"rl.hybrid_select={select!r}: expected one of {HYBRID_SELECTIONS}"
+      )
     if not 0.0 <= judge_fraction <= 1.0:
       raise InputError(
         f"rl.hybrid_judge_fraction={judge_fraction} must be in [0, 1]"
@@ -215,6 +285,7 @@ class HybridSource:
     self.total_calls = total_calls
     self.first_call = first_call
     self.seed = seed
+    self.select = select
     self.calls = 0
     self.last_judged: list[int] = []
 
@@ -248,7 +319,11 @@ class HybridSource:
     n_judge = self.judged_count(self.calls, n)
     rng = np.random.default_rng([self.seed, self.calls])
     self.calls += 1
-    chosen = sorted(rng.permutation(n)[:n_judge].tolist())
+    order = rng.permutation(n)
+    if self.select == "uncertain" and n_judge < n:
+      doubt = completion_uncertainty(requests)
+      order = order[np.argsort(-doubt[order], kind="stable")]
+    chosen = sorted(order[:n_judge].tolist())
     out: list[StepLabels | None] = [None] * n
     judged = self.judge.label_steps([requests[i] for i in chosen])
     for i, lab in zip(chosen, judged):

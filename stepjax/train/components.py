@@ -141,7 +141,21 @@ def process_source(config: Any) -> process.ProcessSource:
     total_calls=config.train.steps,
     # The trainer numbers its scoring calls by the global step.
     first_call=config.sft.steps,
+    select=config.rl.get("hybrid_select", "random"),
   )
+
+
+def truth_source(config: Any) -> process.VerifierSource | None:
+  """The SynthMed verifier as a yardstick for the labels a value_head or
+  hybrid run trains on (`process.label_error_rates`, logged per RL step;
+  never counted as judge calls), or None where there is no scene to check
+  or the labels are the verifier's own."""
+  if config.data.dataset != "synthmed" or config.rl.process_source not in (
+    "value_head",
+    "hybrid",
+  ):
+    return None
+  return process.VerifierSource(synthmed.step_verifier(config.data.verifier))
 
 
 def answer_scorer(config: Any) -> rewards.BertScorer | None:

@@ -86,6 +86,7 @@ class Trainer:
     self.train_source = components.make_source(config, "train")
     self.eval_source = components.make_source(config, "eval")
     self.process_source = components.process_source(config)
+    self.truth_source = components.truth_source(config)
     self.eval_task = None
     if evaluator is not None:
       self.eval_task = evaluator.EvalTask(
@@ -497,10 +498,11 @@ class Trainer:
     process.reseed(self.process_source, step)  # draws depend on the step
     # Judge totals count this step's scoring only, not evaluation's calls.
     process.judge_totals(self.process_source)
+    examples = batches.examples(batch)
     scored = rollout.score(
       samples.tokens_BxR,
       samples.lengths_B,
-      batches.examples(batch),
+      examples,
       tokenizer=self.tokenizer,
       source=self.process_source,
       config=c,
@@ -522,6 +524,8 @@ class Trainer:
     update = prepared.apply(update)
     m = rollout.metrics(scored, samples, g)
     m["adv_abs_mean"] = jnp.mean(jnp.abs(prepared.adv_B))  # one step late
+    if self.truth_source is not None:
+      m.update(rollout.label_errors(scored, examples, g, self.truth_source))
     if isinstance(self.process_source, process.HybridSource):
       m["judge_completions"] = float(len(self.process_source.last_judged))
       m["judge_share"] = len(self.process_source.last_judged) / len(

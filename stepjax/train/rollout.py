@@ -272,14 +272,15 @@ def step_layout(
 
 
 def step_requests(
-  step_batch: steps.StepBatch,
+  step_texts: Sequence[Sequence[str]],
   examples: Sequence[dict[str, Any]],
   group_size: int,
   value_logits_BxK: np.ndarray | None = None,
 ) -> list[process.StepRequest]:
-  """One request per completion; `examples` holds the P prompts' records."""
+  """One request per completion (B lists of step texts, row p * G + g);
+  `examples` holds the P prompts' records."""
   requests = []
-  for i, texts in enumerate(step_batch.step_texts):
+  for i, texts in enumerate(step_texts):
     ex = examples[i // group_size]
     requests.append(
       process.StepRequest(
@@ -337,7 +338,7 @@ def score(
         jnp.asarray(value_logits_BxC), jnp.asarray(layout.step_id_BxT), k_pad
       )
     )
-  requests = step_requests(layout, examples, g, value_logits)
+  requests = step_requests(layout.step_texts, examples, g, value_logits)
   labels = source.label_steps(requests)
   valid_BxK, has_B, _ = process.pack_labels(labels, k_pad)
   refs = [examples[i // g]["answer"] for i in range(len(layout.texts))]
@@ -477,6 +478,18 @@ def metrics(
     m["zero_std_groups"] = _flat_group_share(scored.rewards.total, group_size)
     m["answer_zero_std_groups"] = _flat_group_share(comps["answer"], group_size)
   return m
+
+
+def label_errors(
+  scored: Scored,
+  examples: Sequence[dict[str, Any]],
+  group_size: int,
+  truth: process.ProcessSource,
+) -> dict[str, float]:
+  """`process.label_error_rates` of the labels `scored` was given, against
+  `truth`'s labels of the same completions."""
+  requests = step_requests(scored.step_texts, examples, group_size)
+  return process.label_error_rates(scored.labels, truth.label_steps(requests))
 
 
 def _flat_group_share(values_B: np.ndarray, group_size: int) -> float:

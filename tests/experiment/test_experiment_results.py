@@ -70,7 +70,9 @@ def _fake_grid(exp, workdir, quality):
         _write_eval(job_dir, "rl_step_1", records[:])
         logged = [
           {"step": step, "phase": "rl", "reward": 0.1 * step,
-           "judge_completions": 3.0, "judge_share": 0.25}
+           "judge_completions": 3.0, "judge_share": 0.25,
+           # A step without truly valid steps logs NaN: left out.
+           "label_false_invalid_share": [0.2, float("nan")][step]}
           for step in range(2)
         ]  # fmt: skip
         (pathlib.Path(job_dir) / "metrics.jsonl").write_text(
@@ -128,6 +130,10 @@ def test_results_numbers_and_pairing(fake):
     "total": None,
     "per_step": 0.25,
   }
+  assert res["judge"]["mrpo"]["label_false_invalid_share"] == {
+    "total": None,
+    "per_step": pytest.approx(0.2),
+  }
   assert mrpo["wall_s"] == {"0": 12.0, "1": 12.0, "2": 12.0}
 
 
@@ -144,6 +150,7 @@ def test_markdown_is_deterministic_and_complete(fake):
     "FFP early, relative %",
     "judge_completions (total / per step)",
     "judge_share (mean per step)",
+    "label_false_invalid_share (mean per step)",
     " 6.0 / 3.00 | 25.0% |",
     "| SFT start | 0 |",
     command,

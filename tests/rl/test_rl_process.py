@@ -124,6 +124,72 @@ def test_hybrid_front_loaded_budget_keeps_the_total_share():
     )
 
 
+def test_completion_uncertainty_against_the_product_formula():
+  logits = [[0.0], [4.0, -4.0], [9.0, 9.0, 9.0], [], [0.3, -2.0]]
+  reqs = [
+    req(i, ["s"] * len(x), logits=x or None) for i, x in enumerate(logits)
+  ]
+  got = process.completion_uncertainty(reqs)
+  for i, x in enumerate(logits):
+    p = 1 / (1 + np.exp(-np.asarray(x, np.float64)))
+    want = 1 - np.prod(np.maximum(p, 1 - p)) if x else 0.0
+    assert got[i] == pytest.approx(want, rel=1e-12, abs=1e-15)
+  assert got[0] == pytest.approx(0.5)
+  # 200 confident steps: no rounding to 0 (1 - (1 - 1e-9)^200 = 2e-7).
+  far = req(9, ["s"] * 200, logits=[np.log(1e9)] * 200)
+  assert process.completion_uncertainty([far])[0] == pytest.approx(2e-7, 1e-6)
+  with pytest.raises(ValueError, match="record r7.*step-value logits"):
+    process.completion_uncertainty([req(7, ["a", "b"], logits=[1.0])])
+
+
+def test_hybrid_uncertain_judges_the_least_certain_completions():
+  # Head logits from sure (|x| = 6) to unsure (0): completions 5 and 2
+  # carry the two least certain chains and must be the two judged, in
+  # every call, whatever the seed's random order.
+  margins = [6.0, 5.0, 0.1, 4.0, 3.0, 0.0, 2.5, 6.0]
+  reqs = [req(i, ["a", "b"], logits=[m, -m]) for i, m in enumerate(margins)]
+  for seed in range(4):
+    judge = FakeJudge()
+    src = process.HybridSource(
+      judge, process.ValueHeadSource(), 0.25, seed=seed, select="uncertain"
+    )
+    out = src.label_steps(reqs)
+    assert src.last_judged == [2, 5]
+    assert [lab.source for lab in out].count("judge") == 2
+    assert sorted(judge.seen) == ["r2", "r5"]
+  # Ties (all equally sure) fall back to the seeded random order, which
+  # is the random selection's own: the same completions either way.
+  flat = [req(i, ["a"], logits=[1.0]) for i in range(8)]
+  picks = []
+  for select in ("random", "uncertain"):
+    src = process.HybridSource(
+      FakeJudge(), process.ValueHeadSource(), 0.5, seed=1, select=select
+    )
+    src.label_steps(flat)
+    picks.append(src.last_judged)
+  assert picks[0] == picks[1] and len(picks[0]) == 4
+  with pytest.raises(ValueError, match="rl.hybrid_select='best'"):
+    process.HybridSource(FakeJudge(), process.ValueHeadSource(), select="best")
+
+
+def test_label_error_rates_by_hand():
+  lab = lambda *x, skipped=False: process.StepLabels(x, skipped=skipped)  # noqa: E731
+  given = [lab(1, 0, 0), lab(1, 1), lab(0, 0, skipped=True), lab()]
+  truth = [lab(1, 1, 0), lab(0, 1), lab(1, 1), lab()]
+  # Valid in truth (skipped one left out): 3 steps, 1 labelled invalid;
+  # invalid in truth: 2 steps, 1 labelled valid.
+  got = process.label_error_rates(given, truth)
+  assert got == {
+    "label_false_invalid_share": pytest.approx(1 / 3),
+    "label_false_valid_share": pytest.approx(1 / 2),
+  }
+  none_invalid = process.label_error_rates([lab(1)], [lab(1)])
+  assert none_invalid["label_false_invalid_share"] == 0.0
+  assert np.isnan(none_invalid["label_false_valid_share"])
+  with pytest.raises(ValueError, match="step count"):
+    process.label_error_rates([lab(1, 0)], [lab(1)])
+
+
 def test_pack_labels():
   labels = [
     process.StepLabels((1, 0, 1)),

@@ -1,5 +1,7 @@
 """Simulated judges: a counted verifier, label noise, and their wiring."""
 
+import types
+
 import numpy as np
 import pytest
 
@@ -88,6 +90,57 @@ def test_hybrid_with_simulated_judge_uses_the_verifier_for_its_share():
       assert lab.source == "judge" and all(lab.labels)
     else:
       assert lab.source == "value_head" and not any(lab.labels)
+
+
+def test_uncertain_hybrid_wiring_and_label_errors_against_the_verifier():
+  c = config_utils.default_config()
+  c.rl.process_source = "hybrid"
+  c.judge.simulate = "verifier"
+  c.rl.hybrid_judge_fraction = 0.25
+  c.rl.hybrid_select = "uncertain"
+  src = components.process_source(c)
+  assert src.select == "uncertain"
+  truth = components.truth_source(c)
+  assert isinstance(truth, process.VerifierSource)
+  records = [synthmed.make_record(0, i) for i in range(4)]
+  examples = [
+    {"id": r.id, "question": r.question, "answer": r.answer, "meta": r.meta}
+    for r in records
+  ]
+  gold = [tuple(synthmed.gold_steps(synthmed.scene_of(r))) for r in records]
+  # G = 2: each record's gold chain twice. The head is sure every step is
+  # invalid (logit -6), except on rows 3 and 6, where it is unsure (0):
+  # those two (25% of 8) go to the judge, which accepts the gold steps.
+  g = 2
+  logits = [np.full(len(gold[i // g]), -6.0) for i in range(8)]
+  logits[3][:] = 0.0
+  logits[6][:] = 0.0
+  requests = [
+    process.StepRequest(
+      record_id=records[i // g].id,
+      question="q",
+      reference="a",
+      step_texts=gold[i // g],
+      meta=records[i // g].meta,
+      value_logits=logits[i],
+    )
+    for i in range(8)
+  ]
+  labels = src.label_steps(requests)
+  assert src.last_judged == [3, 6]
+  scored = types.SimpleNamespace(
+    step_texts=[list(gold[i // g]) for i in range(8)], labels=labels
+  )
+  got = rollout.label_errors(scored, examples, g, truth)
+  # Every gold step is valid; the head's 6 completions call all theirs
+  # invalid, the judge's 2 call theirs valid.
+  steps = [len(gold[i // g]) for i in range(8)]
+  want = 1 - (steps[3] + steps[6]) / sum(steps)
+  assert got["label_false_invalid_share"] == pytest.approx(want)
+  assert np.isnan(got["label_false_valid_share"])
+  # No yardstick where the labels are the verifier's own.
+  c.rl.process_source = "verifier"
+  assert components.truth_source(c) is None
 
 
 def test_label_noise_wraps_the_verifier():
