@@ -96,9 +96,12 @@ def param_shardings(abstract_params: Any, config: Any, mesh) -> Any:
   )
 
 
-def load(config: Any, checkpoint: str) -> LoadedPolicy:
-  """Loads the policy in `checkpoint` (see the module docstring)."""
-  loc = locate(checkpoint)
+def load(
+  config: Any, checkpoint: str, flag: str = "--checkpoint"
+) -> LoadedPolicy:
+  """Loads the policy in `checkpoint` (see the module docstring); errors
+  name `flag`, the option (or argument) that gave it."""
+  loc = locate(checkpoint, flag)
   config = config_for(config, checkpoint)
   tokenizer, tok_info = components.load_tokenizer(config)
   cfg = policy.model_config(config, tok_info)
@@ -116,6 +119,7 @@ def load(config: Any, checkpoint: str) -> LoadedPolicy:
         abstract_value, param_shardings(abstract_value, config, mesh)
       ),
       model=config.model,
+      flag=flag,
     )
     params, value_params = restored.params, restored.value_params
     step = restored.step

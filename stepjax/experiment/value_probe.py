@@ -582,7 +582,7 @@ def run(
     raise InputError(f"--prompts={prompts}: expected at least 2")
   if config is None:
     config = config_io.read(run_dir)
-  loaded = checkpoints.load(config, run_dir)
+  loaded = checkpoints.load(config, run_dir, flag="RUN_DIR")
   config = loaded.config
   source = components.make_source(config, "eval")
   records = [source[i] for i in range(min(prompts, len(source)))]

@@ -139,4 +139,6 @@ def test_bad_input_is_one_line(tmp_path, capsys):
   assert value_probe.main([str(tmp_path), "--prompts=4"]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and "checkpoint" in err
+  # It names the positional RUN_DIR, not an option the probe does not have.
+  assert f"RUN_DIR={tmp_path}" in err and "--checkpoint" not in err
   assert "\n" not in err and "Traceback" not in err
