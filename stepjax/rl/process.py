@@ -239,9 +239,10 @@ class HybridSource:
   Which completions go to the judge: with `select="random"` a draw of
   `np.random.default_rng` from (seed, call number), so reruns choose the
   same ones; with `select="uncertain"` the ones whose head labels are
-  least certain (`completion_uncertainty`), ties in that draw's order. A
-  completion
-  whose judge call fell back gets the value head's labels instead.
+  least certain (`completion_uncertainty`: longer chains weigh more, as
+  they hold more labels that can be wrong), ties in that draw's order. A
+  completion whose judge call fell back gets the value head's labels
+  instead.
   After each call `last_judged` holds the indices the judge labelled (not
   fallen back): the trainer trains the value head on those.
 
