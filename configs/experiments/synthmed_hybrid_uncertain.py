@@ -19,7 +19,9 @@ the verifier (label_false_invalid_share, label_false_valid_share).
   mrpo_hybrid_b12_uncertain  25% judged, the least certain ones
 
 Variants (comma-separated): parallel=N, seeds=N (the first N of 0, 1, ...),
-test (the tiny model, seconds per run).
+test (the tiny model, seconds per run), runs=hybrids (the two hybrids
+alone, paired with each other: the selection's effect, without the
+verifier run).
 """
 
 import pathlib
@@ -30,16 +32,24 @@ _HERE = pathlib.Path(__file__).resolve().parent
 
 
 def get_config(arg=None):
+  which, arg = config_utils.pop_arg(arg, "runs", "all", ("all", "hybrids"))
   c = config_utils.load_config_file(_HERE / "synthmed_pretrained_b12.py", arg)
   runs = dict(c.runs)
   vlr10 = runs["mrpo_hybrid_b12_vlr10"]
+  hybrids = (
+    ("mrpo_hybrid_b12_vlr10", vlr10),
+    ("mrpo_hybrid_b12_uncertain", f"{vlr10},rl.hybrid_select=uncertain"),
+  )
+  if which == "hybrids":
+    return config_utils.regrid(
+      c,
+      runs=hybrids,
+      baseline="mrpo_hybrid_b12_vlr10",
+      compare=(("mrpo_hybrid_b12_uncertain", "mrpo_hybrid_b12_vlr10"),),
+    )
   return config_utils.regrid(
     c,
-    runs=(
-      ("mrpo_b12", runs["mrpo_b12"]),
-      ("mrpo_hybrid_b12_vlr10", vlr10),
-      ("mrpo_hybrid_b12_uncertain", f"{vlr10},rl.hybrid_select=uncertain"),
-    ),
+    runs=(("mrpo_b12", runs["mrpo_b12"]), *hybrids),
     baseline="mrpo_b12",
     compare=(
       ("mrpo_hybrid_b12_vlr10", "mrpo_b12"),
