@@ -139,6 +139,19 @@ class JudgeSource:
     return list(self.client.judge(list(requests)))
 
 
+def step_logits(req: StepRequest, needed_by: str) -> np.ndarray:
+  """float64[K]: the step-value logits of `req`'s K steps; a ValueError
+  naming the record and `needed_by` when the request carries fewer."""
+  k = len(req.step_texts)
+  if req.value_logits is None or len(req.value_logits) < k:
+    raise ValueError(
+      f"record {req.record_id}: {needed_by} needs the step-value logits "
+      f"(value_logits) of its {k} steps; the model must have a step-value "
+      "head (model.step_value_hidden > 0)"
+    )
+  return np.asarray(req.value_logits, np.float64)[:k]
+
+
 class ValueHeadSource:
   """Labels from step-value logits: valid when sigmoid(logit) >= threshold."""
 
@@ -148,14 +161,7 @@ class ValueHeadSource:
   def label_steps(self, requests: Sequence[StepRequest]) -> list[StepLabels]:
     out = []
     for req in requests:
-      k = len(req.step_texts)
-      if req.value_logits is None or len(req.value_logits) < k:
-        raise ValueError(
-          f"record {req.record_id}: value_head source needs value_logits "
-          f"for its {k} steps; the model must have a step-value head "
-          "(model.step_value_hidden > 0)"
-        )
-      logits = np.asarray(req.value_logits, np.float64)[:k]
+      logits = step_logits(req, "the value_head source")
       prob = 1.0 / (1.0 + np.exp(-logits))
       out.append(
         StepLabels(
@@ -182,15 +188,9 @@ def completion_uncertainty(requests: Sequence[StepRequest]) -> np.ndarray:
   chain of confident steps does not round to 0 or 1."""
   out = np.zeros(len(requests), np.float64)
   for i, req in enumerate(requests):
-    k = len(req.step_texts)
-    if k == 0:
+    if not req.step_texts:
       continue
-    if req.value_logits is None or len(req.value_logits) < k:
-      raise ValueError(
-        f"record {req.record_id}: rl.hybrid_select=uncertain needs the "
-        f"step-value logits of its {k} steps (model.step_value_hidden > 0)"
-      )
-    x = np.abs(np.asarray(req.value_logits, np.float64)[:k])
+    x = np.abs(step_logits(req, "rl.hybrid_select=uncertain"))
     log_sure = -np.sum(np.logaddexp(0.0, -x))
     out[i] = -np.expm1(log_sure)
   return out

@@ -117,13 +117,9 @@ def process_source(config: Any) -> process.ProcessSource:
   if name == "value_head":
     return value_head
   if name == "verifier":
-    labeler = process.VerifierSource(
-      synthmed.step_verifier(config.data.verifier)
-    )
+    labeler = _verifier(config)
   elif config.judge.simulate == "verifier":
-    labeler = process.CountingSource(
-      process.VerifierSource(synthmed.step_verifier(config.data.verifier))
-    )
+    labeler = process.CountingSource(_verifier(config))
   else:
     labeler = process.JudgeSource(_judge_client(config.judge))
   if config.rl.label_noise > 0:
@@ -155,6 +151,11 @@ def truth_source(config: Any) -> process.VerifierSource | None:
     "hybrid",
   ):
     return None
+  return _verifier(config)
+
+
+def _verifier(config: Any) -> process.VerifierSource:
+  """SynthMed's rule verifier (`data.verifier`) as a process source."""
   return process.VerifierSource(synthmed.step_verifier(config.data.verifier))
 
 
