@@ -270,6 +270,13 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
   for flag in ("optim.b1", "optim.b2"):
     value = _get(config, flag)
     _require(0.0 <= value < 1.0, flag, f"is {value}; must be in [0, 1)")
+  value = _get(config, "rl.value_min_confidence", 0.0)
+  _require(
+    0.0 <= value < 1.0,
+    "rl.value_min_confidence",
+    f"is {value}; must be in [0, 1) (the step-value head's least "
+    "confidence, max(p, 1 - p), for its label to shape a step)",
+  )
   for flag in (
     "data.difficulty",
     "data.cascade_rate",

@@ -290,6 +290,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.rl.loss_aggregation = "seq_mean"  # seq_mean | token_mean | constant
   c.rl.process_source = "verifier"  # verifier | judge | value_head | hybrid
   c.rl.value_threshold = 0.5
+  # The step-value head abstains on a step when its confidence, max(p,
+  # 1 - p), is below this: the step keeps its completion's advantage
+  # instead of MRPO's step shaping (value_head and hybrid sources; the
+  # judge's labels always shape). 0 = every head label shapes.
+  c.rl.value_min_confidence = 0.0
   c.rl.hybrid_judge_fraction = 0.25
   # Front-load the hybrid's judge budget: the first N RL steps judge every
   # completion (the head starts from many labels), later steps a share

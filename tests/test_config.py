@@ -68,6 +68,8 @@ def test_variants_and_lock():
     ("rl.hybrid_full_judge_steps", 10**6, "rl.hybrid_full_judge_steps"),
     ("rl.hybrid_full_judge_steps", -1, "rl.hybrid_full_judge_steps"),
     ("rl.hybrid_select", "confident", "rl.hybrid_select"),
+    ("rl.value_min_confidence", 1.0, "rl.value_min_confidence"),
+    ("rl.value_min_confidence", -0.1, "rl.value_min_confidence"),
   ],
 )
 def test_semantic_checks_name_the_flag(key, value, flag):

@@ -243,12 +243,13 @@ def _periodic(exp, workdir, name, dirs) -> dict[str, Any]:
 
 # Per-step metrics of a run's process labels summarised in the cost table:
 # the judge's counters, and how wrong the labels were where the truth is
-# known (`process.label_error_rates`).
-COST_PREFIXES = ("judge_", "label_false_")
+# known (`process.label_error_rates`: over all labels, over the ones that
+# shaped their steps, and the share of steps the head abstained on).
+COST_PREFIXES = ("judge_", "label_false_", "label_used_", "label_abstained_")
 
 
 def _judge_counters(run_dirs: Sequence[str]) -> dict[str, Any]:
-  """judge_* and label_false_* metrics of the RL steps: per key, the mean
+  """judge_* and label_* metrics of the RL steps: per key, the mean
   over seeds of the sum over steps ("total") and of the mean per step
   ("per_step", steps without a value left out). A share (`*_share`, e.g.
   of the completions judged) has no meaningful sum: its "total" is None."""

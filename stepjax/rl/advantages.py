@@ -248,15 +248,18 @@ def mrpo_shape(
   keeps A_i. Otherwise a token of step k (1-based, of K) gets +|A_i| when the
   step is valid (A_i with valid_steps="keep") and -m(k, K) * |A_i| when
   invalid, m from `penalty` (spec: exp(1 - (k-1)/(K-1)), 1 when K = 1).
-  Tokens in no step (id -1: tags, answer, padding) keep A_i.
+  Tokens in no step (id -1: tags, answer, padding) and tokens of a step
+  whose label is -1 (unlabelled: the step-value head abstained,
+  `rl.value_min_confidence`) keep A_i.
 
   Args:
     adv_B: float[B] per-completion advantages A_i.
     answer_reward_B: float[B] answer rewards R_ans_i.
     step_id_BxT: int[B, T], 0-based step index of each token, -1 outside.
     num_steps_B: int[B] K per completion.
-    step_valid_BxK: {0,1}[B, K_pad] step labels, padded past K; K_pad
-      must exceed every step id (it is at least the batch's largest K).
+    step_valid_BxK: {-1,0,1}[B, K_pad] step labels (-1: unlabelled),
+      padded past K; K_pad must exceed every step id (it is at least the
+      batch's largest K).
     tau: answer-reward threshold (rl.tau).
     penalty: schedule name (rl.penalty), see `PENALTIES`; static under jit.
     has_labels_B: optional {0,1}[B]; 0 = no process labels for that
@@ -285,7 +288,7 @@ def mrpo_shape(
   shape_B = jnp.asarray(answer_reward_B) <= tau
   if has_labels_B is not None:
     shape_B = shape_B & (jnp.asarray(has_labels_B) > 0)
-  use_BxT = shape_B[:, None] & in_step_BxT
+  use_BxT = shape_B[:, None] & in_step_BxT & (valid_BxT >= 0)
   return jnp.where(use_BxT, shaped_BxT, adv_B[:, None])
 
 
@@ -300,7 +303,8 @@ class AdvantageInputs:
   answer_reward_B: float32 R_ans, the answer component (MRPO's tau test).
   step_id_BxT: int32 0-based step of each completion token, -1 outside.
   num_steps_B: int32 K, the true step count of each completion.
-  step_valid_BxK: int32 {0,1} step labels, K_pad slots (past K: 0).
+  step_valid_BxK: int32 {-1,0,1} step labels, K_pad slots (past K: 0;
+    -1: a step left unshaped, `process.shaping_mask`).
   has_labels_B: int32 {0,1}; 0 = no process labels (no shaping).
   """
 

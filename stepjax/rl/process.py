@@ -197,32 +197,61 @@ def completion_uncertainty(requests: Sequence[StepRequest]) -> np.ndarray:
 
 
 def label_error_rates(
-  given: Sequence[StepLabels], truth: Sequence[StepLabels]
+  given: Sequence[StepLabels],
+  truth: Sequence[StepLabels],
+  used_BxK: np.ndarray | None = None,
 ) -> dict[str, float]:
   """How wrong the process labels a batch was trained on are, against the
   true labels of the same completions (skipped completions left out):
   `label_false_invalid_share` the share of truly valid steps labelled
   invalid, `label_false_valid_share` the share of truly invalid steps
-  labelled valid (NaN where a batch has no such step)."""
+  labelled valid (NaN where a batch has no such step).
+
+  With `used_BxK` ({0,1}[B, K_pad], `shaping_mask`), also the same two
+  shares over the labels that reshaped their steps only
+  (`label_used_false_invalid_share`, `label_used_false_valid_share`) and
+  `label_abstained_share`, the share of labelled steps that did not."""
   if len(given) != len(truth):
     raise ValueError(f"{len(given)} label sets against {len(truth)} truths")
-  pairs = [
-    (np.asarray(g.labels, np.int64), np.asarray(t.labels, np.int64))
-    for g, t in zip(given, truth)
+  kept = [
+    i
+    for i, (g, t) in enumerate(zip(given, truth))
     if not g.skipped and len(t.labels)
   ]
-  g_S = np.concatenate([g for g, _ in pairs]) if pairs else np.zeros(0)
-  t_S = np.concatenate([t for _, t in pairs]) if pairs else np.zeros(0)
+  g_S = _steps([np.asarray(given[i].labels, np.int64) for i in kept])
+  t_S = _steps([np.asarray(truth[i].labels, np.int64) for i in kept])
   if g_S.shape != t_S.shape:
     raise ValueError("a label set and its truth differ in step count")
-  valid, invalid = t_S == 1, t_S == 0
+  out = _error_shares(g_S, t_S, "label")
+  if used_BxK is not None:
+    used_S = _steps(
+      [np.asarray(used_BxK[i, : len(truth[i].labels)]) > 0 for i in kept]
+    ).astype(bool)
+    out.update(_error_shares(g_S[used_S], t_S[used_S], "label_used"))
+    out["label_abstained_share"] = (
+      float(np.mean(~used_S)) if used_S.size else float("nan")
+    )
+  return out
+
+
+def _steps(per_completion: Sequence[np.ndarray]) -> np.ndarray:
+  """The completions' per-step values, concatenated."""
+  return np.concatenate(per_completion) if per_completion else np.zeros(0)
+
+
+def _error_shares(
+  given_S: np.ndarray, truth_S: np.ndarray, prefix: str
+) -> dict[str, float]:
+  """{prefix}_false_invalid_share and {prefix}_false_valid_share of S
+  steps' labels against their truth (NaN where no step is such)."""
+  valid, invalid = truth_S == 1, truth_S == 0
   nan = float("nan")
   return {
-    "label_false_invalid_share": (
-      float(np.mean(g_S[valid] == 0)) if valid.any() else nan
+    f"{prefix}_false_invalid_share": (
+      float(np.mean(given_S[valid] == 0)) if valid.any() else nan
     ),
-    "label_false_valid_share": (
-      float(np.mean(g_S[invalid] == 1)) if invalid.any() else nan
+    f"{prefix}_false_valid_share": (
+      float(np.mean(given_S[invalid] == 1)) if invalid.any() else nan
     ),
   }
 
@@ -477,6 +506,36 @@ def pack_labels(
       proc[i] = float(np.mean(v))
     valid[i, : len(v)] = v
   return valid, has, proc
+
+
+def shaping_mask(
+  labels: Sequence[StepLabels], k_pad: int, min_confidence: float = 0.0
+) -> np.ndarray:
+  """Which step labels may reshape their step's advantages: int32[B, k_pad].
+
+  1 for each of a completion's K labels that carries no confidence (a
+  verifier's or judge's label) or whose confidence, max(p, 1 - p) of the
+  step-value head's probability p that the step is valid, is at least
+  `min_confidence` (`rl.value_min_confidence`); 0 for the others (the
+  head abstains: the step keeps its completion's advantage, as in GRPO),
+  for skipped completions and past each K. `min_confidence` <= 0.5 keeps
+  every label.
+  """
+  mask = np.zeros((len(labels), k_pad), np.int32)
+  for i, lab in enumerate(labels):
+    if lab.skipped:
+      continue
+    k = len(lab.labels)
+    if k > k_pad:
+      raise ValueError(
+        f"completion {i} has {k} step labels but only {k_pad} step slots"
+      )
+    if lab.confidence is None:
+      mask[i, :k] = 1
+      continue
+    p_K = np.asarray(lab.confidence, np.float64)[:k]
+    mask[i, :k] = np.maximum(p_K, 1.0 - p_K) >= min_confidence
+  return mask
 
 
 def token_labels(

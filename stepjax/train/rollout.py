@@ -58,6 +58,8 @@ class Scored:
     step_valid_BxC (the label of each token's step, 0 outside steps),
     has_labels_B: step layout and process labels; rewards:
     `rl.rewards.Rewards`; labels: per-completion labels.
+  step_shaped_BxK: {0,1}[B, K_pad] the labels that reshape their step's
+    advantages (`process.shaping_mask`); None: every label does.
   """
 
   texts: list[str]
@@ -70,6 +72,7 @@ class Scored:
   labels: list[process.StepLabels]
   rewards: rewards.Rewards
   correct_B: np.ndarray
+  step_shaped_BxK: np.ndarray | None = None
 
 
 @flax.struct.dataclass
@@ -341,6 +344,9 @@ def score(
   requests = step_requests(layout.step_texts, examples, g, value_logits)
   labels = source.label_steps(requests)
   valid_BxK, has_B, _ = process.pack_labels(labels, k_pad)
+  shaped_BxK = process.shaping_mask(
+    labels, k_pad, config.rl.get("value_min_confidence", 0.0)
+  )
   refs = [examples[i // g]["answer"] for i in range(len(layout.texts))]
   r = config.rewards
   scored_rewards = rewards.compute_rewards(
@@ -374,6 +380,7 @@ def score(
     labels=labels,
     rewards=scored_rewards,
     correct_B=correct,
+    step_shaped_BxK=shaped_BxK,
   )
 
 
@@ -427,14 +434,18 @@ def update_batch(
 def advantage_inputs(scored: Scored) -> advantages.AdvantageInputs:
   """What `steps.prepare_update` computes the advantages of scored
   completions from (host numpy; rewards_BxC in `reward_weights`' order,
-  step ids of the completion tokens)."""
+  step ids of the completion tokens; a step whose label does not reshape
+  it, `Scored.step_shaped_BxK`, is labelled -1)."""
   rewards_BxC, _ = scored.rewards.matrix()
+  valid_BxK = np.asarray(scored.step_valid_BxK, np.int32)
+  if scored.step_shaped_BxK is not None:
+    valid_BxK = np.where(scored.step_shaped_BxK > 0, valid_BxK, -1)
   return advantages.AdvantageInputs(
     rewards_BxC=np.asarray(rewards_BxC),
     answer_reward_B=np.asarray(scored.rewards.components["answer"], np.float32),
     step_id_BxT=scored.step_id_BxC.astype(np.int32),
     num_steps_B=np.asarray(scored.num_steps_B, np.int32),
-    step_valid_BxK=np.asarray(scored.step_valid_BxK, np.int32),
+    step_valid_BxK=valid_BxK.astype(np.int32),
     has_labels_B=np.asarray(scored.has_labels_B, np.int32),
   )
 
@@ -487,9 +498,12 @@ def label_errors(
   truth: process.ProcessSource,
 ) -> dict[str, float]:
   """`process.label_error_rates` of the labels `scored` was given, against
-  `truth`'s labels of the same completions."""
+  `truth`'s labels of the same completions (with the rates over the labels
+  that reshaped their steps, and the share that did not)."""
   requests = step_requests(scored.step_texts, examples, group_size)
-  return process.label_error_rates(scored.labels, truth.label_steps(requests))
+  return process.label_error_rates(
+    scored.labels, truth.label_steps(requests), scored.step_shaped_BxK
+  )
 
 
 def _flat_group_share(values_B: np.ndarray, group_size: int) -> float:

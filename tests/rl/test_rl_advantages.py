@@ -60,7 +60,7 @@ def np_mrpo(
   for i in range(b):
     for j in range(t):
       s = int(step_id[i, j])
-      if r_ans[i] > tau or s < 0:
+      if r_ans[i] > tau or s < 0 or valid[i, s] < 0:
         out[i, j] = adv[i]
       elif valid[i, s]:
         out[i, j] = abs(adv[i]) if valid_steps == "abs" else adv[i]
@@ -292,6 +292,20 @@ def test_mrpo_skipped_labels_keep_advantage():
   np.testing.assert_array_equal(out, [[-1.0, -1.0, -1.0]])
 
 
+def test_mrpo_unlabelled_steps_keep_advantage():
+  # Row 0 of the hand example with its second step unlabelled (-1, the
+  # head abstained): that step keeps A_i = -0.5; the valid first step
+  # still gets +0.5 and the invalid third step its penalty, m(3, 3) = 1.
+  step_id = np.array([[-1, 0, 0, 1, -1, 2, -1]], np.int32)
+  out = advantages.mrpo_shape(
+      np.array([-0.5]), np.array([0.2]), step_id, np.array([3]),
+      np.array([[1, -1, 0]], np.int32),
+  )  # fmt: skip
+  np.testing.assert_allclose(
+    out[0], [-0.5, 0.5, 0.5, -0.5, -0.5, -0.5, -0.5], rtol=1e-6
+  )
+
+
 # ---------------------------------------------------------------------------
 # The numpy oracle agrees on random inputs.
 
@@ -318,7 +332,8 @@ def test_mrpo_matches_numpy_oracle(penalty, valid_steps):
         r = rng.normal(size=b)
         r_ans = rng.uniform(size=b)
         step_id, num_steps = random_steps(rng, b, t, k_pad)
-        valid = rng.integers(0, 2, size=(b, k_pad)).astype(np.int32)
+        # -1: a step left unlabelled (the value head abstained).
+        valid = rng.integers(-1, 2, size=(b, k_pad)).astype(np.int32)
         adv = advantages.grpo(r, g)
         np.testing.assert_allclose(adv, np_group_norm(r, g), atol=tol, rtol=tol)
         got = shape(

@@ -190,6 +190,40 @@ def test_label_error_rates_by_hand():
     process.label_error_rates([lab(1, 0)], [lab(1)])
 
 
+def test_label_error_rates_over_used_labels():
+  lab = lambda *x: process.StepLabels(x)  # noqa: E731
+  given = [lab(1, 0, 0), lab(1, 1)]
+  truth = [lab(1, 1, 0), lab(0, 1)]
+  # Used: steps 0 and 2 of the first, step 1 of the second (k_pad 4).
+  used = np.array([[1, 0, 1, 0], [0, 1, 0, 0]], np.int32)
+  got = process.label_error_rates(given, truth, used)
+  # All labels as before; used ones: valid in truth are steps (0, 0) and
+  # (1, 1), both labelled valid; invalid in truth: (0, 2), labelled invalid.
+  assert got["label_false_invalid_share"] == pytest.approx(1 / 3)
+  assert got["label_false_valid_share"] == pytest.approx(1 / 2)
+  assert got["label_used_false_invalid_share"] == 0.0
+  assert got["label_used_false_valid_share"] == 0.0
+  assert got["label_abstained_share"] == pytest.approx(2 / 5)
+
+
+def test_shaping_mask():
+  labels = [
+    process.StepLabels((1, 0, 1)),  # a judge's: every label shapes
+    process.StepLabels((1, 0, 1), confidence=(0.95, 0.3, 0.8)),
+    process.StepLabels((0,), confidence=(0.1,), skipped=True),
+    process.StepLabels(()),
+  ]
+  got = process.shaping_mask(labels, 4, min_confidence=0.8)
+  np.testing.assert_array_equal(
+    got, [[1, 1, 1, 0], [1, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+  )
+  # At 0.5 or below nothing is left out.
+  every = process.shaping_mask(labels, 4, min_confidence=0.0)
+  np.testing.assert_array_equal(every[1], [1, 1, 1, 0])
+  with pytest.raises(ValueError, match="3 step labels but only 2"):
+    process.shaping_mask(labels[:1], 2)
+
+
 def test_pack_labels():
   labels = [
     process.StepLabels((1, 0, 1)),

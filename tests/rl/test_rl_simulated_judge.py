@@ -129,7 +129,9 @@ def test_uncertain_hybrid_wiring_and_label_errors_against_the_verifier():
   labels = src.label_steps(requests)
   assert src.last_judged == [3, 6]
   scored = types.SimpleNamespace(
-    step_texts=[list(gold[i // g]) for i in range(8)], labels=labels
+    step_texts=[list(gold[i // g]) for i in range(8)],
+    labels=labels,
+    step_shaped_BxK=None,
   )
   got = rollout.label_errors(scored, examples, g, truth)
   # Every gold step is valid; the head's 6 completions call all theirs

@@ -22,7 +22,7 @@ import pytest
 from stepjax import image_slots, sequences
 from stepjax.data import pipeline, synthmed
 from stepjax.data import tokenizer as tokenizer_lib
-from stepjax.rl import process
+from stepjax.rl import advantages, process
 from stepjax.sampling import sampler
 from stepjax.train import batches, components, policy, rollout
 from stepjax.train import steps as train_steps
@@ -420,31 +420,73 @@ def test_device_sequences_equal_the_host_build(setup, built):
     np.testing.assert_array_equal(x, y)
 
 
-def test_value_head_labels_cover_every_step(setup):
-  """The value-head source reads a logit for each of the 20 steps."""
-  s = setup
+def _score_by_head(s, odd_logit, config=None, noise=0.0):
+  """`rollout.score` of the test's completions by the value-head source,
+  whose logit at each step's last token is +3 on even steps and
+  `odd_logit` on odd ones (`noise` x N(0, 1) elsewhere)."""
   b, c = s["tokens_BxC"].shape
-  # Logit +3 at the last token of even steps, -3 at odd ones, noise
-  # elsewhere: labels alternate 1, 0, 1, ... over all K steps.
   rng = np.random.default_rng(0)
-  logits_BxC = rng.normal(size=(b, c)).astype(np.float32) * 0.1
+  logits_BxC = (rng.normal(size=(b, c)) * noise).astype(np.float32)
   for i, r in enumerate(s["rows"]):
     step_of = np.asarray(r["step_of"])
     for k in range(len(r["steps"])):
       end = np.flatnonzero(step_of == k)[-1]
-      logits_BxC[i, end] = 3.0 if k % 2 == 0 else -3.0
-  scored = rollout.score(
+      logits_BxC[i, end] = 3.0 if k % 2 == 0 else odd_logit
+  return rollout.score(
     s["tokens_BxC"],
     s["lengths_B"],
     batches.examples(s["batch"]),
     tokenizer=s["tok"],
     source=process.ValueHeadSource(0.5),
-    config=s["config"],
+    config=config or s["config"],
     value_logits_BxC=logits_BxC,
   )
+
+
+def test_value_head_labels_cover_every_step(setup):
+  """The value-head source reads a logit for each of the 20 steps."""
+  s = setup
+  # Logit +3 at the last token of even steps, -3 at odd ones, noise
+  # elsewhere: labels alternate 1, 0, 1, ... over all K steps.
+  scored = _score_by_head(s, -3.0, noise=0.1)
   for i, r in enumerate(s["rows"]):
     k = len(r["steps"])
     assert list(scored.labels[i].labels) == [1 - j % 2 for j in range(k)]
+  assert float(scored.rewards.components["process"][1]) == pytest.approx(0.5)
+
+
+def test_unsure_value_head_labels_leave_steps_unshaped(setup):
+  """With rl.value_min_confidence = 0.8 the head's labels of its unsure
+  steps (logit -0.5: p = 0.38) reach the advantages as -1 and their tokens
+  keep A_i; its sure labels (logit +3: p = 0.95) shape their steps. The
+  labels themselves and the process reward are the head's hard labels."""
+  s = setup
+  config = s["config"].copy_and_resolve_references()
+  with config.unlocked():
+    config.rl.value_min_confidence = 0.8
+  scored = _score_by_head(s, -0.5, config)
+  inputs = rollout.advantage_inputs(scored)
+  adv_B, adv_BxC = advantages.ALGORITHMS.get("mrpo")(
+    inputs, G, rollout.reward_weights(scored)
+  )
+  adv_B, adv_BxC = np.asarray(adv_B), np.asarray(adv_BxC)
+  for i, r in enumerate(s["rows"]):
+    k = len(r["steps"])
+    assert list(scored.labels[i].labels) == [1 - j % 2 for j in range(k)]
+    assert list(inputs.step_valid_BxK[i, :k]) == [
+      1 - 2 * (j % 2) for j in range(k)
+    ]
+    # Every row but row 0 (right answer) is shaped: even steps +|A_i|,
+    # odd (unsure) steps A_i, like the tokens outside any step.
+    step_of = np.asarray(r["step_of"])
+    for t, step in enumerate(step_of):
+      if i == 0 or step < 0 or step % 2 == 1:
+        want = adv_B[i]
+      else:
+        want = abs(adv_B[i])
+      assert adv_BxC[i, t] == pytest.approx(want, rel=1e-6), (i, t)
+  assert min(abs(adv_B[1:])) > 0.1  # the check can tell A_i from |A_i|
+  assert (adv_B[1:] < 0).any()
   assert float(scored.rewards.components["process"][1]) == pytest.approx(0.5)
 
 
