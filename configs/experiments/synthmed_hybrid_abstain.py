@@ -11,7 +11,9 @@ MRPO then penalises those steps instead of rewarding them. Here a head
 label shapes its step only where the head's confidence, max(p, 1 - p), is
 at least 0.8 (rl.value_min_confidence=0.8, fixed before any run): the
 other steps keep their completion's advantage, as under GRPO. The judge's
-25% (a seeded random share) and the head's training are unchanged. Every
+25% (a seeded random share), the head's training and the process reward
+R_proc (the share of steps labelled valid, the head's labels included,
+unsure or not) are unchanged. Every
 hybrid run logs how wrong its labels were against the verifier, over all
 labels and over the ones that shaped a step, and the share it abstained
 on (label_abstained_share).
