@@ -37,7 +37,9 @@ Shapes: P prompts, G samples each, B = P * G rows, T prompt tokens, C
 completion tokens, L = T + C, N patch rows per image, P_ = 1176 patch row.
 
 Run `python -m stepjax.train.bench [ITERS] [--profile]` or
-`stepjax bench train`; `--profile` adds a breakdown of our update.
+`stepjax bench train`; `--profile` adds a breakdown of our update, and
+both sides' time per kind of op (`op_profile`: matmuls, layout copies,
+reductions, gathers, elementwise).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from stepjax import bench_machine, image_slots, sequences
+from stepjax import bench_machine, image_slots, op_profile, sequences
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert, vision_internvl, vlm
 from stepjax.rl import losses
@@ -360,7 +362,7 @@ def bench_train(
   peak: bool = True,
   profile: bool = False,
   share_prompt: bool = True,
-) -> dict[str, float]:
+) -> dict[str, Any]:
   """Times both updates; returns seconds, tokens/s, ratio, parity, FLOPs.
   share_prompt: ours runs each group's prompt once (as the trainer does)."""
   # The attention the trainer picks on one CPU (`model.attention=auto`).
@@ -372,7 +374,7 @@ def bench_train(
   b, length = batch.seq.ids_BxL.shape
   tokens = b * length
   n_params = vlm.param_count(cfg)
-  result: dict[str, float] = {
+  result: dict[str, Any] = {
     "tokens": float(tokens),
     "rows": float(b),
     "seq_len": float(length),
@@ -436,6 +438,13 @@ def bench_train(
   if profile:
     parts = profile_ours(ours, iters)
     result.update({f"part_{k}": v for k, v in parts.items()})
+    result["ops"] = {"stepjax": op_profile.xla_op_times(
+      ours.step, ours.compiled.as_text(), iters
+    )}  # fmt: skip
+    if theirs is not None:
+      result["ops"]["transformers"] = op_profile.torch_op_times(
+        theirs.step, iters
+      )
   if peak:
     peak_run = bench_machine.matmul_peak(2048)
     result["peak_flops_per_s"] = peak_run["median_flops_per_s"]
@@ -443,7 +452,7 @@ def bench_train(
   return result
 
 
-def format_table(result: dict[str, float]) -> str:
+def format_table(result: dict[str, Any]) -> str:
   lines = [
     f"{'side':<14}{'tokens/s':>10}{'ms/update':>11}{'ratio':>8}"
     "   (ratio: transformers ms / side ms)",
@@ -496,10 +505,12 @@ def format_table(result: dict[str, float]) -> str:
       "stepjax parts (ms): "
       + ", ".join(f"{k[5:-2]} {result[k] * 1e3:.1f}" for k in parts)
     )
+  for side, summary in result.get("ops", {}).items():
+    lines.append(op_profile.format_summary(side, summary))
   return "\n".join(lines)
 
 
-def main(argv=None) -> dict[str, float]:
+def main(argv=None) -> dict[str, Any]:
   argv = sys.argv[1:] if argv is None else argv
   profile = "--profile" in argv
   whole = "--whole_rows" in argv
