@@ -21,6 +21,12 @@ on (label_abstained_share).
   mrpo_b12                   verifier labels for every completion
   mrpo_hybrid_b12_vlr10      25% judged at random, the head for the rest
   mrpo_hybrid_b12_conf80     the same, the head abstaining below 0.8
+  mrpo_hybrid_b12_conf90     the same, the head abstaining below 0.9
+
+The 0.9 run was added after the 0.8 runs' training metrics (not their
+evals) showed the head abstaining on 43-72% of its steps and, late in RL,
+confidently calling 37% of the invalid steps it did label valid: a
+stricter threshold is the dose that would drop those labels.
 
 Variants (comma-separated): parallel=N, seeds=N (the first N of 0, 1, ...),
 test (the tiny model, seconds per run).
@@ -33,6 +39,7 @@ from stepjax import config_utils
 _HERE = pathlib.Path(__file__).resolve().parent
 
 MIN_CONFIDENCE = 0.8
+STRICT_MIN_CONFIDENCE = 0.9
 
 
 def get_config(arg=None):
@@ -48,11 +55,17 @@ def get_config(arg=None):
         "mrpo_hybrid_b12_conf80",
         f"{vlr10},rl.value_min_confidence={MIN_CONFIDENCE}",
       ),
+      (
+        "mrpo_hybrid_b12_conf90",
+        f"{vlr10},rl.value_min_confidence={STRICT_MIN_CONFIDENCE}",
+      ),
     ),
     baseline="mrpo_b12",
     compare=(
       ("mrpo_hybrid_b12_vlr10", "mrpo_b12"),
       ("mrpo_hybrid_b12_conf80", "mrpo_b12"),
       ("mrpo_hybrid_b12_conf80", "mrpo_hybrid_b12_vlr10"),
+      ("mrpo_hybrid_b12_conf90", "mrpo_b12"),
+      ("mrpo_hybrid_b12_conf90", "mrpo_hybrid_b12_conf80"),
     ),
   )
