@@ -1,14 +1,16 @@
 r"""Training-batch metrics averaged over windows of RL steps, as a table.
 
   python -m stepjax.experiment.windows WORKDIR \
-      [--windows=0-24,25-74,75-149] [--seeds=0,1] [--metrics=reward,kl]
+      [--windows=0-24,25-74,75-149] [--seeds=0,1] [--metrics=reward,kl] \
+      [--runs=grpo,mrpo]
 
 For every run of a grid (WORKDIR/runs/NAME/seed_S/metrics.jsonl, RL
 phase) and every window of RL steps (0-based, both ends included): the
 mean over the window's logged steps of each metric, per seed, then the
 mean over the seeds that logged it. Prints a markdown table, one row per
-run and window; "-" where no seed logged the metric in that window (e.g.
-label error rates of a verifier-labelled run). The default metrics are
+run (--runs, in that order; default: every run, sorted) and window;
+"-" where no seed logged the metric in that window (e.g. label error
+rates of a verifier-labelled run). The default metrics are
 the batch's reward, accuracy and step validity (a hybrid's by its own
 labels), how wrong its step labels were against the verifier, the share
 it abstained on, and the KL to the reference policy.
@@ -17,7 +19,6 @@ it abstained on, and the KL to the reference policy.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -63,9 +64,9 @@ def parse_windows(text: str) -> list[Window]:
   return out
 
 
-def run_names(workdir: str) -> list[str]:
-  """The grid's runs: in results.json's order when the grid has one, else
-  every directory under WORKDIR/runs, sorted."""
+def run_names(workdir: str, runs: Sequence[str] | None = None) -> list[str]:
+  """`runs` in that order (each must exist), else every directory under
+  WORKDIR/runs, sorted."""
   runs_dir = epath.Path(workdir) / "runs"
   if not runs_dir.is_dir():
     raise InputError(
@@ -73,13 +74,15 @@ def run_names(workdir: str) -> list[str]:
       "`stepjax experiment` grid"
     )
   present = sorted(p.name for p in runs_dir.iterdir() if p.is_dir())
-  results_path = epath.Path(workdir) / "results.json"
-  if results_path.exists():
-    order = list(json.loads(results_path.read_text())["experiment"]["runs"])
-    return [n for n in order if n in present] + [
-      n for n in present if n not in order
-    ]
-  return present
+  if runs is None:
+    return present
+  missing = [n for n in runs if n not in present]
+  if missing:
+    raise InputError(
+      f"windows: no run {', '.join(missing)} under {runs_dir}; it holds "
+      + (", ".join(present) or "none")
+    )
+  return list(runs)
 
 
 def window_means(
@@ -105,10 +108,11 @@ def table(
   windows: Sequence[Window],
   metrics: Sequence[str] = DEFAULT_METRICS,
   seeds: Sequence[int] | None = None,
+  runs: Sequence[str] | None = None,
 ) -> str:
   """The markdown table (see the module docstring)."""
   rows = []
-  for name in run_names(workdir):
+  for name in run_names(workdir, runs):
     seed_dirs = sorted(
       (epath.Path(workdir) / "runs" / name).glob("seed_*"),
       key=lambda p: int(p.name.removeprefix("seed_")),
@@ -180,8 +184,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--seeds", default=None, help="comma-separated seeds (default: all)"
   )
+  parser.add_argument(
+    "--runs", default=None, help="comma-separated runs, in table order"
+  )
   args = parser.parse_args(argv)
   try:
+    runs = args.runs.split(",") if args.runs else None
     windows = parse_windows(args.windows)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
@@ -194,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(
           f"windows: --seeds={args.seeds} is not comma-separated integers"
         ) from None
-    print(table(args.workdir, windows, metrics, seeds), end="")
+    print(table(args.workdir, windows, metrics, seeds, runs), end="")
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -55,19 +55,25 @@ def test_window_means_by_hand(tmp_path):
   assert rows[("mrpo", "0,1", "2-5")].endswith("| 5.250 | 0.500 |")
 
 
-def test_seed_filter_and_results_order(tmp_path):
+def test_seed_filter_and_run_order(tmp_path):
   workdir = _grid(tmp_path)
-  (workdir / "results.json").write_text(
-    json.dumps({"experiment": {"runs": {"mrpo": {}, "grpo": {}}}})
-  )
   text = windows.table(str(workdir), [(0, 5)], ["reward"], seeds=[1])
   rows = text.strip().splitlines()[2:]
   assert rows == ["| mrpo | 1 | 0-5 | 5.000 |"]  # grpo has no seed 1
-  text = windows.table(str(workdir), [(0, 5)], ["reward"])
-  assert [r.split("|")[1].strip() for r in text.strip().splitlines()[2:]] == [
-    "mrpo",
+
+  def names(text):
+    return [r.split("|")[1].strip() for r in text.strip().splitlines()[2:]]
+
+  assert names(windows.table(str(workdir), [(0, 5)], ["reward"])) == [
     "grpo",
+    "mrpo",
   ]
+  ordered = windows.table(
+    str(workdir), [(0, 5)], ["reward"], runs=["mrpo", "grpo"]
+  )
+  assert names(ordered) == ["mrpo", "grpo"]
+  with pytest.raises(InputError, match="no run gdpo"):
+    windows.table(str(workdir), [(0, 5)], ["reward"], runs=["gdpo"])
 
 
 @pytest.mark.parametrize("bad", ["0-", "5-2", "a-b", "-3-4", "3"])
