@@ -210,7 +210,10 @@ def label_error_rates(
   With `used_BxK` ({0,1}[B, K_pad], `shaping_mask`), also the same two
   shares over the labels that reshaped their steps only
   (`label_used_false_invalid_share`, `label_used_false_valid_share`) and
-  `label_abstained_share`, the share of labelled steps that did not."""
+  `label_abstained_share`, the share of labelled steps that did not; and
+  the two shares over the head's labels that reshaped their steps
+  (`label_head_used_false_*`: labels with a confidence, i.e. not a judge's
+  or verifier's, which are right by construction on SynthMed)."""
   if len(given) != len(truth):
     raise ValueError(f"{len(given)} label sets against {len(truth)} truths")
   kept = [
@@ -230,6 +233,16 @@ def label_error_rates(
     out.update(_error_shares(g_S[used_S], t_S[used_S], "label_used"))
     out["label_abstained_share"] = (
       float(np.mean(~used_S)) if used_S.size else float("nan")
+    )
+    head_S = _steps(
+      [
+        np.full(len(truth[i].labels), given[i].confidence is not None)
+        for i in kept
+      ]
+    ).astype(bool)
+    head_used_S = used_S & head_S
+    out.update(
+      _error_shares(g_S[head_used_S], t_S[head_used_S], "label_head_used")
     )
   return out
 

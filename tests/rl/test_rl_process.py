@@ -204,6 +204,32 @@ def test_label_error_rates_over_used_labels():
   assert got["label_used_false_invalid_share"] == 0.0
   assert got["label_used_false_valid_share"] == 0.0
   assert got["label_abstained_share"] == pytest.approx(2 / 5)
+  # No label here has a confidence (all a judge's): no head-only rates.
+  assert np.isnan(got["label_head_used_false_invalid_share"])
+  assert np.isnan(got["label_head_used_false_valid_share"])
+
+
+def test_label_error_rates_over_the_heads_used_labels():
+  judge = process.StepLabels((0, 1))  # right by construction
+  head = process.StepLabels((1, 1, 0), confidence=(0.9, 0.95, 0.2))
+  unsure = process.StepLabels((0, 1), confidence=(0.4, 0.6))
+  given = [judge, head, unsure]
+  truth = [
+    process.StepLabels((0, 1)),
+    process.StepLabels((0, 1, 1)),  # step 0: invalid called valid;
+    process.StepLabels((1, 1)),  # step 2: valid called invalid
+  ]
+  used = process.shaping_mask(given, 4, min_confidence=0.8)
+  got = process.label_error_rates(given, truth, used)
+  # Head labels that shaped: the second completion's three steps. Truly
+  # invalid there: step 0 (called valid); truly valid: 1 and 2 (2 invalid).
+  assert got["label_head_used_false_valid_share"] == 1.0
+  assert got["label_head_used_false_invalid_share"] == pytest.approx(1 / 2)
+  # With the judge's labels in: invalid (0,0) right, (1,0) wrong -> 1/2;
+  # valid (0,1), (1,1) right, (1,2) wrong -> 1/3.
+  assert got["label_used_false_valid_share"] == pytest.approx(1 / 2)
+  assert got["label_used_false_invalid_share"] == pytest.approx(1 / 3)
+  assert got["label_abstained_share"] == pytest.approx(2 / 7)
 
 
 def test_shaping_mask():
