@@ -87,7 +87,10 @@ def learning_curves(
 ) -> tuple[dict[str, dict[str, dict]], int]:
   """(metric -> run -> band series, smoothing window) from metrics.jsonl."""
   logs = {
-    name: [_rl_records(grid.run_dir(workdir, name, seed)) for seed in exp.seeds]
+    name: [
+      metrics_lib.read_rl_metrics(grid.run_dir(workdir, name, seed))
+      for seed in exp.seeds
+    ]
     for name in exp.runs
   }
   num_steps = max(
@@ -160,10 +163,6 @@ def method_reports(results: Mapping[str, Any]):
     ffp_errors[label] = {b: mean[f"ffp_{b}"]["ci"] for b in BINS}
     far_errors[label] = {b: mean[f"far_{b}"]["ci"] for b in BINS}
   return reports, ffp_errors, far_errors
-
-
-def _rl_records(run_dir: str) -> list[dict[str, Any]]:
-  return [r for r in metrics_lib.read_metrics(run_dir) if r["phase"] == "rl"]
 
 
 def _band(x: Sequence[float], values_SxT: np.ndarray) -> dict[str, np.ndarray]:

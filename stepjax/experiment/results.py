@@ -263,7 +263,7 @@ def _judge_counters(run_dirs: Sequence[str]) -> dict[str, Any]:
   totals: dict[str, list[float]] = {}
   means: dict[str, list[float]] = {}
   for d in run_dirs:
-    rl = [r for r in metrics_lib.read_metrics(d) if r.get("phase") == "rl"]
+    rl = metrics_lib.read_rl_metrics(d)
     keys = sorted({k for r in rl for k in r if k.startswith(COST_PREFIXES)})
     for k in keys:
       values = [v for r in rl if (v := _num(r.get(k))) is not None]

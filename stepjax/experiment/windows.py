@@ -27,7 +27,6 @@ import numpy as np
 from etils import epath
 
 from stepjax.errors import InputError
-from stepjax.experiment import grid
 from stepjax.train import metrics as metrics_lib
 
 DEFAULT_WINDOWS = "0-24,25-74,75-149"
@@ -113,22 +112,12 @@ def table(
   """The markdown table (see the module docstring)."""
   rows = []
   for name in run_names(workdir, runs):
-    seed_dirs = sorted(
-      (epath.Path(workdir) / "runs" / name).glob("seed_*"),
-      key=lambda p: int(p.name.removeprefix("seed_")),
-    )
     per_seed = []
     used_seeds = []
-    for d in seed_dirs:
-      seed = int(d.name.removeprefix("seed_"))
+    for seed, d in _seed_dirs(epath.Path(workdir) / "runs" / name):
       if seeds is not None and seed not in seeds:
         continue
-      recs = [
-        r
-        for r in metrics_lib.read_metrics(grid.run_dir(workdir, name, seed))
-        if r.get("phase") == "rl"
-      ]
-      if recs:
+      if recs := metrics_lib.read_rl_metrics(str(d)):
         per_seed.append(recs)
         used_seeds.append(seed)
     if not per_seed:
@@ -158,6 +147,17 @@ def table(
   header = "| run | seeds | RL steps | " + " | ".join(metrics) + " |"
   rule = "|---|---|---|" + "---:|" * len(metrics)
   return "\n".join([header, rule, *rows]) + "\n"
+
+
+def _seed_dirs(run_dir: epath.Path) -> list[tuple[int, epath.Path]]:
+  """(seed, directory) of a run's seed_S directories, by seed (other
+  entries left out)."""
+  found = []
+  for d in run_dir.glob("seed_*"):
+    suffix = d.name.removeprefix("seed_")
+    if suffix.isdigit():
+      found.append((int(suffix), d))
+  return sorted(found)
 
 
 def _mean(values: Sequence[float]) -> float | None:

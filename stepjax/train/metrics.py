@@ -137,3 +137,8 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def read_rl_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The RL-phase records of a run's metrics.jsonl (SFT steps left out)."""
+  return [r for r in read_metrics(workdir) if r.get("phase") == "rl"]

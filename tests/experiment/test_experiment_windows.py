@@ -38,6 +38,7 @@ def _grid(tmp_path):
 
 def test_window_means_by_hand(tmp_path):
   workdir = _grid(tmp_path)
+  (workdir / "runs" / "mrpo" / "seed_notes").mkdir()  # not a seed: skipped
   text = windows.table(str(workdir), [(0, 1), (2, 5)], ["reward", "kl"])
   lines = text.strip().splitlines()
   assert lines[0] == "| run | seeds | RL steps | reward | kl |"
