@@ -244,8 +244,11 @@ def _summary(
   }
 
 
-def format_summary(label: str, summary: dict[str, Any]) -> str:
-  """Two lines: ms per kind with shares, then the top ops."""
+def format_summary(
+  label: str, summary: dict[str, Any], per: str = "update"
+) -> str:
+  """Two lines: ms per kind with shares, then the top ops; `per` names
+  what one profiled call is (an update, a sampler call)."""
   total = summary["total_s"] or float("nan")
   kinds = ", ".join(
     f"{k} {s * 1e3:.1f} ({100 * s / total:.0f}%)"
@@ -255,6 +258,6 @@ def format_summary(label: str, summary: dict[str, Any]) -> str:
     f"{name} [{kind}] {s * 1e3:.1f}" for name, kind, s in summary["top"]
   )
   return (
-    f"{label} ops (ms per update, summed over threads: "
+    f"{label} ops (ms per {per}, summed over threads: "
     f"{summary['total_s'] * 1e3:.1f}): {kinds}\n  top: {tops}"
   )

@@ -13,8 +13,12 @@ minus a steady call) is reported apart. `ours_prefill_s` is a steady
 1-token run (image encoding + prefill + one sample), which splits our time
 into prefill and per-step decode.
 
-Run `python -m stepjax.sampling.bench [ITERS [TORCH_THREADS ...]]`; the
-table's starred transformers row is the one `ratio` refers to.
+Run `python -m stepjax.sampling.bench [ITERS [TORCH_THREADS ...]]
+[--profile]` or `stepjax bench sampler`; the table's starred transformers
+row is the one `ratio` refers to. `--profile` adds both sides' time per
+kind of op per sampler call (`op_profile`: matmuls, layout copies such as
+transformers' KV-cache concatenation, reductions, gathers, elementwise
+work such as its sampling noise), transformers at the starred thread count.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import os
 import sys
 import tempfile
 import time
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
+from stepjax import op_profile
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert, vision_index, vlm
 from stepjax.sampling import sampler
@@ -97,8 +103,13 @@ def bench_sampler(
   seed: int = 0,
   hf: bool = True,
   torch_threads: tuple[int, ...] | None = None,
-) -> dict[str, float]:
+  preset: str = "bench",
+  profile: bool = False,
+) -> dict[str, Any]:
   """Times both samplers; returns seconds, tokens/s and their ratio.
+
+  preset: the `ModelConfig` classmethod of the policy (`bench`; `tiny` for
+  tests). profile: also `ops`, each side's `op_profile` summary per call.
 
   torch_threads: thread counts to time transformers with; the first (by
   default the number of CPU cores) gives `hf_s`, `hf_tokens_per_s` and
@@ -107,7 +118,7 @@ def bench_sampler(
   import torch  # the benchmark's baseline; not a dependency of sampling
   import transformers
 
-  cfg = config_lib.ModelConfig.bench()
+  cfg = getattr(config_lib.ModelConfig, preset)()
   model = vlm.create(cfg, seed)
   graphdef, params = nnx.split(model, nnx.Param)
   batch = prompt_batch(cfg, prompts, image_px, text_tokens, seed)
@@ -144,6 +155,12 @@ def bench_sampler(
     "ours_prefill_s": prefill_s,
     "ours_decode_step_ms": 1e3 * (ours_s - prefill_s) / (new_tokens - 1),
   }
+  if profile:
+    result["ops"] = {
+      "stepjax": _profile_ours(
+        graphdef, params, batch, cfg, opts, new_tokens, seed, iters
+      )
+    }
   if not hf:
     return result
 
@@ -191,10 +208,27 @@ def bench_sampler(
         ratio=hf_s / ours_s,
         torch_threads=float(n),
       )
+      if profile:
+        result["ops"]["transformers"] = op_profile.torch_op_times(theirs, iters)
   return result
 
 
-def format_table(result: dict[str, float]) -> str:
+def _profile_ours(graphdef, params, batch, cfg, opts, new_tokens, seed, iters):
+  """Our sampler call, compiled once and timed op by op."""
+  prompt = sampler.prepare_inputs(batch, cfg)
+  key = jax.random.key(seed)
+  compiled = sampler.lower_generate(
+    graphdef, params, prompt, key, max_new_tokens=new_tokens, **opts
+  ).compile()
+
+  def call():
+    return jax.block_until_ready(compiled(params, prompt, key))
+
+  call()
+  return op_profile.xla_op_times(call, compiled.as_text(), iters)
+
+
+def format_table(result: dict[str, Any]) -> str:
   lines = [
     f"{'side':<14}{'tokens/s':>10}{'seconds':>10}{'ratio':>8}"
     "   (ratio: transformers* seconds / side seconds)"
@@ -218,14 +252,18 @@ def format_table(result: dict[str, float]) -> str:
     f"{result['ours_prefill_s'] * 1e3:.1f} ms, decode step "
     f"{result['ours_decode_step_ms']:.2f} ms"
   )
+  for side, summary in result.get("ops", {}).items():
+    lines.append(op_profile.format_summary(side, summary, per="sampler call"))
   return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
   argv = sys.argv[1:] if argv is None else argv
-  iters = int(argv[0]) if argv else 3
-  threads = tuple(int(n) for n in argv[1:]) or None
-  result = bench_sampler(iters=iters, torch_threads=threads)
+  profile = "--profile" in argv
+  rest = [a for a in argv if a != "--profile"]
+  iters = int(rest[0]) if rest else 3
+  threads = tuple(int(n) for n in rest[1:]) or None
+  result = bench_sampler(iters=iters, torch_threads=threads, profile=profile)
   print(format_table(result))
   return result
 

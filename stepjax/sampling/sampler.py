@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -426,6 +427,52 @@ def generate(
   Returns a `SampleOutput` of B = P * G rows, row b = p * G + g. Compiles
   once per (shapes, graphdef, static options).
   """
+  return _generate_jit(
+    graphdef,
+    params,
+    prompt,
+    rng,
+    **static_options(
+      group_size=group_size,
+      max_new_tokens=max_new_tokens,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      eos_ids=eos_ids,
+      pad_id=pad_id,
+      share_prefix=share_prefix,
+      suppress_ids=suppress_ids,
+      mesh=mesh,
+    ),
+  )
+
+
+def lower_generate(
+  graphdef, params, prompt: PromptBatch, rng: jax.Array, **options
+) -> jax.stages.Lowered:
+  """The jit computation `generate` runs for these inputs and options (the
+  same keyword options, checked the same way), lowered and not run: its
+  `.compile()` gives the executable and its HLO (for op profiles)."""
+  return _generate_jit.lower(
+    graphdef, params, prompt, rng, **static_options(**options)
+  )
+
+
+def static_options(
+  *,
+  group_size: int = 1,
+  max_new_tokens: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  eos_ids: Sequence[int] = (),
+  pad_id: int = 0,
+  share_prefix: bool = True,
+  suppress_ids: Sequence[int] | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+) -> dict[str, Any]:
+  """`generate`'s options checked (ValueError naming the bad one) and in
+  the hashable form jit's static arguments need."""
   if max_new_tokens < 1 or group_size < 1:
     raise ValueError(
       f"max_new_tokens ({max_new_tokens}) and group_size ({group_size}) "
@@ -436,11 +483,7 @@ def generate(
       f"need 0 < top_p <= 1, temperature >= 0, top_k >= 0; got top_p="
       f"{top_p}, temperature={temperature}, top_k={top_k}"
     )
-  return _generate_jit(
-    graphdef,
-    params,
-    prompt,
-    rng,
+  return dict(
     group_size=int(group_size),
     max_new_tokens=int(max_new_tokens),
     temperature=float(temperature),
