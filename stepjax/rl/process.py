@@ -213,7 +213,10 @@ def label_error_rates(
   `label_abstained_share`, the share of labelled steps that did not; and
   the two shares over the head's labels that reshaped their steps
   (`label_head_used_false_*`: labels with a confidence, i.e. not a judge's
-  or verifier's, which are right by construction on SynthMed)."""
+  or verifier's, which are right by construction on SynthMed). The used
+  and head-used shares come with their denominators, the counts of truly
+  valid and invalid steps (`label_used_valid_steps`, ...,
+  `label_head_used_invalid_steps`)."""
   if len(given) != len(truth):
     raise ValueError(f"{len(given)} label sets against {len(truth)} truths")
   kept = [
@@ -231,6 +234,7 @@ def label_error_rates(
       [np.asarray(used_BxK[i, : len(truth[i].labels)]) > 0 for i in kept]
     ).astype(bool)
     out.update(_error_shares(g_S[used_S], t_S[used_S], "label_used"))
+    out.update(_truth_counts(t_S[used_S], "label_used"))
     out["label_abstained_share"] = (
       float(np.mean(~used_S)) if used_S.size else float("nan")
     )
@@ -244,7 +248,18 @@ def label_error_rates(
     out.update(
       _error_shares(g_S[head_used_S], t_S[head_used_S], "label_head_used")
     )
+    out.update(_truth_counts(t_S[head_used_S], "label_head_used"))
   return out
+
+
+def _truth_counts(truth_S: np.ndarray, prefix: str) -> dict[str, float]:
+  """{prefix}_valid_steps and {prefix}_invalid_steps: how many of S steps
+  are truly valid / invalid, the denominators of the two error shares (so
+  shares can be pooled over steps: sum(share * count) / sum(count))."""
+  return {
+    f"{prefix}_valid_steps": float(np.sum(truth_S == 1)),
+    f"{prefix}_invalid_steps": float(np.sum(truth_S == 0)),
+  }
 
 
 def _steps(per_completion: Sequence[np.ndarray]) -> np.ndarray:

@@ -207,6 +207,9 @@ def test_label_error_rates_over_used_labels():
   # No label here has a confidence (all a judge's): no head-only rates.
   assert np.isnan(got["label_head_used_false_invalid_share"])
   assert np.isnan(got["label_head_used_false_valid_share"])
+  assert got["label_head_used_valid_steps"] == 0.0
+  assert got["label_used_valid_steps"] == 2.0  # (0, 0) and (1, 1)
+  assert got["label_used_invalid_steps"] == 1.0  # (0, 2)
 
 
 def test_label_error_rates_over_the_heads_used_labels():
@@ -225,6 +228,12 @@ def test_label_error_rates_over_the_heads_used_labels():
   # invalid there: step 0 (called valid); truly valid: 1 and 2 (2 invalid).
   assert got["label_head_used_false_valid_share"] == 1.0
   assert got["label_head_used_false_invalid_share"] == pytest.approx(1 / 2)
+  # ... and their denominators: 1 truly invalid, 2 truly valid steps; with
+  # the judge's two steps in, 2 and 3.
+  assert got["label_head_used_invalid_steps"] == 1.0
+  assert got["label_head_used_valid_steps"] == 2.0
+  assert got["label_used_invalid_steps"] == 2.0
+  assert got["label_used_valid_steps"] == 3.0
   # With the judge's labels in: invalid (0,0) right, (1,0) wrong -> 1/2;
   # valid (0,1), (1,1) right, (1,2) wrong -> 1/3.
   assert got["label_used_false_valid_share"] == pytest.approx(1 / 2)
