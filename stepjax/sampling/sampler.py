@@ -393,57 +393,20 @@ _generate_jit = jax.jit(_generate, static_argnames=_STATIC)
 
 
 def generate(
-  graphdef,
-  params,
-  prompt: PromptBatch,
-  rng: jax.Array,
-  *,
-  group_size: int = 1,
-  max_new_tokens: int,
-  temperature: float = 1.0,
-  top_k: int = 0,
-  top_p: float = 1.0,
-  eos_ids: Sequence[int] = (),
-  pad_id: int = 0,
-  share_prefix: bool = True,
-  suppress_ids: Sequence[int] | None = None,
-  mesh: jax.sharding.Mesh | None = None,
+  graphdef, params, prompt: PromptBatch, rng: jax.Array, **options
 ) -> SampleOutput:
   """Samples G completions of up to R tokens per prompt, in one jit call.
 
   graphdef, params: `nnx.split(policy, nnx.Param)` (graphdef is static).
   prompt: `prepare_inputs(...)` for P prompts (numpy or device arrays).
   rng: a jax PRNG key; row b's step-r key is fold_in(fold_in(rng, r), b).
-  temperature: 0 = greedy. top_k: 0 = off. top_p: 1.0 = off.
-  eos_ids: stop ids (empty: always R tokens). pad_id fills after a stop.
-  share_prefix: prefill P rows and repeat the cache G times (default), or
-    prefill all P * G rows (same samples, slower; for checking).
-  suppress_ids: ids never sampled; None = the image and video pad ids,
-    which a teacher-forced forward would replace by image features.
-  mesh: split the prompts, KV cache and sampled rows over the mesh's batch
-    axes (data, fsdp) with the parameters as placed (`rows.place` the
-    prompt first; P must split evenly). Row b's randomness is still a
-    function of its global index, so the samples equal an unsplit run's.
+  options: the keyword options of `static_options` (max_new_tokens R is
+    required; group_size G, sampling, stop ids, mesh), checked there.
   Returns a `SampleOutput` of B = P * G rows, row b = p * G + g. Compiles
   once per (shapes, graphdef, static options).
   """
   return _generate_jit(
-    graphdef,
-    params,
-    prompt,
-    rng,
-    **static_options(
-      group_size=group_size,
-      max_new_tokens=max_new_tokens,
-      temperature=temperature,
-      top_k=top_k,
-      top_p=top_p,
-      eos_ids=eos_ids,
-      pad_id=pad_id,
-      share_prefix=share_prefix,
-      suppress_ids=suppress_ids,
-      mesh=mesh,
-    ),
+    graphdef, params, prompt, rng, **static_options(**options)
   )
 
 
@@ -472,7 +435,19 @@ def static_options(
   mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, Any]:
   """`generate`'s options checked (ValueError naming the bad one) and in
-  the hashable form jit's static arguments need."""
+  the hashable form jit's static arguments need.
+
+  temperature: 0 = greedy. top_k: 0 = off. top_p: 1.0 = off.
+  eos_ids: stop ids (empty: always R tokens). pad_id fills after a stop.
+  share_prefix: prefill P rows and repeat the cache G times (default), or
+    prefill all P * G rows (same samples, slower; for checking).
+  suppress_ids: ids never sampled; None = the image and video pad ids,
+    which a teacher-forced forward would replace by image features.
+  mesh: split the prompts, KV cache and sampled rows over the mesh's batch
+    axes (data, fsdp) with the parameters as placed (`rows.place` the
+    prompt first; P must split evenly). Row b's randomness is still a
+    function of its global index, so the samples equal an unsplit run's.
+  """
   if max_new_tokens < 1 or group_size < 1:
     raise ValueError(
       f"max_new_tokens ({max_new_tokens}) and group_size ({group_size}) "

@@ -31,7 +31,7 @@ def test_tiny_bench_with_profile_reports_both_sides_ops():
   assert "transformers ops (ms per sampler call" in table
 
 
-def test_lower_generate_checks_options_as_generate_does():
+def test_static_options_check_and_normalise_generates_options():
   with pytest.raises(ValueError, match="top_p"):
     sampler.static_options(max_new_tokens=4, top_p=0.0)
   with pytest.raises(ValueError, match="max_new_tokens"):
