@@ -129,6 +129,17 @@ def regrid(
   return config
 
 
+def longer_rl(config: ml_collections.ConfigDict, rl_steps: int) -> None:
+  """An experiment config's runs set to `rl_steps` RL steps with held-out
+  evals half-way and at the end; its `:test` variant (2 RL steps or fewer)
+  is left as it is, so the suite's run stays seconds long."""
+  if config.base.train.steps <= 2:
+    return
+  with config.unlocked():
+    config.base.train.steps = rl_steps
+    config.eval_every = rl_steps // 2
+
+
 def synthmed_grid_base(configs_dir: Any, test: bool) -> Any:
   """The base job of the SynthMed experiment grids (an unlocked copy of
   configs/synthmed_tiny.py): 512 held-out scans, a checkpoint every 50

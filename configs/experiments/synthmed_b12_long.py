@@ -27,11 +27,9 @@ RL_STEPS = 300
 
 def get_config(arg=None):
   c = config_utils.load_config_file(_HERE / "synthmed_pretrained_b12.py", arg)
+  config_utils.longer_rl(c, RL_STEPS)
   c.unlock()
   runs = dict(c.runs)
-  if c.base.train.steps > 2:  # the :test variant keeps its 2 RL steps
-    c.base.train.steps = RL_STEPS
-    c.eval_every = RL_STEPS // 2
   c.runs = (
     ("grpo_b12_300", runs["grpo_b12"]),
     ("mrpo_b12_300", runs["mrpo_b12"]),

@@ -36,11 +36,7 @@ MIN_CONFIDENCE = 0.8
 def get_config(arg=None):
   c = config_utils.load_config_file(_HERE / "synthmed_pretrained_b12.py", arg)
   runs = dict(c.runs)
-  c.unlock()
-  if c.base.train.steps > 2:  # the :test variant keeps its 2 RL steps
-    c.base.train.steps = RL_STEPS
-    c.eval_every = RL_STEPS // 2
-  c.lock()
+  config_utils.longer_rl(c, RL_STEPS)
   hybrid = runs["mrpo_hybrid_b12_vlr10"]
   return config_utils.regrid(
     c,
