@@ -14,6 +14,7 @@ import ml_collections
 
 from stepjax import config_utils
 from stepjax.errors import UserError
+from stepjax.models import config as model_config
 from stepjax.rl import process
 
 # eval.answer_judge and eval.answer_judge_fallback (eval/answer_judge.py).
@@ -124,6 +125,11 @@ def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
   )
   _one_of(config.judge.simulate, ("", "verifier"), "judge.simulate")
   _one_of(data.verifier, ("aligned", "truth"), "data.verifier")
+  _one_of(
+    _get(config, "model.step_value_input", "last"),
+    model_config.VALUE_INPUTS,
+    "model.step_value_input",
+  )
   _one_of(data.eval_verifier, ("aligned", "truth"), "data.eval_verifier")
   for flag in (
     "sft.findings_scans",

@@ -219,6 +219,9 @@ def default_config() -> ml_collections.ConfigDict:
   # loop, fastest on CPU; auto uses it on CPU when the batch is unsharded).
   c.model.attention = "auto"
   c.model.step_value_hidden = 64  # 0 disables the step-value head
+  # What the head reads: last (each token's hidden state) | last+step_mean
+  # (and the mean hidden state over the step's tokens so far).
+  c.model.step_value_input = "last"
   # Qwen3-VL's interleaved M-RoPE in the decoder (presets only; such a
   # model cannot be saved as a Qwen2.5-VL HF checkpoint).
   c.model.mrope_interleaved = False

@@ -102,6 +102,9 @@ SHARED_KEYS = (
   "data.eval_verifier",
   "sampling.eval_temperature",
 )
+# Model keys that shape only the step-value head, which every RL run starts
+# fresh (an SFT checkpoint's head is never read): runs may differ in them.
+HEAD_KEYS = ("model.step_value_hidden", "model.step_value_input")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _FORMAT_HINT = "see stepjax/experiment/spec.py for the format"
 
@@ -308,7 +311,7 @@ def _check_allowed(key: str, run: str) -> None:
       f"run {run!r}: {key!r} is set by the grid for every run; change it "
       "in the experiment (seeds, eval_every, base.sft.*) instead"
     )
-  if _matches(key, SHARED_KEYS):
+  if _matches(key, SHARED_KEYS) and key not in HEAD_KEYS:
     raise InputError(
       f"run {run!r}: {key!r} must be the same in every run (runs share "
       "their seed's SFT checkpoint and eval set); change it in base"

@@ -119,11 +119,11 @@ def truth_vector(scene: scene_lib.Scene) -> np.ndarray:
 
 
 def _features_fn(graphs, group_size: int):
-  """jit(params, value params or None, seq) -> (hidden_BxLxD, head
-  logits_BxL or None, image tokens of each row's scan [B, M, E], their
-  validity [B, M])."""
+  """jit(params, value params or None, seq, step ids [B, L]) ->
+  (hidden_BxLxD, head logits_BxL or None, image tokens of each row's scan
+  [B, M, E], their validity [B, M])."""
 
-  def fn(params, value_params, seq):
+  def fn(params, value_params, seq, step_id_BxL):
     img_IxMxE, valid_IxM = vlm.encode_images(
       graphs.policy, params, seq.images.pixels_IxNxP, seq.images.vision_meta
     )
@@ -136,7 +136,7 @@ def _features_fn(graphs, group_size: int):
     )
     head = None
     if value_params is not None:
-      head = step_value.apply(graphs.value, value_params, hidden)
+      head = step_value.apply(graphs.value, value_params, hidden, step_id_BxL)
     return (
       hidden,
       head,
@@ -210,10 +210,10 @@ def collect(
     update = rollout.update_batch(
       samples, scored, scored.has_labels_B.astype(np.int32)
     )
-    hidden, head, img, img_valid = jax.device_get(
-      features(loaded.params, loaded.value_params, update.seq)
-    )
     step_id_BxL = np.asarray(update.value_labels.step_id_BxL)
+    hidden, head, img, img_valid = jax.device_get(
+      features(loaded.params, loaded.value_params, update.seq, step_id_BxL)
+    )
     for i, step_texts in enumerate(scored.step_texts):
       p = i // group_size
       if i % group_size == 0:  # the prompt's first row: its scan and truth

@@ -18,6 +18,10 @@ from typing import Any
 
 from stepjax.errors import InputError
 
+# What the step-value head reads at each token (`ModelConfig.value_input`,
+# `model.step_value_input`): its hidden state, or that and its step's mean.
+VALUE_INPUTS = ("last", "last+step_mean")
+
 _DTYPES = ("float32", "bfloat16", "float16")
 FAMILIES = ("qwen2_5_vl", "qwen3_vl", "internvl")
 
@@ -189,6 +193,9 @@ class ModelConfig:
   attention: str = "dense"
   # Width of the step-value head's hidden layer (step_value.py).
   value_hidden_size: int = 256
+  # What the step-value head reads: "last" (each token's hidden state) or
+  # "last+step_mean" (and the mean over its step's tokens so far).
+  value_input: str = "last"
   # Outputs of the grounding readout on the image features (SFT's
   # sft.grounding_weight; step_value.py); 0: none.
   grounding_outputs: int = 0
@@ -196,6 +203,8 @@ class ModelConfig:
   def __post_init__(self):
     t, v = self.text, self.vision
     problems = []
+    if self.value_input not in VALUE_INPUTS:
+      problems.append(f"value_input must be one of {VALUE_INPUTS}")
     if t.hidden_size % t.num_heads and not t.explicit_head_dim:
       problems.append("text.hidden_size must divide by text.num_heads")
     if t.num_heads % t.num_kv_heads:

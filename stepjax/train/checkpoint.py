@@ -227,7 +227,7 @@ class RestoredParams:
 # checkpoint's run info (the compute dtype, remat and attention do not;
 # the parameter dtype is cast on reading).
 _POLICY_SHAPE_KEYS = ("preset",)
-_VALUE_SHAPE_KEYS = ("step_value_hidden",)
+_VALUE_SHAPE_KEYS = ("step_value_hidden", "step_value_input")
 
 
 def restore_params(
@@ -247,8 +247,9 @@ def restore_params(
     target_params / target_value: ShapeDtypeStruct trees with `.sharding`
       (`abstract_with_shardings`).
     model: the config's `model` block; a checkpoint saved for another
-      model (`model.preset`, and `model.step_value_hidden` when the head is
-      read) is refused before any array is read, naming both values.
+      model (`model.preset`, and `model.step_value_hidden` /
+      `model.step_value_input` when the head is read) is refused before
+      any array is read, naming both values.
     flag: what errors name `path` by (`--checkpoint`,
       `--config.init_from`).
 
@@ -371,6 +372,8 @@ def _check_same_model(step_dir: epath.Path, where: _Where) -> None:
     saved = dict(read_info(step_dir).get("model") or {})
   except Exception:  # noqa: BLE001 - no or damaged run info: not checked
     return
+  if saved:  # a key the checkpoint predates held its default
+    saved = {"step_value_input": "last", **saved}
   changes = model_changes(
     saved, where.model, tuple(k for k in where.keys if k in saved)
   )

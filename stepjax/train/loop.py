@@ -257,10 +257,13 @@ class Trainer:
   def _check_same_model(self, info: dict, step: int) -> None:
     """InputError if checkpoint `step` was saved for a model of another
     shape (remat, attention or compute dtype may change on resume)."""
+    saved = info.get("model") or {}
+    # A key the checkpoint predates (step_value_input) held its default.
+    saved = {"step_value_input": "last", **saved}
     changes = checkpoint.model_changes(
-      info.get("model"),
+      saved,
       self.config.model.to_dict(),
-      ("preset", "param_dtype", "step_value_hidden"),
+      ("preset", "param_dtype", "step_value_hidden", "step_value_input"),
     )
     if not changes:
       return
@@ -371,16 +374,18 @@ class Trainer:
     return self._jitted[key]
 
   def value_logits_fn(self):
-    """(params, value params, sequences) -> step-value logits [B, L] of
-    every token, split by row (steps are read from them on the host: no
-    step axis under jit)."""
+    """(params, value params, sequences, step ids [B, L]) -> step-value
+    logits [B, L] of every token, split by row (steps are read from them
+    on the host: no step axis under jit)."""
     if "value" not in self._jitted:
       g = self.config.sampling.group_size
       mesh = self.mesh
 
-      def fn(params, value_params, seq):
+      def fn(params, value_params, seq, step_id_BxL):
         _, hidden = steps.forward(self.graphs, params, seq, g)
-        logits = step_value.apply(self.graphs.value, value_params, hidden)
+        logits = step_value.apply(
+          self.graphs.value, value_params, hidden, step_id_BxL
+        )
         return rows.constrain({"value_logits_BxL": logits}, mesh)
 
       self._jitted["value"] = jax.jit(fn)
@@ -489,9 +494,21 @@ class Trainer:
     t_sample = time.perf_counter() - t0
     prompt_len = batch["prompt_ids_BxT"].shape[1]
     value_logits = None
+    layout = rollout.step_layout(
+      samples.tokens_BxR,
+      samples.lengths_B,
+      self.tokenizer,
+      c.tokenizer.think_tag,
+    )
     if c.rl.process_source in ("value_head", "hybrid"):
+      step_ids = batches.pad_completion_arrays(
+        {"step_id_BxL": layout.step_id_BxT.astype(np.int32)}, prompt_len
+      )
       value_logits = self.value_logits_fn()(
-        state.params, state.value_params, samples.seq
+        state.params,
+        state.value_params,
+        samples.seq,
+        self.place(step_ids)["step_id_BxL"],
       )
       value_logits = rows.local(value_logits, self.mesh)["value_logits_BxL"]
       value_logits = value_logits[:, prompt_len:]
@@ -508,6 +525,7 @@ class Trainer:
       config=c,
       value_logits_BxC=value_logits,
       bertscore=self.bertscore,
+      layout=layout,
     )
     label_mask = scored.has_labels_B.astype(np.int32)
     if isinstance(self.process_source, process.HybridSource):

@@ -114,6 +114,7 @@ def model_config(config: Any, tok_info: Any) -> config_lib.ModelConfig:
     remat=config.model.remat,
     attention=attention_impl(config),
     value_hidden_size=max(int(config.model.step_value_hidden), 1),
+    value_input=config.model.get("step_value_input", "last"),
     grounding_outputs=grounding_outputs(config),
   )
 

@@ -314,6 +314,7 @@ def score(
   config: Any,
   value_logits_BxC: np.ndarray | None = None,
   bertscore: rewards.BertScorer | None = None,
+  layout: steps.StepBatch | None = None,
 ) -> Scored:
   """Rewards and step labels of B = P * G sampled completions.
 
@@ -329,10 +330,13 @@ def score(
       step's logit is read at its last token).
     bertscore: the answer reward's BERTScore scorer
       (`components.answer_scorer`), or None.
+    layout: `step_layout` of these completions when the caller has it
+      (the value head read it), else computed here.
   """
   g = config.sampling.group_size
   think = config.tokenizer.think_tag
-  layout = step_layout(tokens_BxC, lengths_B, tokenizer, think)
+  if layout is None:
+    layout = step_layout(tokens_BxC, lengths_B, tokenizer, think)
   k_pad = step_slots(layout.max_steps)
   value_logits = None
   if value_logits_BxC is not None:

@@ -254,12 +254,13 @@ def _value_terms(graphs, value_params, hidden, labels, h: int):
   # The head reads the policy's hidden states without moving them: its loss
   # trains the head only, so process labels never reshape the policy.
   # hidden holds columns h.. of the rows.
+  step_id_BxT = labels.step_id_BxL[:, h:]
   value_logits = step_value.apply(
-    graphs.value, value_params, jax.lax.stop_gradient(hidden)
+    graphs.value, value_params, jax.lax.stop_gradient(hidden), step_id_BxT
   )
   return losses.step_value_loss(
     value_logits,
-    labels.step_id_BxL[:, h:],
+    step_id_BxT,
     labels.step_valid_BxL[:, h:],
     labels.label_mask_B,
   )

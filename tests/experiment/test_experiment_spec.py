@@ -99,6 +99,22 @@ def test_override_errors_name_run_and_key(overrides, message):
   assert "\n" not in str(info.value)
 
 
+def test_runs_may_differ_in_the_step_value_head_only():
+  # Every RL run starts its head fresh, so the head's shape is per run;
+  # the policy's model keys stay shared with the seed's SFT checkpoint.
+  runs = (
+    ("grpo", "rl.algorithm=grpo"),
+    ("mean", "model.step_value_input=last+step_mean,model.step_value_hidden=8"),
+  )
+  exp = spec.from_config(_config(runs=runs, compare=()))
+  job = next(
+    j for j in grid.jobs(exp, "/tmp/w") if j.label.endswith("mean/seed_0")
+  )
+  assert job.config.model.step_value_input == "last+step_mean"
+  assert job.config.model.step_value_hidden == 8
+  assert job.config.init_from.endswith("sft/seed_0/checkpoints")
+
+
 @pytest.mark.parametrize(
   "changes, message",
   [
