@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from absl import app, logging
+from absl import logging
 
 from stepjax.eval import evaluate
 from stepjax.train import loop
@@ -22,7 +22,5 @@ def train(config: Any, workdir: str) -> dict:
 
 
 def main(argv: list[str], config: Any, flag_values: Any) -> None:
-  if argv:
-    raise app.UsageError(f"train takes no positional arguments, got {argv}")
   logging.set_verbosity(config.log_level)
   train(config, flag_values.workdir)

@@ -139,6 +139,49 @@ _JOB_COMMANDS = (
 )
 
 
+# What `stepjax CMD extra` adds to "CMD takes no positional arguments"; the
+# commands not named take a tool as their first positional (bench, data).
+_NO_POSITIONAL = {
+  "train": "",
+  "eval": "",
+  "judge-check": "",
+  "probe": "",
+  "generate": "",
+  "export": "",
+  "plan": "",
+  "synthmed": "; use --out=DIR --num=N and --config.data.* overrides",
+  "experiment": "; the grid comes from --config=configs/experiments/NAME.py",
+}
+
+
+def _usage_problem(command: str, args: list[str], fv) -> str | None:
+  """What is wrong with a command's positional args and required flags,
+  checked here, before its module (seconds of imports) is loaded."""
+  if args and command in _NO_POSITIONAL:
+    return (
+      f"{command} takes no positional arguments, got {args}"
+      + _NO_POSITIONAL[command]
+    )
+  if command == "eval" and not (fv.checkpoint or fv.compare or fv.suite):
+    return (
+      "eval needs --checkpoint=RUN_OR_HF_DIR (to evaluate), "
+      "--compare=DIR_A,DIR_B (to compare reports) or --suite=SUITE.py"
+    )
+  if command == "probe" and not fv.checkpoint:
+    return "probe needs --checkpoint=RUN_OR_CHECKPOINT_DIR"
+  if command == "export" and not fv.out:
+    return "export needs --out=HF_DIR (the directory to write)"
+  if command == "generate":
+    if fv.input and not fv.out:
+      return "generate --input=LIST.json needs --out=OUT.jsonl"
+    if not fv.input and not (fv.image and fv.question):
+      return (
+        "generate needs --image=PATH[,PATH...] and --question='...' (or "
+        "--input=LIST)"
+      )
+  return None
+
+
 def _usage() -> str:
   lines = ["usage: stepjax <command> [--flags]", "", "commands:"]
   lines += [f"  {name:12s} {cmd[2]}" for name, cmd in _COMMANDS.items()]
@@ -169,6 +212,9 @@ def _main(argv: list[str]) -> None:
       f"`stepjax {argv[1]}` takes a job config such as {_DEFAULT_CONFIG}"
     )
   _apply_log_level(config)
+  problem = _usage_problem(argv[1], argv[2:], flags.FLAGS)
+  if problem:
+    _fail(problem)
   try:
     if argv[1] in _JOB_COMMANDS:
       config_checks.check(config, training=argv[1] == "train")

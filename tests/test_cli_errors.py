@@ -163,6 +163,17 @@ FAST_CASES = [
   ("synthmed_num_zero", ["synthmed", "--num=0"], ["--num", ">= 1"]),
   ("synthmed_positional", ["synthmed", "extra"], ["positional", "extra"]),
   (
+    "experiment_positional",
+    ["experiment", "--config=configs/experiments/example.py:test", "x"],
+    ["positional", "configs/experiments/NAME.py"],
+  ),
+  ("eval_positional", ["eval", "--checkpoint=x", "y"], ["positional", "y"]),
+  (
+    "generate_input_no_out",
+    ["generate", "--checkpoint=x", "--input=list.json"],
+    ["--out"],
+  ),
+  (
     "synthmed_nan_difficulty",
     ["synthmed", "--config.data.difficulty=nan"],
     ["data.difficulty", "finite"],

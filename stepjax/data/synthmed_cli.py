@@ -64,11 +64,6 @@ def contact_sheet(
 
 def main(argv: list[str], config: Any, flag_values: Any) -> None:
   """Entry point called by stepjax.main with the parsed config and flags."""
-  if argv:
-    raise InputError(
-      f"stepjax synthmed takes no positional arguments; got {argv}. Use "
-      "--out=DIR --num=N and --config.data.* overrides."
-    )
   out = flag_values.out or DEFAULT_OUT
   num = int(flag_values.num)
   if num < 1:

@@ -20,7 +20,7 @@ import json
 from typing import Any
 
 import jax
-from absl import app, logging
+from absl import logging
 from etils import epath
 
 from stepjax.errors import InputError
@@ -31,11 +31,7 @@ _TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 
 def main(argv: list[str], config: Any, flag_values: Any) -> None:
-  if argv:
-    raise app.UsageError(f"export takes no positional arguments, got {argv}")
   logging.set_verbosity(config.log_level)
-  if not flag_values.out:
-    raise app.UsageError("export needs --out=HF_DIR (the directory to write)")
   out = export(
     config, flag_values.checkpoint, flag_values.out, flag_values.overwrite
   )

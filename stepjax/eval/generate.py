@@ -54,7 +54,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, logging
+from absl import logging
 from etils import epath
 from flax import nnx
 
@@ -70,8 +70,6 @@ from stepjax.sampling import sampler
 
 
 def main(argv: list[str], config: Any, flag_values: Any) -> None:
-  if argv:
-    raise app.UsageError(f"generate takes no positional arguments, got {argv}")
   logging.set_verbosity(config.log_level)
   paths = image_paths(flag_values.image)
   window = dicom_window(
@@ -80,17 +78,10 @@ def main(argv: list[str], config: Any, flag_values: Any) -> None:
     flag_values.window_width,
   )
   if flag_values.input:
-    if not flag_values.out:
-      raise app.UsageError("generate --input=LIST.json needs --out=OUT.jsonl")
     loaded = checkpoints.load(config, flag_values.checkpoint)
     n = generate_file(loaded, flag_values.input, flag_values.out, window)
     print(f"wrote {n} completions to {flag_values.out}", flush=True)
     return
-  if not paths or not flag_values.question:
-    raise app.UsageError(
-      "generate needs --image=PATH[,PATH...] and --question='...' (or "
-      "--input=LIST)"
-    )
   loaded = checkpoints.load(config, flag_values.checkpoint)
   result = generate_one(
     loaded,

@@ -223,9 +223,5 @@ def run(
 
 def main(argv: list[str], config: Any, flag_values: Any) -> None:
   """`stepjax probe --checkpoint=RUN [--num=N] [--out=probe.json]`."""
-  if argv:
-    raise InputError(f"probe takes no positional arguments, got {argv}")
-  if not flag_values.checkpoint:
-    raise InputError("probe needs --checkpoint=RUN_OR_CHECKPOINT_DIR")
   num = flag_values.num if flag_values["num"].present else 256
   run(config, flag_values.checkpoint, num, flag_values.out)

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from absl import app, logging
+from absl import logging
 from etils import epath
 
 from stepjax import config_utils
@@ -380,10 +380,6 @@ def _total_cost(sets: dict[str, dict], seconds: float) -> dict[str, Any]:
 
 
 def main(argv: list[str], config: Any, flag_values: Any) -> None:
-  if argv:
-    raise app.UsageError(
-      f"judge-check takes no positional arguments, got {argv}"
-    )
   logging.set_verbosity(config.log_level)
   num = flag_values.num if flag_values["num"].present else DEFAULT_NUM
   workdir = flag_values.workdir

@@ -61,7 +61,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app
 from ml_collections import config_flags
 
 from stepjax.errors import InputError
@@ -118,8 +117,6 @@ class Plan:
 
 
 def main(argv: list[str], config: Any, flag_values: Any) -> None:
-  if argv:
-    raise app.UsageError(f"plan takes no positional arguments, got {argv}")
   chip = flag_values.chip or chip_from_config_arg(
     config_flags.get_config_filename(flag_values["config"])
   )

@@ -37,7 +37,7 @@ import dataclasses
 from typing import Any
 
 import jax
-from absl import app, logging
+from absl import logging
 from etils import epath
 
 from stepjax.errors import InputError, MissingInputError
@@ -50,8 +50,6 @@ SPLITS = ("eval", "train")
 
 
 def main(argv: list[str], config: Any, flag_values: Any) -> None:
-  if argv:
-    raise app.UsageError(f"eval takes no positional arguments, got {argv}")
   logging.set_verbosity(config.log_level)
   if getattr(flag_values, "suite", None) is not None:
     from stepjax.eval import suite  # imports this module
@@ -75,11 +73,6 @@ def main(argv: list[str], config: Any, flag_values: Any) -> None:
     name = _run_name(flag_values.checkpoint)
     reports[name] = report
     runs[name] = _curves_for(flag_values.checkpoint, report)
-  elif not flag_values.compare:
-    raise app.UsageError(
-      "eval needs --checkpoint=RUN_OR_HF_DIR (to evaluate) or "
-      "--compare=DIR_A,DIR_B (to compare reports)"
-    )
   if flag_values.compare:
     table = compare(flag_values.compare, workdir, extra=reports, runs=runs)
     print(table, flush=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from typing import Any, TextIO
 
-from absl import app, logging
+from absl import logging
 from etils import epath
 from ml_collections import config_flags
 
@@ -21,11 +21,6 @@ from stepjax.experiment import figures, report_md, results, runner, spec
 
 
 def main(argv: list[str], config: Any, flag_values: Any) -> None:
-  if argv:
-    raise app.UsageError(
-      f"experiment takes no positional arguments, got {argv}; the grid "
-      "comes from --config=configs/experiments/NAME.py"
-    )
   exp = spec.from_config(config)
   logging.set_verbosity(exp.base.log_level)
   run(exp, flag_values.workdir, command(flag_values))
