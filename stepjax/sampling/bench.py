@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from stepjax import op_profile
+from stepjax import bench_args, op_profile
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert, vision_index, vlm
 from stepjax.sampling import sampler
@@ -259,11 +259,16 @@ def format_table(result: dict[str, Any]) -> str:
 
 def main(argv=None) -> dict:
   argv = sys.argv[1:] if argv is None else argv
-  profile = "--profile" in argv
-  rest = [a for a in argv if a != "--profile"]
-  iters = int(rest[0]) if rest else 3
-  threads = tuple(int(n) for n in rest[1:]) or None
-  result = bench_sampler(iters=iters, torch_threads=threads, profile=profile)
+  given, rest = bench_args.parse(
+    argv,
+    ("--profile",),
+    "python -m stepjax.sampling.bench [ITERS [THREADS...]] [--profile]",
+  )
+  iters = rest[0] if rest else 3
+  threads = tuple(rest[1:]) or None
+  result = bench_sampler(
+    iters=iters, torch_threads=threads, profile="--profile" in given
+  )
   print(format_table(result))
   return result
 

@@ -56,7 +56,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from stepjax import bench_machine, image_slots, op_profile, sequences
+from stepjax import (
+  bench_args,
+  bench_machine,
+  image_slots,
+  op_profile,
+  sequences,
+)
 from stepjax.models import config as config_lib
 from stepjax.models import hf_convert, vision_internvl, vlm
 from stepjax.rl import losses
@@ -512,11 +518,18 @@ def format_table(result: dict[str, Any]) -> str:
 
 def main(argv=None) -> dict[str, Any]:
   argv = sys.argv[1:] if argv is None else argv
-  profile = "--profile" in argv
-  whole = "--whole_rows" in argv
-  rest = [a for a in argv if a not in ("--profile", "--whole_rows")]
-  iters = int(rest[0]) if rest else 5
-  result = bench_train(iters=iters, profile=profile, share_prompt=not whole)
+  given, rest = bench_args.parse(
+    argv,
+    ("--profile", "--whole_rows"),
+    "python -m stepjax.train.bench [ITERS] [--profile] [--whole_rows]",
+    max_numbers=1,
+  )
+  iters = rest[0] if rest else 5
+  result = bench_train(
+    iters=iters,
+    profile="--profile" in given,
+    share_prompt="--whole_rows" not in given,
+  )
   print(format_table(result))
   return result
 
