@@ -76,8 +76,8 @@ def _wait_for_checkpoint(proc, workdir, steps, timeout=600):
 # Qwen3-VL's tiny preset: the checkpointing code does not depend on the
 # family, and this also covers the Qwen3-VL state (position grid, DeepStack
 # mergers, q/k norms); Qwen2.5-VL's runs go through the same code in
-# tests/test_cli_errors.py (the truncated-checkpoint fallback of `train`
-# and `eval`) and the experiment grid's resume test.
+# tests/test_cli_errors.py (the truncated-checkpoint fallback of `eval`)
+# and the experiment grid's resume test.
 PRESET = "tiny_qwen3"
 
 
@@ -143,9 +143,12 @@ def _truncate_latest_and_rerun(workdir, params_uninterrupted, env, preset):
     timeout=600,
   )  # fmt: skip
   assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr
-  # Reported by step and path, resumed from checkpoint 4: only step 5 ran.
-  assert "cannot read checkpoint 5" in rerun.stdout
-  assert str(workdir / "checkpoints" / "5") in rerun.stdout
+  # One warning naming step and path, and no stack from Orbax's reads that
+  # were in flight when the restore failed; resumed from checkpoint 4: only
+  # step 5 ran.
+  assert "Traceback" not in rerun.stdout + rerun.stderr, rerun.stderr
+  latest = workdir / "checkpoints" / "5"
+  assert f"cannot read checkpoint 5 ({latest})" in rerun.stdout
   assert "step 4/5" in rerun.stdout and "step 3/5" not in rerun.stdout
   # The damaged checkpoint is kept aside, not deleted.
   assert (workdir / "checkpoints_unreadable" / "5" / "state").exists()
