@@ -41,6 +41,17 @@ def absolute(path: str) -> str:
   return path if "://" in path else os.path.abspath(path)
 
 
+# Model keys a checkpoint saved before they existed held at these values.
+_MODEL_DEFAULTS = {"step_value_input": "last"}
+
+
+def saved_model(info: dict[str, Any] | None) -> dict[str, Any]:
+  """The model block saved in a checkpoint's run `info`, with the keys it
+  predates at the value they then held ({} when none was saved)."""
+  saved = dict((info or {}).get("model") or {})
+  return {**_MODEL_DEFAULTS, **saved} if saved else {}
+
+
 def model_changes(
   saved: dict[str, Any] | None, current: Any, keys: tuple[str, ...]
 ) -> str:
@@ -369,11 +380,9 @@ def _check_same_model(step_dir: epath.Path, where: _Where) -> None:
   if where.model is None:
     return
   try:
-    saved = dict(read_info(step_dir).get("model") or {})
+    saved = saved_model(read_info(step_dir))
   except Exception:  # noqa: BLE001 - no or damaged run info: not checked
     return
-  if saved:  # a key the checkpoint predates held its default
-    saved = {"step_value_input": "last", **saved}
   changes = model_changes(
     saved, where.model, tuple(k for k in where.keys if k in saved)
   )

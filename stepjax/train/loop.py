@@ -257,11 +257,8 @@ class Trainer:
   def _check_same_model(self, info: dict, step: int) -> None:
     """InputError if checkpoint `step` was saved for a model of another
     shape (remat, attention or compute dtype may change on resume)."""
-    saved = info.get("model") or {}
-    # A key the checkpoint predates (step_value_input) held its default.
-    saved = {"step_value_input": "last", **saved}
     changes = checkpoint.model_changes(
-      saved,
+      checkpoint.saved_model(info),
       self.config.model.to_dict(),
       ("preset", "param_dtype", "step_value_hidden", "step_value_input"),
     )

@@ -26,3 +26,24 @@ def test_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
 def test_absolute_keeps_urls():
   assert checkpoint.absolute("gs://bucket/run") == "gs://bucket/run"
   assert checkpoint.absolute("runs/x").startswith("/")
+
+
+def test_a_checkpoint_saved_before_step_value_input_held_the_last_token_head():
+  assert checkpoint.saved_model({}) == {}
+  old = checkpoint.saved_model({"model": {"preset": "tiny"}})
+  assert old == {"preset": "tiny", "step_value_input": "last"}
+  keys = ("preset", "step_value_input")
+  assert (
+    checkpoint.model_changes(
+      old, {"preset": "tiny", "step_value_input": "last"}, keys
+    )
+    == ""
+  )
+  changed = checkpoint.model_changes(
+    old, {"preset": "tiny", "step_value_input": "last+step_mean"}, keys
+  )
+  assert changed == (
+    "model.step_value_input: saved 'last', config 'last+step_mean'"
+  )
+  new = {"preset": "tiny", "step_value_input": "last+step_mean"}
+  assert checkpoint.saved_model({"model": new}) == new
