@@ -176,13 +176,13 @@ def test_hybrid_rl_step_labels_with_the_step_mean_head(tmp_path):
       "judge.simulate": "verifier",
       "rl.hybrid_judge_fraction": 0.25,
       "model.step_value_input": "last+step_mean",
+      "rl.beta": 0.0,  # no reference forward to compile
     }
   )
   trainer = loop.Trainer(config, str(tmp_path))
   try:
     phase = trainer.phases[-1]
     state = trainer.fresh_state(phase.tx)
-    trainer.ref_params = state.params
     batch = next(iter(phase.dataset))
     seen = []
     head_source = trainer.process_source.value_head
