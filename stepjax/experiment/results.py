@@ -244,13 +244,14 @@ def _periodic(exp, workdir, name, dirs) -> dict[str, Any]:
 # Per-step metrics of a run's process labels summarised in the cost table:
 # the judge's counters, and how wrong the labels were where the truth is
 # known (`process.label_error_rates`: over all labels, over the ones that
-# shaped their steps, over the head's labels among those, and the share
-# of steps the head abstained on).
+# shaped their steps, over the head's labels among those, the counts of
+# the head's truly valid and invalid steps, and the share of steps the
+# head abstained on).
 COST_PREFIXES = (
   "judge_",
   "label_false_",
   "label_used_",
-  "label_head_used_",
+  "label_head_",
   "label_abstained_",
 )
 

@@ -216,7 +216,11 @@ def label_error_rates(
   or verifier's, which are right by construction on SynthMed). The used
   and head-used shares come with their denominators, the counts of truly
   valid and invalid steps (`label_used_valid_steps`, ...,
-  `label_head_used_invalid_steps`)."""
+  `label_head_used_invalid_steps`); `label_head_valid_steps` and
+  `label_head_invalid_steps` count the truly valid / invalid steps of
+  every completion the head labelled, shaped or not (so the share of the
+  truly invalid steps the head was sure of is `label_head_used_invalid_
+  steps / label_head_invalid_steps`)."""
   if len(given) != len(truth):
     raise ValueError(f"{len(given)} label sets against {len(truth)} truths")
   kept = [
@@ -249,6 +253,7 @@ def label_error_rates(
       _error_shares(g_S[head_used_S], t_S[head_used_S], "label_head_used")
     )
     out.update(_truth_counts(t_S[head_used_S], "label_head_used"))
+    out.update(_truth_counts(t_S[head_S], "label_head"))
   return out
 
 

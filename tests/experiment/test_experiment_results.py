@@ -71,6 +71,7 @@ def _fake_grid(exp, workdir, quality):
         logged = [
           {"step": step, "phase": "rl", "reward": 0.1 * step,
            "judge_completions": 3.0, "judge_share": 0.25,
+           "label_head_invalid_steps": 4.0 + step,
            # A step without truly valid steps logs NaN: left out.
            "label_false_invalid_share": [0.2, float("nan")][step]}
           for step in range(2)
@@ -133,6 +134,11 @@ def test_results_numbers_and_pairing(fake):
   assert res["judge"]["mrpo"]["label_false_invalid_share"] == {
     "total": None,
     "per_step": pytest.approx(0.2),
+  }
+  # A count: summed over steps (4 + 5), and its mean per step.
+  assert res["judge"]["mrpo"]["label_head_invalid_steps"] == {
+    "total": 9.0,
+    "per_step": 4.5,
   }
   assert mrpo["wall_s"] == {"0": 12.0, "1": 12.0, "2": 12.0}
 

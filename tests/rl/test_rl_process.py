@@ -208,6 +208,7 @@ def test_label_error_rates_over_used_labels():
   assert np.isnan(got["label_head_used_false_invalid_share"])
   assert np.isnan(got["label_head_used_false_valid_share"])
   assert got["label_head_used_valid_steps"] == 0.0
+  assert got["label_head_valid_steps"] == got["label_head_invalid_steps"] == 0
   assert got["label_used_valid_steps"] == 2.0  # (0, 0) and (1, 1)
   assert got["label_used_invalid_steps"] == 1.0  # (0, 2)
 
@@ -234,6 +235,10 @@ def test_label_error_rates_over_the_heads_used_labels():
   assert got["label_head_used_valid_steps"] == 2.0
   assert got["label_used_invalid_steps"] == 2.0
   assert got["label_used_valid_steps"] == 3.0
+  # Every step of the head's two completions, shaped or not: truly
+  # invalid (1, 0); truly valid (1, 1), (1, 2), (2, 0), (2, 1).
+  assert got["label_head_invalid_steps"] == 1.0
+  assert got["label_head_valid_steps"] == 4.0
   # With the judge's labels in: invalid (0,0) right, (1,0) wrong -> 1/2;
   # valid (0,1), (1,1) right, (1,2) wrong -> 1/3.
   assert got["label_used_false_valid_share"] == pytest.approx(1 / 2)
