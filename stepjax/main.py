@@ -218,6 +218,11 @@ def _main(argv: list[str]) -> None:
   try:
     if argv[1] in _JOB_COMMANDS:
       config_checks.check(config, training=argv[1] == "train")
+    if argv[1] == "experiment":
+      # The grid is validated (pure, ~0.1 s) before the runner's imports.
+      from stepjax.experiment import spec
+
+      spec.from_config(config)
     module = importlib.import_module(module_name)
     getattr(module, fn_name)(argv[2:], config, flags.FLAGS)
   except (errors.UserError, app.UsageError) as e:
