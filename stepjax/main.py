@@ -139,16 +139,11 @@ _JOB_COMMANDS = (
 )
 
 
-# What `stepjax CMD extra` adds to "CMD takes no positional arguments"; the
-# commands not named take a tool as their first positional (bench, data).
-_NO_POSITIONAL = {
-  "train": "",
-  "eval": "",
-  "judge-check": "",
-  "probe": "",
-  "generate": "",
-  "export": "",
-  "plan": "",
+# Commands whose first positional names a tool (`stepjax bench sampler`,
+# `stepjax data build-mrpo`); every other command takes none, and a stray
+# one is refused with the hint below where it has one.
+_TAKES_A_TOOL = ("bench", "data")
+_POSITIONAL_HINTS = {
   "synthmed": "; use --out=DIR --num=N and --config.data.* overrides",
   "experiment": "; the grid comes from --config=configs/experiments/NAME.py",
 }
@@ -157,10 +152,10 @@ _NO_POSITIONAL = {
 def _usage_problem(command: str, args: list[str], fv) -> str | None:
   """What is wrong with a command's positional args and required flags,
   checked here, before its module (seconds of imports) is loaded."""
-  if args and command in _NO_POSITIONAL:
+  if args and command not in _TAKES_A_TOOL:
     return (
       f"{command} takes no positional arguments, got {args}"
-      + _NO_POSITIONAL[command]
+      + _POSITIONAL_HINTS.get(command, "")
     )
   if command == "eval" and not (fv.checkpoint or fv.compare or fv.suite):
     return (
