@@ -325,6 +325,10 @@ def default_config() -> ml_collections.ConfigDict:
   # The step-value head's learning rate over the policy's (optim.*): a head
   # trained only during RL learns slowly at the policy's rate.
   c.rl.value_lr_scale = 1.0
+  # The value loss's gradient also reaches the policy's layers (a shared
+  # trunk: its hidden states learn to tell valid steps from invalid ones),
+  # at rl.value_loss_weight; False: the loss trains the head only.
+  c.rl.value_shapes_policy = False
   # No RL updates to the policy's vision tower (what SFT taught it to see
   # stays; the policy gradient reaches the language model only).
   c.rl.freeze_vision = False

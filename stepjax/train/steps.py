@@ -55,6 +55,9 @@ class StepOptions:
   use_old_logp: bool = False  # False: one pass, old = stop_gradient(logp)
   value_loss_weight: float = 0.1
   train_value_head: bool = True
+  # True: the value loss's gradient also reaches the policy's layers (an
+  # auxiliary loss on a shared trunk); False: it trains the head only.
+  value_shapes_policy: bool = False
   grounding_weight: float = 0.0  # SFT: weight of the grounding readout loss
   # RL: the prompt width T of the batch's sequences when each group's G
   # rows share their prompt (`shared_prompt_forward`); 0 = every row is
@@ -74,6 +77,7 @@ def options_from_config(config) -> StepOptions:
     use_old_logp=rl.num_iterations > 1,
     value_loss_weight=rl.value_loss_weight,
     train_value_head=rl.value_loss_weight > 0,
+    value_shapes_policy=bool(rl.get("value_shapes_policy", False)),
     grounding_weight=float(config.sft.grounding_weight),
   )
 
@@ -250,13 +254,19 @@ def sequence_logp(graphs, params, seq, group_size: int, prompt_len: int = 0):
   return losses.token_logp(logits, seq.ids_BxL[:, start:]), start
 
 
-def _value_terms(graphs, value_params, hidden, labels, h: int):
-  # The head reads the policy's hidden states without moving them: its loss
-  # trains the head only, so process labels never reshape the policy.
-  # hidden holds columns h.. of the rows.
+def _value_terms(
+  graphs, value_params, hidden, labels, h: int, shapes_policy: bool = False
+):
+  # By default the head reads the policy's hidden states without moving
+  # them: its loss trains the head only, so process labels never reshape
+  # the policy. With `shapes_policy` (rl.value_shapes_policy) the loss's
+  # gradient flows on into the policy's layers: they learn features that
+  # tell valid steps from invalid ones. hidden holds columns h.. of the rows.
   step_id_BxT = labels.step_id_BxL[:, h:]
+  if not shapes_policy:
+    hidden = jax.lax.stop_gradient(hidden)
   value_logits = step_value.apply(
-    graphs.value, value_params, jax.lax.stop_gradient(hidden), step_id_BxT
+    graphs.value, value_params, hidden, step_id_BxT
   )
   return losses.step_value_loss(
     value_logits,
@@ -310,7 +320,7 @@ def rl_loss(trainables, batch: batches.UpdateBatch, graphs, opts: StepOptions):
   if opts.train_value_head:
     labels = _needed(batch, "value_labels", "rl.value_loss_weight > 0")
     value_loss, value_metrics = _value_terms(
-      graphs, trainables["value"], hidden, labels, h
+      graphs, trainables["value"], hidden, labels, h, opts.value_shapes_policy
     )
     loss = loss + opts.value_loss_weight * value_loss
     metrics.update({f"value_{k}": v for k, v in value_metrics.items()})
