@@ -9,8 +9,10 @@ use.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,23 @@ def to_dtype(name: str) -> jnp.dtype:
   return jnp.dtype(name)
 
 
+_SHAPES_ONLY = threading.local()
+
+
+@contextlib.contextmanager
+def shapes_only() -> Iterator[None]:
+  """Modules built inside hold `jax.ShapeDtypeStruct` parameters: the
+  abstract model `nnx.eval_shape` gives, without tracing an initializer.
+  (Tracing one costs time that grows with the trace so far, since
+  `nnx.Rngs` checks every traced key's sharding: ~10 s for an 8B model.)"""
+  before = getattr(_SHAPES_ONLY, "on", False)
+  _SHAPES_ONLY.on = True
+  try:
+    yield
+  finally:
+    _SHAPES_ONLY.on = before
+
+
 def param(
   rngs: nnx.Rngs | None,
   shape: Sequence[int],
@@ -28,12 +47,18 @@ def param(
   dtype: str,
   init: str = "normal",
   std: float = 0.02,
+  fill: float = 0.0,
 ) -> nnx.Param:
-  """A parameter with logical axis names; init is normal, zeros or ones."""
+  """A parameter with logical axis names; init is normal (`std`), zeros,
+  ones or full (every entry `fill`)."""
   if len(shape) != len(axes):
     raise ValueError(f"shape {shape} and axes {axes} differ in rank")
   dt = to_dtype(dtype)
-  if init == "normal":
+  if init not in ("normal", "zeros", "ones", "full"):
+    raise ValueError(f"unknown init {init!r}")
+  if getattr(_SHAPES_ONLY, "on", False):
+    value = jax.ShapeDtypeStruct(tuple(shape), dt)
+  elif init == "normal":
     value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
     value = value.astype(dt)
   elif init == "zeros":
@@ -41,7 +66,7 @@ def param(
   elif init == "ones":
     value = jnp.ones(shape, dt)
   else:
-    raise ValueError(f"unknown init {init!r}")
+    value = jnp.full(shape, fill, jnp.float32).astype(dt)
   return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
 
 

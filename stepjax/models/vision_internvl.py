@@ -58,11 +58,13 @@ def _norm(cfg: config_lib.ModelConfig, dim: int, axis: str = "embed"):
 
 def _layer_scale(cfg: config_lib.ModelConfig) -> nnx.Param:
   v = cfg.vision
-  value = jnp.full((v.hidden_size,), v.layer_scale_init_value)
-  return nnx.Param(
-    value.astype(layers.to_dtype(cfg.param_dtype)),
-    out_sharding=("embed",),
-    eager_sharding=False,
+  return layers.param(
+    None,
+    (v.hidden_size,),
+    ("embed",),
+    cfg.param_dtype,
+    init="full",
+    fill=v.layer_scale_init_value,
   )
 
 

@@ -171,8 +171,11 @@ def create(cfg: config_lib.ModelConfig, seed: int = 0) -> VisionLanguageModel:
 
 
 def abstract(cfg: config_lib.ModelConfig):
-  """(graphdef, abstract param state) without allocating anything."""
-  model = nnx.eval_shape(lambda: VisionLanguageModel(cfg, nnx.Rngs(params=0)))
+  """(graphdef, abstract param state) without allocating anything: what
+  `nnx.eval_shape` of `create` gives, built without tracing (0.6 s instead
+  of ~10 s for an 8B model)."""
+  with layers.shapes_only():
+    model = VisionLanguageModel(cfg, nnx.Rngs(params=0))
   return nnx.split(model, nnx.Param)
 
 

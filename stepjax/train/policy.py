@@ -19,7 +19,7 @@ from flax import nnx
 from stepjax.data import synthmed
 from stepjax.errors import InputError
 from stepjax.models import config as config_lib
-from stepjax.models import hf_convert, step_value, vlm
+from stepjax.models import hf_convert, layers, step_value, vlm
 from stepjax.train import sharding
 
 _SMALL_PRESETS = (
@@ -196,7 +196,8 @@ def abstract(cfg: config_lib.ModelConfig) -> tuple[Graphs, Any, Any]:
   """(graphs, abstract policy params, abstract value params): no memory."""
   with nnx.use_eager_sharding(False):
     policy_gd, policy_params = vlm.abstract(cfg)
-    value = nnx.eval_shape(lambda: step_value.create(cfg, seed=0))
+    with layers.shapes_only():
+      value = step_value.create(cfg, seed=0)
     value_gd, value_params = nnx.split(value, nnx.Param)
   return Graphs(cfg, policy_gd, value_gd), policy_params, value_params
 

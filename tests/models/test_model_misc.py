@@ -1,5 +1,6 @@
 """Configs, logical axes, dtypes, remat, KV-cache consistency, value head."""
 
+import dataclasses
 import functools
 
 import jax
@@ -10,6 +11,7 @@ from flax import nnx
 
 from stepjax.models import config as config_lib
 from stepjax.models import rope_index, step_value, vision_index, vlm
+from stepjax.train import policy
 
 PRESETS = [
   "tiny",
@@ -184,6 +186,39 @@ def test_step_value_head_is_separate():
   assert out.shape == (2, 5) and out.dtype == jnp.float32
   policy_paths = {p[0] for p, _ in nnx.to_flat_state(vlm.abstract(cfg)[1])}
   assert policy_paths == {"visual", "language"}  # tied: no lm_head
+
+
+@pytest.mark.parametrize(
+  "preset",
+  ["tiny", "tiny_alt", "tiny_qwen3", "tiny_internvl", "tiny_internvl_alt"],
+)
+def test_abstract_equals_eval_shape_of_create(preset):
+  """vlm.abstract and policy.abstract build shapes without tracing; they
+  must give what nnx.eval_shape of the real constructors gives: the same
+  graphdefs, tree, shapes, dtypes and logical axes."""
+  cfg = dataclasses.replace(
+    getattr(config_lib.ModelConfig, preset)(),
+    grounding_outputs=3,
+    value_input="last+step_mean",
+  )
+  with nnx.use_eager_sharding(False):
+    traced = [
+      nnx.split(nnx.eval_shape(lambda: vlm.create(cfg, seed=0)), nnx.Param),
+      nnx.split(
+        nnx.eval_shape(lambda: step_value.create(cfg, seed=0)), nnx.Param
+      ),
+    ]
+  graphs, policy_params, value_params = policy.abstract(cfg)
+  built = [(graphs.policy, policy_params), (graphs.value, value_params)]
+  assert vlm.abstract(cfg)[0] == graphs.policy
+  for (gd_a, state_a), (gd_b, state_b) in zip(traced, built):
+    assert gd_a == gd_b
+    assert jax.tree.structure(state_a) == jax.tree.structure(state_b)
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+      assert isinstance(b, jax.ShapeDtypeStruct)
+      assert (a.shape, a.dtype) == (b.shape, b.dtype)
+    assert nnx.get_partition_spec(state_a) == nnx.get_partition_spec(state_b)
+  assert len(jax.tree.leaves(value_params)) > 4  # the grounding, step mean
 
 
 def test_vision_index_errors():
