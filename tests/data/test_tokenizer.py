@@ -1,6 +1,9 @@
 """The SynthMed tokenizer, prompt layout and loading other HF tokenizers."""
 
+import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 import tokenizers
@@ -47,6 +50,36 @@ def test_shipped_tokenizer_equals_a_rebuild(tok):
   rebuilt = tok_lib.build_synthmed_tokenizer()
   assert rebuilt.backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
   assert rebuilt.get_vocab() == tok.get_vocab()
+
+
+def test_shipped_tokenizer_loads_as_auto_tokenizer_does(tok):
+  """load_tokenizer("") names the class the shipped config names instead
+  of asking AutoTokenizer (whose imports pull in torch): same class, same
+  special tokens, same ids and offsets."""
+  auto = transformers.AutoTokenizer.from_pretrained(tok_lib.ASSET_DIR)
+  assert type(auto) is type(tok) is transformers.PreTrainedTokenizerFast
+  assert auto.backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
+  assert auto.special_tokens_map == tok.special_tokens_map
+  text = "<|im_start|>user\n<think>The liver shows two lesions.</think>"
+  a = auto(text, return_offsets_mapping=True, add_special_tokens=False)
+  b = tok(text, return_offsets_mapping=True, add_special_tokens=False)
+  assert a["input_ids"] == b["input_ids"]
+  assert a["offset_mapping"] == b["offset_mapping"]
+
+
+@pytest.mark.skipif(
+  importlib.util.find_spec("torch") is None, reason="torch not installed"
+)
+def test_loading_the_shipped_tokenizer_imports_no_torch():
+  code = (
+    "import sys; from stepjax.data import tokenizer as t; "
+    "t.load_tokenizer(''); print('torch' in sys.modules)"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_synthmed_text_is_compact(tok):
