@@ -11,6 +11,7 @@ sum. Shapes: B completions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -18,8 +19,6 @@ import string
 from collections.abc import Sequence
 
 import numpy as np
-from nltk.translate import bleu_score
-from rouge_score import rouge_scorer
 
 from stepjax.errors import InputError
 
@@ -44,8 +43,6 @@ _NUMBER_WORDS["hundred"] = "100"
 _OTHER_PUNCT = re.escape(string.punctuation.replace(".", ""))
 _PUNCT = re.compile(rf"(?<!\d)\.|\.(?!\d)|[{_OTHER_PUNCT}]")
 
-_rouge = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
-_smooth = bleu_score.SmoothingFunction().method1
 _warned_no_encoder = False
 
 
@@ -79,11 +76,28 @@ def answers_match(answer: str, reference: str) -> bool:
   return x is not None and y is not None and x == y
 
 
+# rouge-score and nltk are imported at first use: nltk's import takes
+# ~1 s that commands which score no answer need not pay.
+@functools.cache
+def _rouge():
+  from rouge_score import rouge_scorer
+
+  return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
+
+
+@functools.cache
+def _bleu():
+  """(nltk's bleu_score, its smoothing method1)."""
+  from nltk.translate import bleu_score
+
+  return bleu_score, bleu_score.SmoothingFunction().method1
+
+
 def rouge1_f1(answer: str, reference: str) -> float:
   """ROUGE-1 F1 (rouge-score, no stemming); 0 when either side is empty."""
   if not normalise(answer) or not normalise(reference):
     return 0.0
-  return float(_rouge.score(reference, answer)["rouge1"].fmeasure)
+  return float(_rouge().score(reference, answer)["rouge1"].fmeasure)
 
 
 def bleu1(answer: str, reference: str) -> float:
@@ -91,9 +105,10 @@ def bleu1(answer: str, reference: str) -> float:
   hyp, ref = normalise(answer).split(), normalise(reference).split()
   if not hyp or not ref:
     return 0.0
+  bleu_score, smooth = _bleu()
   return float(
     bleu_score.sentence_bleu(
-      [ref], hyp, weights=(1, 0, 0, 0), smoothing_function=_smooth
+      [ref], hyp, weights=(1, 0, 0, 0), smoothing_function=smooth
     )
   )
 
