@@ -30,8 +30,9 @@ _SHAPES_ONLY = threading.local()
 def shapes_only() -> Iterator[None]:
   """Modules built inside hold `jax.ShapeDtypeStruct` parameters: the
   abstract model `nnx.eval_shape` gives, without tracing an initializer.
-  (Tracing one costs time that grows with the trace so far, since
-  `nnx.Rngs` checks every traced key's sharding: ~10 s for an 8B model.)"""
+  (Traced, each `nnx.Rngs` call costs time that grows with the trace so
+  far: its counter update asks a tracer for its sharding, which walks the
+  trace. ~10 s for an 8B model.)"""
   before = getattr(_SHAPES_ONLY, "on", False)
   _SHAPES_ONLY.on = True
   try:
