@@ -30,7 +30,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from stepjax import config_checks, config_utils, errors
+from stepjax import chips, config_checks, config_utils, errors
 
 _REPO_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 _DEFAULT_CONFIG = str(_REPO_CONFIGS / "synthmed_tiny.py")
@@ -162,6 +162,8 @@ def _usage_problem(command: str, args: list[str], fv) -> str | None:
       "eval needs --checkpoint=RUN_OR_HF_DIR (to evaluate), "
       "--compare=DIR_A,DIR_B (to compare reports) or --suite=SUITE.py"
     )
+  if command == "plan" and chips.chip_problem(fv.chip or ""):
+    return chips.chip_problem(fv.chip)
   if command == "probe" and not fv.checkpoint:
     return "probe needs --checkpoint=RUN_OR_CHECKPOINT_DIR"
   if command == "export" and not fv.out:

@@ -63,6 +63,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from stepjax import chips
 from stepjax.errors import InputError
 from stepjax.models import config as config_lib
 from stepjax.models import vision_index
@@ -70,8 +71,6 @@ from stepjax.train import components, optim, policy, sharding
 from stepjax.train import state as state_lib
 
 GiB = 1024**3
-# HBM per chip in GiB (what one JAX device sees).
-HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
 FITS = 0.9  # "fits" below this share of HBM, "tight" up to 1
 
 
@@ -340,8 +339,9 @@ def largest_batch(
 
 def plan(config: Any, chip: str = "") -> Plan:
   """The memory plan of `config` (see the module docstring)."""
-  if chip and chip not in HBM_GIB:
-    raise InputError(f"--chip={chip!r}: expected one of {sorted(HBM_GIB)}")
+  problem = chips.chip_problem(chip)
+  if problem:
+    raise InputError(problem)
   sizes = mesh_shape(config)
   mesh = abstract_mesh(sizes)
   cfg = model_config(config)
@@ -371,7 +371,7 @@ def plan(config: Any, chip: str = "") -> Plan:
   add("gradients (update)", p_tot + v_tot, p_dev + v_dev, "update")
   rows += transient_rows(config, cfg, sizes, int(config.data.batch_size))
   persistent = sum(x.device_bytes for x in rows if x.kind == "persistent")
-  hbm = HBM_GIB.get(chip)
+  hbm = chips.HBM_GIB.get(chip)
   largest = None
   if hbm is not None:
     largest = largest_batch(
@@ -391,7 +391,7 @@ def plan(config: Any, chip: str = "") -> Plan:
     mesh_shape=sizes,
     num_devices=n,
     chip=chip,
-    hbm_gib=HBM_GIB.get(chip),
+    hbm_gib=chips.HBM_GIB.get(chip),
     peak_device_bytes=peak,
     param_count=sum(int(x.size) for x in jax.tree.leaves(state.params)),
     largest_batch=largest,

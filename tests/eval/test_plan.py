@@ -6,6 +6,7 @@ import pathlib
 import jax
 import pytest
 
+from stepjax import chips, errors
 from stepjax.eval import plan as plan_lib
 from stepjax.train import loop
 
@@ -164,3 +165,10 @@ def test_largest_batch_is_the_edge_of_fitting():
     return q.peak_device_bytes / (q.hbm_gib * plan_lib.GiB)
 
   assert used(largest) < plan_lib.FITS <= used(largest + shards)
+
+
+def test_plan_refuses_an_unknown_chip_before_reading_the_config():
+  # (The command line's refusal: tests/test_cli_errors.py, plan_bad_chip.)
+  assert chips.chip_problem("") is None and chips.chip_problem("v5p") is None
+  with pytest.raises(errors.InputError, match="'tpu9': expected one of"):
+    plan_lib.plan(None, chip="tpu9")  # refused before the config is read
