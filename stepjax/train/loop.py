@@ -188,8 +188,10 @@ class Trainer:
     if resumed is not None:
       return resumed
     first = self.phases[0]
-    state = self.fresh_state(first.tx)
     init_from = self.config.init_from
+    if init_from:
+      _check_init_from(init_from)  # before seconds of initialising
+    state = self.fresh_state(first.tx)
     if init_from:
       state = self._load_init_from(state, first.tx, init_from)
     elif first.name == "sft" and self.config.sft.get("vision_pretrain_steps"):
@@ -290,11 +292,6 @@ class Trainer:
     return state, done, info, ref
 
   def _load_init_from(self, state, tx, path: str):
-    if not epath.Path(checkpoint.absolute(path)).exists():
-      raise MissingInputError(
-        f"--config.init_from={path}: no such directory; give an HF "
-        "directory or a run's workdir / checkpoints directory"
-      )
     abstract, shardings = self.state_shardings(tx)
     if policy.is_hf_dir(path):
       _, params = hf_convert.load_hf(path, self.cfg, shardings.params)
@@ -700,3 +697,11 @@ class _PendingMetrics:
 
 def _entered_rl(info: dict) -> bool:
   return bool(info.get("entered_rl")) or "before_rl" in info["evals"]
+
+
+def _check_init_from(path: str) -> None:
+  if not epath.Path(checkpoint.absolute(path)).exists():
+    raise MissingInputError(
+      f"--config.init_from={path}: no such directory; give an HF "
+      "directory or a run's workdir / checkpoints directory"
+    )
