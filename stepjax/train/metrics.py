@@ -55,6 +55,26 @@ def _judge_summary(scalars: dict[str, float]) -> str:
   return " judge " + " ".join(parts)
 
 
+def _tensorboardx():
+  """tensorboardX, imported without torch where torch is not loaded yet.
+
+  tensorboardX's writer imports torch when it is installed (~2 s), only to
+  accept torch tensors; the trainer writes Python floats. While it loads,
+  `import torch` is made to fail (a None entry in sys.modules), so its
+  try/except falls back to numpy; torch imports normally afterwards.
+  """
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    import tensorboardX
+
+    return tensorboardX
+  sys.modules["torch"] = None  # type: ignore[assignment]
+  try:
+    import tensorboardX
+  finally:
+    del sys.modules["torch"]
+  return tensorboardX
+
+
 class MetricsWriter:
   """Writes scalars to `workdir/metrics.jsonl` and `workdir/tb/`."""
 
@@ -76,9 +96,7 @@ class MetricsWriter:
     self.workdir.mkdir(parents=True, exist_ok=True)
     self._jsonl = (self.workdir / "metrics.jsonl").open("a")
     try:
-      import tensorboardX
-
-      self._tb = tensorboardX.SummaryWriter(str(self.workdir / "tb"))
+      self._tb = _tensorboardx().SummaryWriter(str(self.workdir / "tb"))
     except Exception as e:  # TensorBoard is optional at run time.
       logging.warning("TensorBoard writer unavailable (%s); JSONL only.", e)
     if sys.stderr.isatty():
