@@ -162,8 +162,10 @@ def _usage_problem(command: str, args: list[str], fv) -> str | None:
       "eval needs --checkpoint=RUN_OR_HF_DIR (to evaluate), "
       "--compare=DIR_A,DIR_B (to compare reports) or --suite=SUITE.py"
     )
-  if command == "plan" and chips.chip_problem(fv.chip or ""):
-    return chips.chip_problem(fv.chip)
+  if command == "plan" and fv.chip:
+    problem = chips.chip_problem(fv.chip)
+    if problem:
+      return problem
   if command == "probe" and not fv.checkpoint:
     return "probe needs --checkpoint=RUN_OR_CHECKPOINT_DIR"
   if command == "export" and not fv.out:
